@@ -1,0 +1,92 @@
+using System.Threading.Channels;
+using AdapterServe.Modeling.Tokenization;
+
+namespace AdapterServe.Engine;
+
+/// <summary>How to pick each next token. Plain data: the server fills it from the request, the engine thread reads it.</summary>
+public sealed record SamplingParams
+{
+    /// <summary>0 = greedy.</summary>
+    public float Temperature { get; init; } = 1f;
+    public float TopP { get; init; } = 1f;
+    /// <summary>0 or less = off.</summary>
+    public int TopK { get; init; }
+    /// <summary>Same seed, same prompt, same parameters → same tokens.</summary>
+    public long? Seed { get; init; }
+    public int MaxTokens { get; init; } = 16;
+    public IReadOnlyList<string> StopStrings { get; init; } = [];
+    public IReadOnlyList<int> StopTokenIds { get; init; } = [];
+    public bool IgnoreEos { get; init; }
+    /// <summary>null: no logprobs; 0: the chosen token's logprob only; k (≤ 20): plus the top k alternatives.</summary>
+    public int? Logprobs { get; init; }
+}
+
+/// <summary>One adapter applied to a request, with its scale (1 = as trained).</summary>
+public sealed record AdapterRef(string Name, float Scale = 1f);
+
+public sealed record GenerationRequest
+{
+    public required string RequestId { get; init; }
+    public required IReadOnlyList<int> PromptTokens { get; init; }
+    public required SamplingParams Sampling { get; init; }
+    /// <summary>Empty = the base model alone.</summary>
+    public IReadOnlyList<AdapterRef> Adapters { get; init; } = [];
+    /// <summary>Independent completions of the same prompt, run as n sequences in the batch.</summary>
+    public int N { get; init; } = 1;
+    /// <summary>Also report the logprob of every prompt token (OpenAI <c>echo</c> with <c>logprobs</c>).</summary>
+    public bool PromptLogprobs { get; init; }
+}
+
+public sealed record TopLogprob(int TokenId, string Token, float Logprob);
+
+public sealed record TokenLogprob(int TokenId, string Token, float Logprob, IReadOnlyList<TopLogprob> Top);
+
+public enum FinishReason { Stop, Length, Cancelled, Error }
+
+/// <summary>What the engine streams back for a request; <c>Index</c> is the choice (0..n-1).</summary>
+public abstract record GenerationEvent(int Index);
+
+/// <summary>Logprobs of the prompt tokens (first is null: nothing predicts it). Sent once, before any token, when asked for.</summary>
+public sealed record PromptLogprobsEvent(int Index, IReadOnlyList<TokenLogprob?> Tokens) : GenerationEvent(Index);
+
+/// <summary>
+/// One generated token. <c>Text</c> is the newly printable text (may be empty while a multi-byte character
+/// or a possible stop string is held back). The stop string itself is never emitted.
+/// </summary>
+public sealed record TokenEvent(int Index, int TokenId, string Text, TokenLogprob? Logprob) : GenerationEvent(Index);
+
+/// <summary>A choice has finished. <c>Text</c> is any held-back text released at the end.</summary>
+public sealed record FinishEvent(int Index, FinishReason Reason, string Text, int PromptTokens, int CompletionTokens, string? Error = null) : GenerationEvent(Index);
+
+public sealed record ModelInfo(string Id, int ContextLength, int VocabSize, long CreatedUnixSeconds, bool IsDemo, string Description);
+
+/// <summary>The request could not be admitted because the waiting queue is full (HTTP 429).</summary>
+public sealed class QueueFullException(string message) : Exception(message);
+
+/// <summary>The prompt plus max tokens does not fit the context (HTTP 413 / 400).</summary>
+public sealed class ContextLengthExceededException(string message) : Exception(message);
+
+/// <summary>A named adapter is not registered (HTTP 404 model_not_found).</summary>
+public sealed class AdapterNotFoundException(string name) : Exception($"The model '{name}' does not exist.")
+{
+    public string AdapterName { get; } = name;
+}
+
+/// <summary>
+/// The engine as the server sees it: plain .NET data in, a stream of events out. The engine thread owns every
+/// tensor; <see cref="Submit"/> only enqueues. Cancelling <paramref name="cancellationToken"/> (a client that
+/// went away) stops the request's sequences at the next step and frees their KV cache.
+/// </summary>
+public interface IGenerationEngine
+{
+    ModelInfo Model { get; }
+    ITextTokenizer Tokenizer { get; }
+    bool IsReady { get; }
+    int RunningSequences { get; }
+    int WaitingRequests { get; }
+
+    /// <exception cref="QueueFullException"/>
+    /// <exception cref="ContextLengthExceededException"/>
+    /// <exception cref="AdapterNotFoundException"/>
+    ChannelReader<GenerationEvent> Submit(GenerationRequest request, CancellationToken cancellationToken);
+}
