@@ -90,3 +90,24 @@ public interface IGenerationEngine
     /// <exception cref="AdapterNotFoundException"/>
     ChannelReader<GenerationEvent> Submit(GenerationRequest request, CancellationToken cancellationToken);
 }
+
+/// <summary>Engine settings, bound by the server from configuration and validated at start.</summary>
+public sealed class EngineOptions
+{
+    /// <summary>A Hugging Face model directory; null or empty = the embedded <c>demo</c> model (random weights, fixed seed).</summary>
+    public string? ModelPath { get; set; }
+    /// <summary>Name the model is served under; default: the directory name, or "demo".</summary>
+    public string? ServedModelName { get; set; }
+    /// <summary>cpu or cuda (cuda:N).</summary>
+    public string Device { get; set; } = "cpu";
+    /// <summary>Compute dtype: float32 or bfloat16 (float16 only on cuda).</summary>
+    public string Dtype { get; set; } = "float32";
+    /// <summary>Most sequences decoding at once.</summary>
+    public int MaxBatch { get; set; } = 32;
+    /// <summary>Most requests waiting for a place in the batch; beyond it Submit throws QueueFullException.</summary>
+    public int MaxQueue { get; set; } = 256;
+    /// <summary>Most tokens (prefill + decode) in one forward step.</summary>
+    public int MaxTokensPerStep { get; set; } = 2048;
+    /// <summary>Longest sequence (prompt + completion); 0 = the model's max_position_embeddings, capped at 4096.</summary>
+    public int MaxContext { get; set; }
+}
