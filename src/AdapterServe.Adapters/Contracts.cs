@@ -41,3 +41,24 @@ public sealed class AdapterValidationException(string message, string code = "in
     public string Code { get; } = code;
     public int StatusCode { get; } = statusCode;
 }
+
+public enum ResidencyTier { Stored, Host, Device }
+
+/// <summary>Runtime state of one adapter name, as the residency cache sees it. Plain data for the API.</summary>
+public sealed record AdapterRuntimeStatus(ResidencyTier Tier, bool Pinned, long LoadCount, DateTimeOffset? LastUsed, int ActiveSequences, long ResidentBytes);
+
+/// <summary>
+/// What the store and the HTTP layer may ask of the residency cache (implemented in the Adapters room by the
+/// cache; the engine holds leases through it). No tensors cross this interface.
+/// </summary>
+public interface IAdapterResidency
+{
+    AdapterRuntimeStatus Status(string name);
+    void SetPinned(string name, bool pinned);
+    /// <summary>Number of running sequences using any version of <paramref name="name"/>.</summary>
+    int ActiveSequences(string name);
+    /// <summary>Completes when no running sequence uses <paramref name="name"/>.</summary>
+    Task WaitUntilUnusedAsync(string name, CancellationToken cancellationToken);
+    /// <summary>Drops cached weights of versions of <paramref name="name"/> that no sequence uses (after delete or replace).</summary>
+    void Forget(string name);
+}
