@@ -81,6 +81,14 @@ public static class AdapterEndpoints
             .Produces<ApiError>(StatusCodes.Status404NotFound)
             .Produces<ApiError>(StatusCodes.Status409Conflict);
 
+        // Routing answers a body of another media type than an endpoint's Accepts with a bare 415; these
+        // catch-alls (tried only when the real endpoint does not match) give it the OpenAI error shape.
+        foreach (var (path, mediaType) in new[] { ("/adapters", "multipart/form-data"), ("/load_lora_adapter", "application/json"), ("/unload_lora_adapter", "application/json") })
+            api.MapPost(path, (HttpContext http) => AdapterErrors.Result(StatusCodes.Status415UnsupportedMediaType,
+                    $"expected a {mediaType} body (got '{http.Request.ContentType}')", "unsupported_media_type"))
+                .WithOrder(int.MaxValue)
+                .ExcludeFromDescription();
+
         return app;
     }
 

@@ -42,10 +42,10 @@ internal static class AdapterUpload
         MultipartSection? section;
         while ((section = await reader.ReadNextSectionAsync(cancellationToken)) is not null)
         {
-            if (!ContentDispositionHeaderValue.TryParse(section.ContentDisposition, out var disposition) || !disposition.IsFormDisposition())
+            if (!ContentDispositionHeaderValue.TryParse(section.ContentDisposition, out var disposition) || !disposition.DispositionType.Equals("form-data", StringComparison.OrdinalIgnoreCase))
                 throw new AdapterValidationException("every part needs 'Content-Disposition: form-data; name=...'", "invalid_multipart");
             string part = HeaderUtilities.RemoveQuotes(disposition.Name).Value ?? "";
-            string fileName = Path.GetFileName(HeaderUtilities.RemoveQuotes(disposition.FileName).Value ?? "");
+            string fileName = Path.GetFileName(HeaderUtilities.RemoveQuotes(disposition.FileName).Value is { Length: > 0 } plain ? plain : disposition.FileNameStar.Value ?? "");
 
             if (part == "name")
             {
