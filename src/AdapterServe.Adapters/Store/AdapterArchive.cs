@@ -19,7 +19,7 @@ public static class AdapterArchive
     /// <summary>The files an adapter directory may contribute (adapter_model.bin only to say why it is refused).</summary>
     public static readonly string[] PeftFileNames = [PeftLoraConfig.FileName, AdapterValidator.WeightsFileName, "adapter_model.bin"];
 
-    private enum EntryKind { File, Directory, Link, Other }
+    private enum EntryKind { File, Directory, Link, Metadata, Other }
 
     private sealed record Entry(string RawName, EntryKind Kind, long DeclaredLength, Func<Stream> Open);
 
@@ -77,9 +77,9 @@ public static class AdapterArchive
     {
         while (tar.GetNextEntry(copyData: false) is { } e)
         {
-            if (e.EntryType == TarEntryType.GlobalExtendedAttributes) continue;
             var kind = e.EntryType switch
             {
+                TarEntryType.GlobalExtendedAttributes => EntryKind.Metadata,
                 TarEntryType.RegularFile or TarEntryType.V7RegularFile or TarEntryType.ContiguousFile => EntryKind.File,
                 TarEntryType.Directory => EntryKind.Directory,
                 TarEntryType.SymbolicLink or TarEntryType.HardLink => EntryKind.Link,
@@ -98,6 +98,7 @@ public static class AdapterArchive
         {
             if (++count > limits.MaxEntries)
                 throw Invalid($"the archive has more than {limits.MaxEntries} entries", "archive_too_many_entries");
+            if (entry.Kind == EntryKind.Metadata) continue;
             string shown = Shown(entry.RawName);
             if (entry.Kind == EntryKind.Link)
                 throw Invalid($"archive entry '{shown}' is a link; links are not allowed", "archive_link");

@@ -33,7 +33,7 @@ public sealed class AdapterApiHost : IAsyncDisposable
     public IServiceProvider Services => _app.Services;
 
     public static async Task<AdapterApiHost> StartAsync(string dataDirectory, FakeResidency? residency = null, ModelConfig? baseModel = null,
-        IDictionary<string, string?>? settings = null, string[]? args = null)
+        IDictionary<string, string?>? settings = null, string[]? args = null, bool swagger = false)
     {
         residency ??= new FakeResidency();
         var builder = WebApplication.CreateBuilder(args ?? []);
@@ -54,7 +54,9 @@ public sealed class AdapterApiHost : IAsyncDisposable
         builder.Services.AddSingleton<IAdapterResidency>(residency);
         builder.Services.AddAdapterStore(builder.Configuration);
         builder.Services.AddEndpointsApiExplorer();
+        if (swagger) builder.Services.AddSwaggerGen();
         var app = builder.Build();
+        if (swagger) app.UseSwagger();
         app.MapAdapterEndpoints();
         await app.StartAsync(TestContext.Current.CancellationToken);
         return new AdapterApiHost(app, residency, dataDirectory);
