@@ -12,19 +12,19 @@ public sealed record AdapterInfo(
     string Name,
     string Kind,
     int Rank,
-    IReadOnlyList<string> TargetModules,
+    [property: JsonPropertyName("target_modules")] IReadOnlyList<string> TargetModules,
     long Bytes,
     int Version,
-    string ContentHash,
+    [property: JsonPropertyName("content_hash")] string ContentHash,
     string Status,
     bool Pinned,
-    long LoadCount,
-    long? LastUsed,
-    int ActiveSequences,
-    long ResidentBytes,
+    [property: JsonPropertyName("load_count")] long LoadCount,
+    [property: JsonPropertyName("last_used")] long? LastUsed,
+    [property: JsonPropertyName("active_sequences")] int ActiveSequences,
+    [property: JsonPropertyName("resident_bytes")] long ResidentBytes,
     string Source,
-    long CreatedAt,
-    long UpdatedAt,
+    [property: JsonPropertyName("created_at")] long CreatedAt,
+    [property: JsonPropertyName("updated_at")] long UpdatedAt,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyList<AdapterModuleInfo>? Modules = null)
 {
     public static AdapterInfo From(AdapterRecord record, AdapterRuntimeStatus status, bool withModules = false) => new(
@@ -47,10 +47,13 @@ public sealed record AdapterList(string Object, IReadOnlyList<AdapterInfo> Data)
 public sealed record AdapterDeleted(string Id, string Object, bool Deleted);
 
 /// <summary>vLLM's <c>POST /v1/load_lora_adapter</c> body.</summary>
-public sealed record LoadLoraAdapterRequest(string? LoraName, string? LoraPath, bool LoadInplace = false);
+public sealed record LoadLoraAdapterRequest(
+    [property: JsonPropertyName("lora_name")] string? LoraName,
+    [property: JsonPropertyName("lora_path")] string? LoraPath,
+    [property: JsonPropertyName("load_inplace")] bool LoadInplace = false);
 
 /// <summary>vLLM's <c>POST /v1/unload_lora_adapter</c> body.</summary>
-public sealed record UnloadLoraAdapterRequest(string? LoraName);
+public sealed record UnloadLoraAdapterRequest([property: JsonPropertyName("lora_name")] string? LoraName);
 
 /// <summary>OpenAI error body: <c>{"error":{"message","type","param","code"}}</c>.</summary>
 public sealed record ApiError(ApiErrorBody Error);

@@ -200,6 +200,12 @@ public class AdapterEndpointTests : IDisposable
         Assert.All(operations, o => Assert.False(string.IsNullOrWhiteSpace((string?)o.Operation["summary"]), $"{o.Method} {o.Path}"));
         var upload = operations.Single(o => o.Path == "/v1/adapters" && o.Method == "post").Operation;
         Assert.NotNull(upload["requestBody"]!["content"]!["multipart/form-data"]);
+        // The documented field names are the ones served, whatever the host's global JSON naming.
+        var schemas = document["components"]!["schemas"]!;
+        Assert.NotNull(schemas["AdapterInfo"]!["properties"]!["content_hash"]);
+        Assert.NotNull(schemas["AdapterInfo"]!["properties"]!["target_modules"]);
+        Assert.NotNull(schemas["LoadLoraAdapterRequest"]!["properties"]!["load_inplace"]);
+        Assert.NotNull(schemas["AdapterUploadForm"]!["properties"]!["adapter_model.safetensors"]);
     }
 
     [Theory]
