@@ -8,7 +8,8 @@ namespace AdapterServe.Modeling.Tokenization;
 /// Writes a real byte-level BPE tokenizer (GPT-2/SmolLM layout: 256 byte tokens, GPT-2 split regex, merges) for the
 /// demo model and the tests. The merges are learned, deterministically, by <see cref="BytePairTrainer"/> over an
 /// embedded English text. Specials: <c>&lt;|endoftext|&gt;</c> (id 0, bos and eos), <c>&lt;|im_start|&gt;</c> (1),
-/// <c>&lt;|im_end|&gt;</c> (2); the chat template is ChatML. Every id is below <c>vocabSize</c>.
+/// <c>&lt;|im_end|&gt;</c> (2); the chat template is ChatML. Every id is below <c>vocabSize</c>
+/// (259 to 777: the embedded text allows no more merges).
 /// </summary>
 public static class DemoTokenizer
 {
@@ -29,10 +30,11 @@ public static class DemoTokenizer
     public static void Write(string directory, int vocabSize = 512)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(vocabSize, MinVocabSize);
-        IReadOnlyList<(string Left, string Right)> merges = BytePairTrainer.Learn(
-            BytePairTrainer.Words(Corpus, new Regex(ByteLevelSegmentEncoder.Gpt2SplitPattern)),
-            vocabSize - MinVocabSize,
-            MinVocabSize);
+        var (merges, created) = BytePairTrainer.Learn(
+            BytePairTrainer.Words(Corpus, new Regex(ByteLevelSegmentEncoder.Gpt2SplitPattern)), vocabSize - MinVocabSize);
+        if (created < vocabSize - MinVocabSize)
+            throw new ArgumentOutOfRangeException(nameof(vocabSize), vocabSize,
+                $"The embedded training text yields at most {MinVocabSize + created} tokens.");
 
         var vocab = new List<string>(Specials);
         for (int b = 0; b < 256; b++)
@@ -188,9 +190,9 @@ internal static class BytePairTrainer
         return counts;
     }
 
-    /// <param name="newTokens">How many new vocabulary entries the merges must create.</param>
-    /// <param name="baseVocabSize">For the error message only.</param>
-    public static IReadOnlyList<(string Left, string Right)> Learn(Dictionary<string, int> wordCounts, int newTokens, int baseVocabSize)
+    /// <summary>Merges until they have created <paramref name="newTokens"/> new tokens or no pair is left.</summary>
+    /// <returns>The merges in order, and how many distinct new tokens they create.</returns>
+    public static (IReadOnlyList<(string Left, string Right)> Merges, int Created) Learn(Dictionary<string, int> wordCounts, int newTokens)
     {
         var words = wordCounts
             .OrderBy(w => w.Key, StringComparer.Ordinal)
@@ -206,8 +208,7 @@ internal static class BytePairTrainer
                 for (int i = 0; i + 1 < symbols.Count; i++)
                     pairCounts[(symbols[i], symbols[i + 1])] = pairCounts.GetValueOrDefault((symbols[i], symbols[i + 1])) + count;
             if (pairCounts.Count == 0)
-                throw new ArgumentOutOfRangeException(nameof(newTokens),
-                    $"The embedded training text yields at most {baseVocabSize + created.Count} tokens; {baseVocabSize + newTokens} were asked for.");
+                break;
 
             var best = pairCounts
                 .OrderByDescending(p => p.Value)
@@ -229,6 +230,6 @@ internal static class BytePairTrainer
                 }
             }
         }
-        return merges;
+        return (merges, created.Count);
     }
 }

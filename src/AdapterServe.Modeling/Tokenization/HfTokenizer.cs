@@ -60,6 +60,9 @@ public sealed class HfTokenizer : ITextTokenizer
     /// <summary>True for SentencePiece-style BPE with byte fallback, false for byte-level BPE.</summary>
     public bool IsSentencePiece { get; }
 
+    /// <summary>Ways in which this tokenizer knowingly departs from Hugging Face's (to be logged at start-up).</summary>
+    public IReadOnlyList<string> LoadWarnings => _encoder.Warnings;
+
     /// <summary>The built-in chat template family in use ("llama-2", "llama-3", "llama-3.1", "chatml"), or null.</summary>
     public string? ChatTemplateName => _chatTemplate?.Name;
 

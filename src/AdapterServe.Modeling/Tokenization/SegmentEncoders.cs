@@ -13,6 +13,9 @@ internal interface ISegmentEncoder
 
     /// <summary>The bytes one model token stands for (for <see cref="ITextTokenizer.TokenText"/>).</summary>
     byte[] TokenBytes(string token);
+
+    /// <summary>Ways in which this encoder knowingly departs from Hugging Face's pipeline.</summary>
+    IReadOnlyList<string> Warnings => [];
 }
 
 /// <summary>
@@ -24,7 +27,11 @@ internal sealed class SentencePieceSegmentEncoder : ISegmentEncoder
 {
     public const char Metaspace = '\u2581';
 
-    private enum DummyPrefix { Always, First, Never }
+    /// <summary>
+    /// When a segment gets the '▁' dummy prefix: the Prepend normalizer always adds it; the Metaspace pre-tokenizer
+    /// adds it (always, or to the segment that starts the text) only where the segment does not begin with a space.
+    /// </summary>
+    private enum DummyPrefix { Always, AlwaysUnlessSpace, FirstUnlessSpace, Never }
 
     private readonly SentencePieceTokenizer _model;
     private readonly DummyPrefix _dummyPrefix;
@@ -73,8 +80,8 @@ internal sealed class SentencePieceSegmentEncoder : ISegmentEncoder
                 ?? ((metaspace["add_prefix_space"]?.GetValue<bool>() ?? true) ? "always" : "never");
             DummyPrefix prefix = scheme switch
             {
-                "always" => DummyPrefix.Always,
-                "first" => DummyPrefix.First,
+                "always" => DummyPrefix.AlwaysUnlessSpace,
+                "first" => DummyPrefix.FirstUnlessSpace,
                 "never" => DummyPrefix.Never,
                 _ => throw Unsupported(json, $"Metaspace prepend_scheme '{scheme}'"),
             };
@@ -106,8 +113,15 @@ internal sealed class SentencePieceSegmentEncoder : ISegmentEncoder
     {
         if (segment.Length == 0)
             return;
-        bool prefix = _dummyPrefix == DummyPrefix.Always || (_dummyPrefix == DummyPrefix.First && atTextStart);
-        string normalized = (prefix ? Metaspace.ToString() : "") + segment.Replace(' ', Metaspace);
+        string escaped = segment.Replace(' ', Metaspace);
+        bool prefix = _dummyPrefix switch
+        {
+            DummyPrefix.Always => true,
+            DummyPrefix.AlwaysUnlessSpace => escaped[0] != Metaspace,
+            DummyPrefix.FirstUnlessSpace => atTextStart && escaped[0] != Metaspace,
+            _ => false,
+        };
+        string normalized = prefix ? Metaspace + escaped : escaped;
         foreach (string word in _splitOnMetaspace ? SplitBeforeMetaspace(normalized) : [normalized])
         {
             ids.AddRange(_model.EncodeToIds(
@@ -194,6 +208,7 @@ internal sealed class ByteLevelSegmentEncoder : ISegmentEncoder
         }
 
         NormalizationForm? normalization = null;
+        var warnings = new List<string>();
         foreach (JsonNode n in TokenizerJson.Flatten(json.Normalizer, "normalizers"))
         {
             normalization = TokenizerJson.TypeOf(n) switch
@@ -205,6 +220,12 @@ internal sealed class ByteLevelSegmentEncoder : ISegmentEncoder
                 _ => throw new InvalidDataException($"{json.Path}: normalizer {n.ToJsonString()} is not supported with byte-level BPE."),
             };
         }
+        if (normalization is { } form && !UnicodeNormalizationWorks(form))
+        {
+            warnings.Add($"{json.Path}: the {TokenizerJson.TypeOf(json.Normalizer!)} normalizer needs ICU, which this process runs without "
+                         + "(InvariantGlobalization); text is encoded as given, so ids differ from Hugging Face's for text not already in that form.");
+            normalization = null;
+        }
 
         var bpe = BpeTokenizer.Create(new BpeOptions(json.Vocab)
         {
@@ -212,8 +233,17 @@ internal sealed class ByteLevelSegmentEncoder : ISegmentEncoder
             ByteLevel = true,
         });
         return new ByteLevelSegmentEncoder(bpe, splits, json.Vocab, json.IgnoreMerges,
-            byteLevel["add_prefix_space"]?.GetValue<bool>() ?? false, normalization);
+            byteLevel["add_prefix_space"]?.GetValue<bool>() ?? false, normalization) { Warnings = warnings };
     }
+
+    /// <summary>Under InvariantGlobalization .NET leaves non-ASCII text unnormalized instead of failing.</summary>
+    private static bool UnicodeNormalizationWorks(NormalizationForm form) => form switch
+    {
+        NormalizationForm.FormC or NormalizationForm.FormKC => "e\u0301".Normalize(form) == "\u00e9",
+        _ => "\u00e9".Normalize(form) == "e\u0301",
+    };
+
+    public IReadOnlyList<string> Warnings { get; private init; } = [];
 
     private static RegexPreTokenizer SplitOn(string pattern, string path)
     {

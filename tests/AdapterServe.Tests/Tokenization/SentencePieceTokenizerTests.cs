@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using AdapterServe.Modeling.Tokenization;
 
 namespace AdapterServe.Tests.Tokenization;
@@ -33,6 +34,31 @@ public class SentencePieceTokenizerTests
 
         Assert.Equal(expected, tokenizer.Encode(text));
         Assert.Equal(expected[1..], tokenizer.Encode(text, addSpecialTokens: false));
+    }
+
+    /// <summary>
+    /// Newer conversions (tokenizers ≥ 0.19, legacy=false) use a Metaspace pre-tokenizer with prepend_scheme "first"
+    /// instead of the normalizer: no '▁' after an added token, none before a leading space. Ids from transformers.js.
+    /// </summary>
+    [Theory]
+    [InlineData("Hello</s>world<s> again", new[] { 1, 346, 306, 414, 2, 424, 304, 341, 1, 261, 428, 412, 271 })]
+    [InlineData("Once upon a time", new[] { 1, 403, 407, 261, 378 })]
+    [InlineData("  two", new[] { 1, 410, 259, 424, 414 })]
+    [InlineData("<s>Lily", new[] { 1, 1, 438, 310 })]
+    public void Metaspace_first_scheme_matches_hugging_face_ids(string text, int[] expected)
+    {
+        string source = TokenizerFixtures.Stories260KDirectory();
+        string dir = TokenizerFixtures.NewTempDirectory("stories-metaspace");
+        File.Copy(Path.Combine(source, "tokenizer_config.json"), Path.Combine(dir, "tokenizer_config.json"));
+        var tokenizer = JsonNode.Parse(File.ReadAllText(Path.Combine(source, "tokenizer.json")))!.AsObject();
+        tokenizer["normalizer"] = null;
+        tokenizer["pre_tokenizer"] = new JsonObject
+        {
+            ["type"] = "Metaspace", ["replacement"] = "\u2581", ["prepend_scheme"] = "first", ["split"] = false,
+        };
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), tokenizer.ToJsonString());
+
+        Assert.Equal(expected, HfTokenizer.Load(dir).Encode(text));
     }
 
     [Theory]

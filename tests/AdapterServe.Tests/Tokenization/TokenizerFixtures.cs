@@ -74,4 +74,16 @@ internal static class TokenizerFixtures
             });
         }
     }
+
+    /// <summary>Renames a token in both the model vocabulary and the added tokens of a tokenizer.json object.</summary>
+    public static void RenameToken(JsonObject tokenizer, string from, string to)
+    {
+        var vocab = tokenizer["model"]!["vocab"]!.AsObject();
+        JsonNode id = vocab[from]!.DeepClone();
+        vocab.Remove(from);
+        vocab[to] = id;
+        foreach (JsonNode? added in tokenizer["added_tokens"]!.AsArray())
+            if (added!["content"]!.GetValue<string>() == from)
+                added["content"] = to;
+    }
 }
