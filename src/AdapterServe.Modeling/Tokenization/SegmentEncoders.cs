@@ -54,7 +54,7 @@ internal sealed class SentencePieceSegmentEncoder : ISegmentEncoder
             return null;
 
         var controlIds = json.AddedTokens.Select(t => t.Id).ToHashSet();
-        int unknownId = json.Vocab.TryGetValue("<unk>", out int unk) ? unk : 0;
+        int unknownId = json.Vocab.TryGetValue(json.UnknownToken ?? "<unk>", out int unk) ? unk : 0;
         byte[] proto = SentencePieceModelProto.Build(
             pieces, json.Merges, controlIds, unknownId, bosId ?? 1, eosId ?? 2, byteFallback: true);
         var model = LlamaTokenizer.Create(new MemoryStream(proto), addBeginOfSentence: false, addEndOfSentence: false);

@@ -14,6 +14,7 @@ internal sealed class TokenizerJson
     public required IReadOnlyList<(string Left, string Right)> Merges { get; init; }
     public required bool ByteFallback { get; init; }
     public required bool IgnoreMerges { get; init; }
+    public string? UnknownToken { get; init; }
     public required IReadOnlyList<AddedToken> AddedTokens { get; init; }
     public JsonNode? Normalizer { get; init; }
     public JsonNode? PreTokenizer { get; init; }
@@ -61,6 +62,7 @@ internal sealed class TokenizerJson
             Merges = merges,
             ByteFallback = model["byte_fallback"]?.GetValue<bool>() ?? false,
             IgnoreMerges = model["ignore_merges"]?.GetValue<bool>() ?? false,
+            UnknownToken = model["unk_token"]?.GetValue<string>(),
             AddedTokens = added,
             Normalizer = root["normalizer"],
             PreTokenizer = root["pre_tokenizer"],

@@ -33,9 +33,22 @@ internal static class TokenizerFixtures
     /// <summary>The generated demo tokenizer (vocabulary 512), written once per test run.</summary>
     public static string Demo() => DemoDirectory.Value;
 
+    /// <summary>One folder per test process, removed when the process exits.</summary>
+    private static readonly Lazy<string> TempRoot = new(() =>
+    {
+        string root = Path.Combine(Path.GetTempPath(), $"adapterserve-tokenization-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(root);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try { Directory.Delete(root, recursive: true); }
+            catch (IOException) { }
+        };
+        return root;
+    });
+
     public static string NewTempDirectory(string name)
     {
-        string dir = Path.Combine(Path.GetTempPath(), "adapterserve-tests", $"{name}-{Guid.NewGuid():N}");
+        string dir = Path.Combine(TempRoot.Value, $"{name}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
         return dir;
     }
