@@ -9,6 +9,8 @@ internal static class EngineMetrics
     public static readonly Gauge RequestsWaiting = Metrics.CreateGauge("adapterserve_num_requests_waiting", "Requests waiting for a place in the batch.");
     public static readonly Gauge KvCacheUsage = Metrics.CreateGauge("adapterserve_kv_cache_usage_ratio", "Share of KV-cache slots in use (0..1).");
 
+    public static readonly Gauge LiveTensors = Metrics.CreateGauge("adapterserve_engine_live_tensors", "Live TorchSharp tensors owned by the engine thread after the last step (must stay flat).");
+
     public static readonly Counter PromptTokens = Metrics.CreateCounter("adapterserve_prompt_tokens_total", "Prompt tokens prefilled.", "model");
     public static readonly Counter GenerationTokens = Metrics.CreateCounter("adapterserve_generation_tokens_total", "Tokens generated.", "model");
     public static readonly Counter RequestsFinished = Metrics.CreateCounter("adapterserve_request_success_total", "Finished sequences by finish reason.", "model", "finished_reason");

@@ -42,6 +42,9 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
     public int RunningSequences => Volatile.Read(ref _runningSequences);
     public int WaitingRequests => Volatile.Read(ref _waitingRequests);
     public int ContextLength { get; }
+    /// <summary>Live TorchSharp tensors of the engine thread after the last step (dispose-scope statistics are per thread). Must not grow.</summary>
+    public long LiveTensors => Interlocked.Read(ref _liveTensors);
+    private long _liveTensors;
 
     /// <summary>Reads the config and tokenizer now, then loads the weights on the engine thread (<see cref="IsReady"/> turns true).</summary>
     public static GenerationEngine Start(EngineOptions options, ILoggerFactory loggerFactory, IAdapterBinder? adapters = null) =>
@@ -154,6 +157,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
                     continue;
                 }
                 Execute(step);
+                RecordLiveTensors();
             }
             catch (Exception e)
             {
@@ -269,6 +273,13 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
             AcceptToken(s, token, lp);
         }
         EngineMetrics.StepSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
+    }
+
+    private void RecordLiveTensors()
+    {
+        long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        Interlocked.Exchange(ref _liveTensors, live);
+        EngineMetrics.LiveTensors.Set(live);
     }
 
     private IProjectionHook? BuildHook(List<Sequence> step, ForwardBatch batch)

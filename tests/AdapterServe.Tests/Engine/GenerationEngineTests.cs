@@ -120,6 +120,21 @@ public class GenerationEngineTests
     }
 
     [Fact]
+    public async Task Native_tensors_stay_flat_over_500_generations()
+    {
+        await using var engine = await EngineRunner.StartAsync(ModelDir, maxBatch: 8, maxContext: 64);
+        async Task Generate(int count)
+        {
+            for (int i = 0; i < count; i += 8)
+                await Task.WhenAll(Enumerable.Range(i, 8).Select(j => EngineRunner.RunAsync(engine, EngineRunner.Greedy([1 + j % 200, 2, 3], 2 + j % 3, logprobs: j % 2))));
+        }
+        await Generate(40);
+        long warm = engine.LiveTensors;
+        await Generate(520);
+        Assert.Equal(warm, engine.LiveTensors);
+    }
+
+    [Fact]
     public async Task Stories260K_greedy_decode_is_coherent_English()
     {
         string dir = SharedModels.Require("stories260K-hf");
