@@ -346,14 +346,15 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
                 else orphan = loaded;
             }
             if (!_disposed) UpdateGauges(SnapshotLocked());
+            // Signalled under the lock, so a later load of this version (after an eviction) never inherits this signal.
+            entry.HostLoaded.TrySetResult();
         }
         orphan?.Dispose();
 
-        if (entry.Error is { } error)
+        if (failure is not null && entry.Error is { } error)
             LogLoadFailed(_logger, entry.Record.Name, entry.Record.Version, error.Code, error.Message);
         else
             LogLoaded(_logger, entry.Record.Name, entry.Record.Version, Math.Round(seconds, 4), loaded?.Bytes ?? 0);
-        entry.HostLoaded.TrySetResult();
     }
 
     private static AdapterValidationException AsValidationError(CachedVersion entry, Exception failure) => failure switch
