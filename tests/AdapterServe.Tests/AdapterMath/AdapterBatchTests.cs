@@ -1,5 +1,6 @@
 using AdapterServe.Adapters;
 using AdapterServe.Modeling;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace AdapterServe.Tests.AdapterMath;
@@ -109,5 +110,29 @@ public class AdapterBatchTests
         var x = model.Input(Projection.Down, 3);
         var expected = Reference.Linear(x, Reference.MergedLora(w0, lora.A(1, Projection.Down), lora.B(1, Projection.Down), 2.0 * 0.75));
         Reference.AssertClose(expected, batch.Apply(1, Projection.Down, x, Reference.Linear(x, w0), w0));
+    }
+
+    [Fact]
+    public void Steps_leave_no_live_tensors_behind()
+    {
+        using var outer = NewDisposeScope();
+        var model = new TestBase();
+        using var lora = new TestAdapter("lora").Module(0, Projection.Q, 4, 2.0).Load(model);
+        using var dora = new TestAdapter("dora") { Kind = AdapterKind.Dora }.Module(0, Projection.Q, 4, 2.0, dora: true).Load(model);
+        var w0 = model.Weight(0, Projection.Q);
+
+        void Step()
+        {
+            using var step = NewDisposeScope();
+            using var batch = new AdapterBatch([
+                AdapterSegment.Single(0, 2, lora), AdapterSegment.Single(2, 2, dora, 0.5f), AdapterSegment.Single(4, 1, lora)]);
+            var x = model.Input(Projection.Q, 5);
+            batch.Apply(0, Projection.Q, x, Reference.Linear(x, w0), w0);
+        }
+
+        Step(); // warm-up: caches DoRA's row factor for scale 0.5 once
+        long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        for (int i = 0; i < 20; i++) Step();
+        Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
     }
 }
