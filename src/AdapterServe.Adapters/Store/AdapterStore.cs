@@ -131,7 +131,7 @@ public sealed class AdapterStore
     public async Task<AdapterRecord> DeleteAsync(string name, bool wait, CancellationToken cancellationToken = default)
     {
         await _writes.WaitAsync(cancellationToken);
-        bool held = true;
+        bool held = true, deleted = false;
         try
         {
             if (!Registry.TryResolve(name, out var record)) throw AdapterStoreException.NotFound(name);
@@ -157,12 +157,13 @@ public sealed class AdapterStore
 
             RemoveVersions(name, upTo: record.Version);
             _logger.LogInformation("Adapter {Name} deleted (v{Version})", name, record.Version);
+            deleted = true;
             return record;
         }
         finally
         {
             if (held) _writes.Release();
-            _residency.Forget(name);
+            if (deleted) _residency.Forget(name);
         }
     }
 
