@@ -82,6 +82,13 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         };
     }
 
+    /// <summary>
+    /// The frozen base weight <c>W0</c> of one projection, for adapters computed from it at load (KaSA's SVD).
+    /// Read-only; safe to read from the adapter loader thread once <see cref="IsReady"/>.
+    /// </summary>
+    public Tensor BaseWeight(int layer, Projection projection) =>
+        (_model ?? throw new InvalidOperationException("the base model is not loaded yet")).ProjectionOf(layer, projection).Weight;
+
     public ChannelReader<GenerationEvent> Submit(GenerationRequest request, CancellationToken cancellationToken)
     {
         if (_stopping) throw new ObjectDisposedException(nameof(GenerationEngine));
@@ -243,7 +250,9 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         }
         var batch = new ForwardBatch(steps);
         var hook = BuildHook(step, batch);
-        var logits = _model!.Forward(batch, _cache!, hook);                        // [rows, vocab]
+        Tensor logits;
+        try { logits = _model!.Forward(batch, _cache!, hook); }                      // [rows, vocab]
+        finally { (hook as IDisposable)?.Dispose(); }
         EngineMetrics.BatchSize.Observe(step.Count);
         EngineMetrics.StepTokens.Observe(batch.TokenCount);
 

@@ -173,6 +173,18 @@ public sealed class LlamaModel : IDisposable
     public static Tensor ScaledDotProductAttention(Tensor q, Tensor k, Tensor v, Tensor? mask) =>
         F.scaled_dot_product_attention(q, k, v, mask);
 
+    /// <summary>The frozen projection of one layer (its weight is what adapters are validated and built against).</summary>
+    public Linear ProjectionOf(int layer, Projection projection)
+    {
+        var l = Layers[layer];
+        return projection switch
+        {
+            Projection.Q => l.SelfAttn.QProj, Projection.K => l.SelfAttn.KProj, Projection.V => l.SelfAttn.VProj, Projection.O => l.SelfAttn.OProj,
+            Projection.Gate => l.Mlp.GateProj, Projection.Up => l.Mlp.UpProj, Projection.Down => l.Mlp.DownProj,
+            _ => throw new ArgumentOutOfRangeException(nameof(projection)),
+        };
+    }
+
     public long ParameterBytes => _owned.Sum(t => t.NumberOfElements * t.ElementSize);
 
     public void Dispose()
