@@ -104,8 +104,8 @@ public class GenerationEngineTests
     {
         await using var engine = await EngineRunner.StartAsync(ModelDir, maxBatch: 1, maxQueue: 1, maxContext: 128);
         using var cts = new CancellationTokenSource();
-        engine.Submit(EngineRunner.Greedy([1], 100), cts.Token);
-        await Task.Delay(200);   // the first request is running; the next one waits
+        engine.Submit(EngineRunner.Greedy([1], 120), cts.Token);
+        while (engine.RunningSequences == 0) await Task.Yield();   // the first request runs; the next one waits
         engine.Submit(EngineRunner.Greedy([2], 5), cts.Token);
         Assert.Throws<QueueFullException>(() => engine.Submit(EngineRunner.Greedy([3], 5), cts.Token));
         cts.Cancel();
