@@ -43,6 +43,7 @@ public static class BenchProgram
         BenchReport? report = null;
         try
         {
+            if (scenario.UsesEngine && options.Threads is int threads) TorchSharp.torch.set_num_threads(threads);
             report = new BenchReport
             {
                 Scenario = options.Scenario,

@@ -40,7 +40,10 @@ public sealed record MemorySample(string Label, double AtSeconds, long WorkingSe
 
 /// <summary>The machine the figures were taken on.</summary>
 /// <param name="Dtype">Compute dtype of the engine; null for <c>serve</c> (the server under test decides).</param>
-public sealed record MachineInfo(int Cores, string Os, string Cpu, string Runtime, string? TorchSharpVersion, string? Dtype, string? Device, int? TorchThreads);
+/// <param name="LoadAverage">/proc/loadavg at the start: other work on the machine skews every figure.</param>
+/// <param name="Environment">Variables that change native threading or the .NET runtime (OMP_*, MKL_*, DOTNET_*), as set.</param>
+public sealed record MachineInfo(int Cores, string Os, string Cpu, string Runtime, string? TorchSharpVersion, string? Dtype, string? Device, int? TorchThreads,
+    string? LoadAverage, IReadOnlyDictionary<string, string> Environment);
 
 /// <summary>The synthetic model an engine scenario ran on.</summary>
 public sealed record ModelSummary(string Name, string Directory, int HiddenSize, int Layers, int Heads, int KeyValueHeads, int IntermediateSize, int VocabSize, bool TiedEmbeddings, long Parameters, int ContextLength, double LoadSeconds);

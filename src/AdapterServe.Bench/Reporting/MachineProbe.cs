@@ -15,7 +15,26 @@ public static class MachineProbe
         withTorch ? typeof(TorchSharp.torch).Assembly.GetName().Version?.ToString(3) : null,
         dtype,
         device,
-        withTorch ? TorchSharp.torch.get_num_threads() : null);
+        withTorch ? TorchSharp.torch.get_num_threads() : null,
+        LoadAverage(),
+        RelevantEnvironment());
+
+    private static readonly string[] EnvironmentPrefixes = ["OMP_", "MKL_", "KMP_", "GOMP_", "DOTNET_", "TORCH_"];
+
+    private static SortedDictionary<string, string> RelevantEnvironment()
+    {
+        var found = new SortedDictionary<string, string>(StringComparer.Ordinal);
+        foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables())
+            if (e.Key is string k && EnvironmentPrefixes.Any(p => k.StartsWith(p, StringComparison.Ordinal)))
+                found[k] = e.Value as string ?? "";
+        return found;
+    }
+
+    private static string? LoadAverage()
+    {
+        try { return File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : null; }
+        catch (IOException) { return null; }
+    }
 
     /// <summary>Collects garbage first, so the sample shows what is really retained.</summary>
     public static MemorySample Memory(string label, Stopwatch since, bool withTorch)

@@ -33,7 +33,7 @@ public static class ReportWriter
         if (report.Model is { } model)
             sb.Append(c, $" · model {model.Name} (hidden {model.HiddenSize}, {model.Layers} layers, {model.Heads}/{model.KeyValueHeads} heads, vocab {model.VocabSize}, {model.Parameters / 1e6:0.#}M parameters)");
         sb.AppendLine();
-        sb.AppendLine(c, $"machine: {m.Cores} cores · {m.Cpu} · {m.Os} · {m.Runtime} · TorchSharp {m.TorchSharpVersion ?? "-"} · dtype {m.Dtype ?? "-"} · device {m.Device ?? "-"} · torch threads {(m.TorchThreads?.ToString(c) ?? "-")}");
+        sb.AppendLine(c, $"machine: {m.Cores} cores · {m.Cpu} · {m.Os} · {m.Runtime} · TorchSharp {m.TorchSharpVersion ?? "-"} · dtype {m.Dtype ?? "-"} · device {m.Device ?? "-"} · torch threads {(m.TorchThreads?.ToString(c) ?? "-")} · load average {m.LoadAverage ?? "-"}{string.Concat(m.Environment.Select(e => $" · {e.Key}={e.Value}"))}");
         sb.AppendLine();
 
         if (report.Figures.Count > 0)

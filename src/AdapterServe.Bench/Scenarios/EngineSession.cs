@@ -38,8 +38,7 @@ public sealed class EngineSession : IAsyncDisposable
     {
         var o = context.Options;
         if (longestSequence > model.Config.MaxPositionEmbeddings)
-            throw new UsageException($"this scenario needs sequences of {longestSequence} tokens, but {model.Name} has max_position_embeddings {model.Config.MaxPositionEmbeddings}");
-        if (o.Threads is int threads) TorchSharp.torch.set_num_threads(threads);
+            throw new UsageException($"this scenario needs sequences of {longestSequence} tokens (prompt + max tokens), but {model.Name} has max_position_embeddings {model.Config.MaxPositionEmbeddings}: lower --prompt-lengths, --prompt-tokens or --max-tokens");
         // A context just long enough keeps the KV cache (slots x context x layers) small.
         int contextLength = Math.Min(model.Config.MaxPositionEmbeddings, (longestSequence + 1 + 63) / 64 * 64);
         var options = new EngineOptions
