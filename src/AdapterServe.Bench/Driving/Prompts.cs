@@ -2,11 +2,14 @@ using AdapterServe.Modeling.Tokenization;
 
 namespace AdapterServe.Bench.Driving;
 
-/// <summary>Prompts of random ordinary (non-special) token ids from a seeded generator.</summary>
+/// <summary>
+/// Prompts of random ordinary (non-special) token ids from a seeded generator, drawn from the ids the tokenizer
+/// knows (a synthetic model's vocabulary may be larger than its small generated tokenizer).
+/// </summary>
 public sealed class Prompts(ITextTokenizer tokenizer, int vocabSize, int seed)
 {
     private readonly Random _random = new(seed);
-    private readonly int[] _ordinary = Enumerable.Range(0, vocabSize).Where(id => !tokenizer.IsSpecial(id)).ToArray();
+    private readonly int[] _ordinary = Enumerable.Range(0, Math.Min(vocabSize, tokenizer.VocabSize)).Where(id => !tokenizer.IsSpecial(id)).ToArray();
 
     public IReadOnlyList<int> Next(int length)
     {
