@@ -20,12 +20,14 @@ public static class MachineProbe
         RelevantEnvironment());
 
     private static readonly string[] EnvironmentPrefixes = ["OMP_", "MKL_", "KMP_", "GOMP_", "DOTNET_", "TORCH_"];
+    // The SDK's own switches do not change how the benchmark runs.
+    private static readonly string[] IgnoredPrefixes = ["DOTNET_CLI_", "DOTNET_ROOT", "DOTNET_NOLOGO", "DOTNET_GENERATE_", "DOTNET_SKIP_", "DOTNET_INSTALL"];
 
     private static SortedDictionary<string, string> RelevantEnvironment()
     {
         var found = new SortedDictionary<string, string>(StringComparer.Ordinal);
         foreach (System.Collections.DictionaryEntry e in Environment.GetEnvironmentVariables())
-            if (e.Key is string k && EnvironmentPrefixes.Any(p => k.StartsWith(p, StringComparison.Ordinal)))
+            if (e.Key is string k && EnvironmentPrefixes.Any(p => k.StartsWith(p, StringComparison.Ordinal)) && !IgnoredPrefixes.Any(p => k.StartsWith(p, StringComparison.Ordinal)))
                 found[k] = e.Value as string ?? "";
         return found;
     }
