@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Threading.Channels;
 using AdapterServe.Engine;
 
 namespace AdapterServe.Bench.Driving;
@@ -34,7 +35,12 @@ public static class GenerationDriver
     {
         string model = request.Adapters.Count == 0 ? engine.Model.Id : string.Join("+", request.Adapters.Select(a => a.Name));
         long submitted = Stopwatch.GetTimestamp();
-        var events = engine.Submit(request, ct);
+        ChannelReader<GenerationEvent> events;
+        try { events = engine.Submit(request, ct); }
+        catch (Exception e) when (e is QueueFullException or ContextLengthExceededException or AdapterNotFoundException or ArgumentException)
+        {
+            throw new BenchException($"the engine refused request {request.RequestId} ({model}): {e.Message}", e);
+        }
         var times = new List<long>(request.Sampling.MaxTokens);
         FinishEvent? finish = null;
         await foreach (var e in events.ReadAllAsync(ct))

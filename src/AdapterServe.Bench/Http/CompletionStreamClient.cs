@@ -78,6 +78,10 @@ public sealed class CompletionStreamClient(HttpClient http, Uri baseUrl, string?
             }
             return done ? Result(true, null) : Result(false, "the stream ended without data: [DONE]");
         }
+        catch (Exception e) when (e is HttpRequestException or IOException && ct.IsCancellationRequested)
+        {
+            throw new OperationCanceledException("cancelled while streaming", e, ct);
+        }
         catch (HttpRequestException e) { return Result(false, $"HTTP request failed: {e.Message}"); }
         catch (IOException e) { return Result(false, $"the stream broke: {e.Message}"); }
     }

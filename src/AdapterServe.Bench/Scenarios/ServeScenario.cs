@@ -19,24 +19,36 @@ public sealed class ServeScenario : IScenario
     public async Task RunAsync(BenchContext context, BenchReport report, CancellationToken ct)
     {
         var o = context.Options;
-        var url = LoopbackUrl.Parse(o.Url!);
-        if (!url.AbsolutePath.EndsWith('/')) url = new Uri(url, url.AbsolutePath + "/");
+        var url = ServerRoot(LoopbackUrl.Parse(o.Url!));
         using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = Math.Max(o.Concurrency, 2) }) { Timeout = Timeout.InfiniteTimeSpan };
         var client = new CompletionStreamClient(http, url, o.ApiKey);
         var deadline = DateTime.UtcNow.AddSeconds(o.TimeoutSeconds);
+        using var setup = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        setup.CancelAfter(TimeSpan.FromSeconds(o.TimeoutSeconds));
 
-        var models = o.Adapters.Count > 0 ? o.Adapters : [o.ServedModel ?? await client.FirstModelAsync(ct)];
-        var chooser = ModelChooser.Parse(o.Distribution, models, o.Seed);
+        IReadOnlyList<string> models;
         string prompt = string.Join(' ', Enumerable.Range(0, o.PromptWords).Select(i => Words[i % Words.Length]));
-        context.Log($"serve: {url} · models {string.Join(",", models)} · {o.Distribution} · {o.Requests} requests, {o.Concurrency} at a time");
-
-        // Warm-up: every model once, so adapters are loaded before the clock runs; a failure here is a setup error.
-        for (int w = 0; w < o.Warmup; w++)
-            foreach (var model in models)
-            {
-                var r = await client.CompleteAsync(model, prompt, Math.Min(o.MaxTokens, 8), o.IgnoreEos, ct);
-                if (!r.Ok) throw new BenchException($"warm-up request on model '{model}' failed: {r.Error}");
-            }
+        try
+        {
+            models = o.Adapters.Count > 0 ? o.Adapters : [o.ServedModel ?? await client.FirstModelAsync(setup.Token)];
+            context.Log($"serve: {url} · models {string.Join(",", models)} · {o.Distribution} · {o.Requests} requests, {o.Concurrency} at a time");
+            // Warm-up: every model once, so adapters are loaded before the clock runs; a failure here is a setup error.
+            for (int w = 0; w < o.Warmup; w++)
+                foreach (var model in models)
+                {
+                    var r = await client.CompleteAsync(model, prompt, Math.Min(o.MaxTokens, 8), o.IgnoreEos, setup.Token);
+                    if (!r.Ok) throw new BenchException($"warm-up request on model '{model}' failed: {r.Error}");
+                }
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw new BenchException($"--timeout-s {o.TimeoutSeconds} ran out before the measured requests (listing models or warming up {url})");
+        }
+        catch (HttpRequestException e)
+        {
+            throw new BenchException($"cannot reach {url}: {e.Message}");
+        }
+        var chooser = ModelChooser.Parse(o.Distribution, models, o.Seed);
 
         var passes = new List<PassResult>();
         for (int pass = 0; pass < o.Repeats && DateTime.UtcNow < deadline; pass++)
@@ -45,7 +57,7 @@ public sealed class ServeScenario : IScenario
             passes.Add(result);
             context.Log($"serve pass {pass + 1}/{o.Repeats}: {result.Ok.Count} ok, {result.Failed.Count} failed, {result.Unfinished} unfinished in {result.Seconds:0.0}s");
         }
-        if (passes.Count == 0) throw new BenchException($"--timeout-s {o.TimeoutSeconds} ran out during the warm-up");
+        if (passes.Count == 0) throw new BenchException($"--timeout-s {o.TimeoutSeconds} ran out before the measured requests");
 
         IReadOnlyList<double> PerPass(Func<PassResult, double> f) => passes.Select(f).ToList();
         static double P(IReadOnlyCollection<double> xs, double p) => xs.Count > 0 ? Stats.Percentile(xs, p) : double.NaN;
@@ -69,6 +81,14 @@ public sealed class ServeScenario : IScenario
         if (passes.All(p => p.Ok.Count == 0)) report.Errors.Add("no request succeeded");
         if (passes.Any(p => p.Ok.Any(r => r.TokenChunks != r.CompletionTokens)))
             report.Notes.Add("the server's usage.completion_tokens differs from its token chunks: inter-token latency is per chunk");
+    }
+
+    /// <summary>The server's root: OpenAI clients are often given <c>…/v1</c>; the paths below add it themselves.</summary>
+    public static Uri ServerRoot(Uri url)
+    {
+        string path = url.AbsolutePath.TrimEnd('/');
+        if (path.EndsWith("/v1", StringComparison.Ordinal)) path = path[..^3];
+        return new UriBuilder(url) { Path = path + "/", Query = "" }.Uri;
     }
 
     private sealed record PassResult(List<StreamedCompletion> Ok, List<StreamedCompletion> Failed, int Unfinished, double Seconds);

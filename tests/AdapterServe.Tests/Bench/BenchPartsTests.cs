@@ -43,6 +43,14 @@ public sealed class BenchPartsTests
     public void Other_urls_are_refused_with_the_reason(string url, string reason) =>
         Assert.Contains(reason, Assert.Throws<UsageException>(() => LoopbackUrl.Parse(url)).Message);
 
+    [Theory]
+    [InlineData("http://127.0.0.1:8000", "http://127.0.0.1:8000/")]
+    [InlineData("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/")]
+    [InlineData("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000/")]
+    [InlineData("http://localhost:9/proxy/v1", "http://localhost:9/proxy/")]
+    public void Serve_accepts_the_server_root_or_its_v1_base_url(string given, string root) =>
+        Assert.Equal(root, AdapterServe.Bench.Scenarios.ServeScenario.ServerRoot(new Uri(given)).ToString());
+
     [Fact]
     public void Zipf_choice_follows_one_over_rank_to_the_s()
     {

@@ -164,7 +164,7 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
     {
         string[] models = ["ada", "bob", "cyd"];
         await using var server = await FakeCompletionsServer.StartAsync(models, apiKey: "k-123");
-        var (rc, report, _, progress) = await RunAsync("serve", "--url", server.Url.ToString(), "--api-key", "k-123", "--adapters", "ada,bob,cyd",
+        var (rc, report, _, progress) = await RunAsync("serve", "--url", new Uri(server.Url, "v1").ToString(), "--api-key", "k-123", "--adapters", "ada,bob,cyd",
             "--requests", "9", "--concurrency", "3", "--max-tokens", "5", "--distribution", "zipf:1.2", "--warmup", "0", "--timeout-s", "60");
         Assert.True(rc == 0, progress);
         AssertReport(report!, "serve",
