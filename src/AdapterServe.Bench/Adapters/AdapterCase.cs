@@ -1,0 +1,55 @@
+using AdapterServe.Adapters;
+using AdapterServe.Bench.Reporting;
+using AdapterServe.Modeling;
+
+namespace AdapterServe.Bench.Adapters;
+
+/// <summary>Writes one adapter directory with random weights for <paramref name="adapterCase"/> onto <paramref name="model"/>.</summary>
+public delegate void AdapterDirectoryWriter(string directory, ModelConfig model, AdapterCase adapterCase, int seed);
+
+/// <summary>
+/// One line of the <c>adapters</c> scenario: an adapter kind and shape, how many distinct adapters are spread over
+/// the batch, and how its directories are written. A new kind (Kronecker, mixture) is one more line in <see cref="AdapterCases.Table"/>.
+/// </summary>
+/// <param name="Distinct">1: the same adapter on every sequence; N: sequence i uses adapter i mod N.</param>
+/// <param name="ComparedTo">For N distinct adapters: the single-adapter case the N-adapters/1-adapter ratio divides by.</param>
+/// <param name="Target">Issue 5's goal for this case's ratio (to the base, or to <paramref name="ComparedTo"/>), at <paramref name="TargetBatches"/>.</param>
+public sealed record AdapterCase(
+    string Name,
+    AdapterKind Kind,
+    int Rank,
+    IReadOnlyList<Projection> Targets,
+    int Distinct,
+    AdapterDirectoryWriter Write,
+    string? ComparedTo = null,
+    Target? Target = null,
+    IReadOnlyList<int>? TargetBatches = null)
+{
+    /// <summary>Name (and cache folder) of the i-th distinct adapter; cases with the same kind, rank and targets share them.</summary>
+    public string AdapterName(int index) =>
+        $"{Kind.ToString().ToLowerInvariant()}-r{Rank}-{(Targets.Count == ProjectionNames.All.Length ? "all" : string.Join("+", Targets.Select(t => t.ShortName().Replace("_proj", ""))))}-{index}";
+}
+
+public static class AdapterCases
+{
+    private static readonly Projection[] All = ProjectionNames.All;
+
+    public static readonly IReadOnlyList<AdapterCase> Table =
+    [
+        new("lora-r8", AdapterKind.Lora, 8, All, 1, PeftLoraWriter.Write),
+        new("lora-r16", AdapterKind.Lora, 16, All, 1, PeftLoraWriter.Write, Target: new Target(AtLeast: 0.90), TargetBatches: [1, 16]),
+        new("lora-r64", AdapterKind.Lora, 64, All, 1, PeftLoraWriter.Write),
+        new("lora-r16-x4", AdapterKind.Lora, 16, All, 4, PeftLoraWriter.Write, ComparedTo: "lora-r16"),
+        new("lora-r16-x16", AdapterKind.Lora, 16, All, 16, PeftLoraWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 0.85), TargetBatches: [32]),
+        new("lora-r16-x32", AdapterKind.Lora, 16, All, 32, PeftLoraWriter.Write, ComparedTo: "lora-r16"),
+    ];
+
+    /// <summary>The table, or the named subset of it (<c>--cases</c>).</summary>
+    public static IReadOnlyList<AdapterCase> Select(IReadOnlyList<string>? names)
+    {
+        if (names is null) return Table;
+        foreach (var n in names)
+            if (!Table.Any(c => c.Name == n)) throw new UsageException($"--cases: unknown case '{n}' (known: {string.Join(", ", Table.Select(c => c.Name))})");
+        return Table.Where(c => names.Contains(c.Name)).ToList();
+    }
+}

@@ -1,0 +1,79 @@
+using AdapterServe.Bench.Driving;
+using AdapterServe.Bench.Models;
+using AdapterServe.Bench.Reporting;
+using AdapterServe.Engine;
+using AdapterServe.Modeling;
+
+namespace AdapterServe.Bench.Scenarios;
+
+/// <summary>The synthetic model of <c>--model-config</c>, written once to the cache, then loaded by a real engine.</summary>
+public sealed class EngineSession : IAsyncDisposable
+{
+    private readonly BenchContext _context;
+    private readonly BenchEngine _engine;
+
+    public string ModelName { get; }
+    public IGenerationEngine Engine => _engine.Engine;
+    public Prompts Prompts { get; }
+
+    private EngineSession(BenchContext context, string modelName, BenchEngine engine)
+    {
+        _context = context;
+        ModelName = modelName;
+        _engine = engine;
+        Prompts = new Prompts(engine.Engine.Tokenizer, engine.Engine.Config.VocabSize, context.Options.Seed);
+    }
+
+    /// <summary>Resolves <c>--model-config</c> and makes sure its directory is in the cache.</summary>
+    public static (string Name, ModelConfig Config, string Directory) PrepareModel(BenchContext context)
+    {
+        var (name, config) = ModelSizes.Resolve(context.Options.ModelConfig);
+        string dir = SyntheticModelCache.Ensure(context.Options.CacheDir, name, config, context.Options.Seed, context.Log);
+        return (name, config, dir);
+    }
+
+    /// <param name="longestSequence">Prompt plus completion tokens of the longest request the scenario sends.</param>
+    public static async Task<EngineSession> StartAsync(BenchContext context, BenchReport report, (string Name, ModelConfig Config, string Directory) model,
+        int maxBatch, int longestSequence, IAdapterBinder? binder, CancellationToken ct)
+    {
+        var o = context.Options;
+        if (longestSequence > model.Config.MaxPositionEmbeddings)
+            throw new UsageException($"this scenario needs sequences of {longestSequence} tokens (prompt + max tokens), but {model.Name} has max_position_embeddings {model.Config.MaxPositionEmbeddings}: lower --prompt-lengths, --prompt-tokens or --max-tokens");
+        // A context just long enough keeps the KV cache (slots x context x layers) small.
+        int contextLength = Math.Min(model.Config.MaxPositionEmbeddings, (longestSequence + 1 + 63) / 64 * 64);
+        var options = new EngineOptions
+        {
+            ModelPath = model.Directory,
+            ServedModelName = model.Name,
+            Device = o.Device,
+            Dtype = o.Dtype,
+            MaxBatch = maxBatch,
+            MaxQueue = Math.Max(256, 2 * maxBatch),
+            MaxContext = contextLength,
+        };
+        context.Log($"loading {model.Name} ({o.Dtype} on {o.Device}, batch {maxBatch}, context {contextLength})");
+        var engine = await BenchEngine.StartAsync(options, context.Loggers, binder, ct);
+        var c = engine.Engine.Config;
+        report.Model = new ModelSummary(model.Name, model.Directory, c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads,
+            c.IntermediateSize, c.VocabSize, c.TieWordEmbeddings, ModelSizes.ParameterCount(c), engine.Engine.ContextLength, engine.LoadTime.TotalSeconds);
+        context.Log($"loaded in {engine.LoadTime.TotalSeconds:0.00}s");
+        return new EngineSession(context, model.Name, engine);
+    }
+
+    /// <summary>Runs <c>--warmup</c> unrecorded passes, then <c>--repeats</c> recorded ones.</summary>
+    public async Task<IReadOnlyList<T>> MeasureAsync<T>(string label, Func<Task<T>> pass, Func<T, string> describe)
+    {
+        var o = _context.Options;
+        for (int i = 0; i < o.Warmup; i++) await pass();
+        var results = new List<T>(o.Repeats);
+        for (int i = 0; i < o.Repeats; i++)
+        {
+            var r = await pass();
+            results.Add(r);
+            _context.Log($"{label}: run {i + 1}/{o.Repeats}: {describe(r)}");
+        }
+        return results;
+    }
+
+    public ValueTask DisposeAsync() => _engine.DisposeAsync();
+}

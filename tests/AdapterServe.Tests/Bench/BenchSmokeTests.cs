@@ -1,0 +1,206 @@
+using System.Text.Json.Nodes;
+using AdapterServe.Bench;
+using AdapterServe.Bench.Adapters;
+using AdapterServe.Tests.Infrastructure;
+
+namespace AdapterServe.Tests.Bench;
+
+/// <summary>One cache folder (the tiny model written once) shared by the smoke tests of this class, which xunit runs one after another.</summary>
+public sealed class BenchCache : IDisposable
+{
+    public TempDir Dir { get; } = new();
+    public void Dispose() => Dir.Dispose();
+}
+
+/// <summary>
+/// Every scenario end to end on the <c>tiny</c> model with <c>--quick</c> sizes, through the program's entry point,
+/// checking the JSON report has every field. No timing is asserted.
+/// </summary>
+public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache>
+{
+    private static readonly string[] ReportFields = ["scenario", "started_at", "machine", "model", "settings", "figures", "ratios", "memory", "notes", "errors", "total_seconds"];
+    private static readonly string[] MachineFields = ["cores", "os", "cpu", "runtime", "torch_sharp_version", "dtype", "device", "torch_threads", "load_average", "environment"];
+    private static readonly string[] ModelFields = ["name", "directory", "hidden_size", "layers", "heads", "key_value_heads", "intermediate_size", "vocab_size", "tied_embeddings", "parameters", "context_length", "load_seconds"];
+    private static readonly string[] FigureFields = ["name", "unit", "median", "runs", "target", "met"];
+    private static readonly string[] RatioFields = ["name", "numerator", "denominator", "value", "target", "met"];
+    private static readonly string[] MemoryFields = ["label", "at_seconds", "working_set_bytes", "private_bytes", "managed_heap_bytes", "torch_live_tensors", "torch_peak_tensors"];
+
+    private async Task<(int ExitCode, JsonObject? Report, string Output, string Progress)> RunAsync(params string[] args)
+    {
+        string json = cache.Dir.Sub(args[0] + "-" + Guid.NewGuid().ToString("N")[..6] + ".json");
+        var output = new StringWriter();
+        var progress = new StringWriter();
+        int rc = await BenchProgram.RunAsync([.. args, "--json", json], output, progress, TestContext.Current.CancellationToken);
+        var report = File.Exists(json) ? JsonNode.Parse(File.ReadAllText(json))!.AsObject() : null;
+        return (rc, report, output.ToString(), progress.ToString());
+    }
+
+    private Task<(int ExitCode, JsonObject? Report, string Output, string Progress)> RunTinyAsync(string scenario, params string[] extra) =>
+        RunAsync([scenario, "--model-config", "tiny", "--quick", "--cache-dir", cache.Dir.Sub("cache"), .. extra]);
+
+    private static void AssertFields(JsonObject o, IEnumerable<string> fields, string what)
+    {
+        foreach (var f in fields) Assert.True(o.ContainsKey(f), $"{what} lacks the field '{f}': {o.ToJsonString()}");
+    }
+
+    private static void AssertReport(JsonObject report, string scenario, IEnumerable<string> figures, IEnumerable<string> ratios, bool engine = true)
+    {
+        AssertFields(report, ReportFields, "the report");
+        Assert.Equal(scenario, report["scenario"]!.GetValue<string>());
+        var machine = report["machine"]!.AsObject();
+        AssertFields(machine, MachineFields, "machine");
+        Assert.Equal(Environment.ProcessorCount, machine["cores"]!.GetValue<int>());
+        if (engine)
+        {
+            Assert.Equal("float32", machine["dtype"]!.GetValue<string>());
+            Assert.True(machine["torch_threads"]!.GetValue<int>() >= 1);
+            var model = report["model"]!.AsObject();
+            AssertFields(model, ModelFields, "model");
+            Assert.Equal("tiny", model["name"]!.GetValue<string>());
+            Assert.Equal(32, model["hidden_size"]!.GetValue<int>());
+        }
+        var figureList = report["figures"]!.AsArray().Select(f => f!.AsObject()).ToList();
+        foreach (var f in figureList) AssertFields(f, FigureFields, "a figure");
+        Assert.Equal(figures.Order(), figureList.Select(f => f["name"]!.GetValue<string>()).Order());
+        var ratioList = report["ratios"]!.AsArray().Select(r => r!.AsObject()).ToList();
+        foreach (var r in ratioList) AssertFields(r, RatioFields, "a ratio");
+        Assert.Equal(ratios.Order(), ratioList.Select(r => r["name"]!.GetValue<string>()).Order());
+        foreach (var m in report["memory"]!.AsArray()) AssertFields(m!.AsObject(), MemoryFields, "a memory sample");
+        Assert.Empty(report["errors"]!.AsArray());
+    }
+
+    private static double Median(JsonObject report, string figure) =>
+        report["figures"]!.AsArray().Single(f => f!["name"]!.GetValue<string>() == figure)!["median"]!.GetValue<double>();
+
+    [Fact]
+    public async Task Decode_on_tiny_reports_throughput_latency_and_ratio_for_each_batch()
+    {
+        var (rc, report, output, progress) = await RunTinyAsync("decode");
+        Assert.True(rc == 0, progress);
+        AssertReport(report!, "decode",
+            ["decode.b1.tokens_per_s", "decode.b1.itl_ms_p50", "decode.b1.ttft_ms", "decode.b2.tokens_per_s", "decode.b2.itl_ms_p50", "decode.b2.ttft_ms"],
+            ["decode.b2/b1"]);
+        Assert.Contains("decode.b2.tokens_per_s", output);
+        var ratio = report!["ratios"]![0]!;
+        Assert.Equal(Median(report, "decode.b2.tokens_per_s") / Median(report, "decode.b1.tokens_per_s"), ratio["value"]!.GetValue<double>(), 9);
+    }
+
+    [Fact]
+    public async Task Prefill_on_tiny_reports_prompt_throughput_and_first_token_time_per_length()
+    {
+        var (rc, report, _, progress) = await RunTinyAsync("prefill");
+        Assert.True(rc == 0, progress);
+        AssertReport(report!, "prefill",
+            ["prefill.p16.tokens_per_s", "prefill.p16.ttft_ms", "prefill.p32.tokens_per_s", "prefill.p32.ttft_ms"],
+            ["prefill.p32/p16"]);
+        // tokens/s and time to first token describe the same runs: length / ttft.
+        Assert.Equal(16 / (Median(report!, "prefill.p16.ttft_ms") / 1000), Median(report!, "prefill.p16.tokens_per_s"), 6);
+    }
+
+    [Fact]
+    public async Task Soak_on_tiny_runs_every_generation_and_samples_memory_at_start_middle_end()
+    {
+        var (rc, report, _, progress) = await RunTinyAsync("soak", "--generations", "12");
+        Assert.True(rc == 0, progress);
+        AssertReport(report!, "soak",
+            ["soak.generations", "soak.errors", "soak.seconds", "soak.tokens_per_s", "soak.ttft_ms_p50", "soak.ttft_ms_p99"],
+            ["soak.working_set.end/middle", "soak.live_tensors.end/middle"]);
+        Assert.Equal(12, Median(report!, "soak.generations"));
+        Assert.Equal(0, Median(report!, "soak.errors"));
+        Assert.Equal(["start", "middle", "end"], report!["memory"]!.AsArray().Select(m => m!["label"]!.GetValue<string>()));
+        var target = report["ratios"]!.AsArray().Single(r => r!["name"]!.GetValue<string>() == "soak.working_set.end/middle")!["target"]!;
+        Assert.Equal(0.90, target["at_least"]!.GetValue<double>());
+        Assert.Equal(1.10, target["at_most"]!.GetValue<double>());
+    }
+
+    [Fact]
+    public async Task Adapters_on_tiny_reports_every_case_as_a_ratio_to_the_base_or_says_the_binder_is_missing()
+    {
+        var (rc, report, _, progress) = await RunTinyAsync("adapters");
+        if (!AdapterRoom.IsAvailable)
+        {
+            Assert.Equal(3, rc);
+            Assert.Contains("not available yet: needs the adapter binder", progress);
+            Assert.Null(report);
+            return;
+        }
+        Assert.True(rc == 0, progress);
+        string[] single = ["lora-r8", "lora-r16", "lora-r64"];
+        var figures = new List<string>();
+        var ratios = new List<string>();
+        foreach (int b in new[] { 1, 4 })
+        {
+            figures.AddRange([$"adapters.base.b{b}.tokens_per_s", $"adapters.base.b{b}.itl_ms_p50"]);
+            foreach (var c in single)
+            {
+                figures.AddRange([$"adapters.{c}.b{b}.tokens_per_s", $"adapters.{c}.b{b}.itl_ms_p50"]);
+                ratios.Add($"adapters.{c}.b{b}/base");
+            }
+        }
+        figures.AddRange(["adapters.lora-r16-x4.b4.tokens_per_s", "adapters.lora-r16-x4.b4.itl_ms_p50"]);
+        ratios.AddRange(["adapters.lora-r16-x4.b4/base", "adapters.lora-r16-x4.b4/lora-r16"]);
+        AssertReport(report!, "adapters", figures, ratios);
+    }
+
+    [Fact]
+    public async Task Load_on_tiny_reports_load_time_percentiles_and_memory_or_says_the_binder_is_missing()
+    {
+        var (rc, report, _, progress) = await RunTinyAsync("load");
+        if (!AdapterRoom.IsAvailable)
+        {
+            Assert.Equal(3, rc);
+            Assert.Contains("not available yet: needs the adapter binder", progress);
+            return;
+        }
+        Assert.True(rc == 0, progress);
+        AssertReport(report!, "load",
+            ["load.register_ms_per_adapter", "load.base_ttft_ms", "load.ms_p50", "load.ms_p95", "load.cold_ttft_ms_p50"],
+            ["load.working_set.after/before"]);
+        Assert.Equal(["before", "registered", "after"], report!["memory"]!.AsArray().Select(m => m!["label"]!.GetValue<string>()));
+    }
+
+    [Fact]
+    public async Task Serve_against_a_real_loopback_server_reports_what_went_over_the_wire()
+    {
+        string[] models = ["ada", "bob", "cyd"];
+        await using var server = await FakeCompletionsServer.StartAsync(models, apiKey: "k-123");
+        var (rc, report, _, progress) = await RunAsync("serve", "--url", new Uri(server.Url, "v1").ToString(), "--api-key", "k-123", "--adapters", "ada,bob,cyd",
+            "--requests", "9", "--concurrency", "3", "--max-tokens", "5", "--distribution", "zipf:1.2", "--warmup", "0", "--timeout-s", "60");
+        Assert.True(rc == 0, progress);
+        AssertReport(report!, "serve",
+            ["serve.requests_per_s", "serve.output_tokens_per_s", "serve.ttft_ms_p50", "serve.ttft_ms_p95", "serve.ttft_ms_p99",
+             "serve.itl_ms_p50", "serve.itl_ms_p95", "serve.itl_ms_p99", "serve.completed", "serve.errors", "serve.unfinished", "serve.seconds",
+             "serve.requests.ada", "serve.requests.bob", "serve.requests.cyd"],
+            [], engine: false);
+        Assert.Equal(9, Median(report!, "serve.completed"));
+        Assert.Equal(0, Median(report!, "serve.errors"));
+        Assert.Equal(45, server.TokensSent);
+        foreach (var m in models)
+            Assert.Equal(server.RequestsPerModel.GetValueOrDefault(m), (int)Median(report!, $"serve.requests.{m}"));
+        double seconds = Median(report!, "serve.seconds");
+        Assert.Equal(45 / seconds, Median(report!, "serve.output_tokens_per_s"), 6);
+        Assert.Null(report!["machine"]!["dtype"]);   // the server under test decides its dtype
+    }
+
+    [Fact]
+    public async Task Serve_counts_requests_the_server_refuses_as_errors()
+    {
+        await using var server = await FakeCompletionsServer.StartAsync(["ada"], apiKey: "k-123");
+        var (rc, report, _, _) = await RunAsync("serve", "--url", server.Url.ToString(), "--api-key", "k-123", "--adapters", "ada,ghost",
+            "--requests", "6", "--concurrency", "2", "--max-tokens", "2", "--warmup", "0", "--timeout-s", "60");
+        Assert.Equal(0, rc);
+        int served = server.RequestsPerModel.GetValueOrDefault("ada");
+        Assert.Equal(served, (int)Median(report!, "serve.completed"));
+        Assert.Equal(6 - served, (int)Median(report!, "serve.errors"));
+        if (served < 6) Assert.Contains(report!["notes"]!.AsArray(), n => n!.GetValue<string>().Contains("HTTP 404"));
+    }
+
+    [Fact]
+    public async Task Serve_refuses_a_url_that_is_not_loopback()
+    {
+        var (rc, report, _, progress) = await RunAsync("serve", "--url", "http://10.1.2.3:8000", "--requests", "1");
+        Assert.Equal(2, rc);
+        Assert.Contains("not loopback", progress);
+        Assert.Null(report);
+    }
+}
