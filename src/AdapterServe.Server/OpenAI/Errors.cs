@@ -50,8 +50,9 @@ public sealed class ApiException(int statusCode, string type, string? code, stri
         new(StatusCodes.Status401Unauthorized, "invalid_request_error", "invalid_api_key", null, message);
 
     public static ApiException ModelNotFound(string param, string name) =>
-        new(StatusCodes.Status404NotFound, "invalid_request_error", "model_not_found", param,
-            $"The model '{name}' does not exist. GET /v1/models lists the models served here.");
+        new(StatusCodes.Status404NotFound, "invalid_request_error", "model_not_found", param, param == "model"
+            ? $"The model '{name}' does not exist. GET /v1/models lists the models served here."
+            : $"The adapter '{name}' named in '{param}' does not exist. GET /v1/models lists the models served here.");
 
     public static ApiException QueueFull(string message) =>
         new(StatusCodes.Status429TooManyRequests, "rate_limit_error", "queue_full", null, message);
