@@ -110,13 +110,13 @@ internal static class RequestValidation
     /// <summary>Prompt longer than the context → 413; prompt + max tokens beyond it → 400 on the max-tokens field.</summary>
     public static void CheckFits(int promptTokens, int maxTokens, int contextLength, string promptParam, string maxTokensParam, int promptIndex = 0)
     {
-        string which = promptIndex > 0 ? $" (prompt {promptIndex})" : "";
+        string what = promptParam == "messages" ? "conversation ('messages', rendered with the chat template)" : promptIndex > 0 ? $"prompt {promptIndex}" : "prompt";
         if (promptTokens >= contextLength)
             throw ApiException.PromptTooLong(promptParam,
-                $"The prompt{which} has {promptTokens} tokens; this model's context length is {contextLength} tokens, which leaves no room to generate.");
+                $"The {what} has {promptTokens} tokens; this model's context length is {contextLength} tokens, which leaves no room to generate.");
         if (promptTokens + maxTokens > contextLength)
             throw ApiException.CompletionTooLong(maxTokensParam,
-                $"This model's context length is {contextLength} tokens; the prompt{which} has {promptTokens} tokens and '{maxTokensParam}' asks for {maxTokens} more. Lower '{maxTokensParam}' to at most {contextLength - promptTokens}.");
+                $"This model's context length is {contextLength} tokens; the {what} has {promptTokens} tokens and '{maxTokensParam}' asks for {maxTokens} more. Lower '{maxTokensParam}' to at most {contextLength - promptTokens}.");
     }
 
     public static int MaxTokens(int? value, string param, int fallback)

@@ -5,6 +5,12 @@ using Swashbuckle.AspNetCore.SwaggerGen;
 
 namespace AdapterServe.Server.Hosting;
 
+/// <summary>
+/// Documents the JSON body an endpoint reads itself. (<c>Accepts&lt;T&gt;()</c> would also make routing refuse other
+/// content types with 415; the generation endpoints read JSON whatever the Content-Type, as curl -d sends form type.)
+/// </summary>
+internal sealed record RequestBodyDoc(Type BodyType);
+
 /// <summary>Swagger UI at <c>/swagger</c>, the OpenAPI document at <c>/swagger/v1/swagger.json</c> (Swashbuckle).</summary>
 internal static class ApiDocs
 {
@@ -63,7 +69,7 @@ internal static class ApiDocs
     private static OpenApiSchema Array(IOpenApiSchema items) => new() { Type = JsonSchemaType.Array, Items = items };
     private static OpenApiSchema OneOf(params IOpenApiSchema[] options) => new() { OneOf = options.ToList() };
 
-    /// <summary>Whole request and response examples for the generation endpoints.</summary>
+    /// <summary>Request bodies (<see cref="RequestBodyDoc"/>) and whole request and response examples of the generation endpoints.</summary>
     private sealed class RequestExamples : IOperationFilter
     {
         public void Apply(OpenApiOperation operation, OperationFilterContext context)
@@ -78,9 +84,23 @@ internal static class ApiDocs
                     JsonNode.Parse("""{"id":"chatcmpl-9a0b","object":"chat.completion","created":1735689600,"model":"demo","choices":[{"index":0,"message":{"role":"assistant","content":"Once upon a time, a cat named Tom found a ball."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":24,"completion_tokens":14,"total_tokens":38}}""")!),
                 _ => null,
             };
+            var body = context.ApiDescription.ActionDescriptor.EndpointMetadata.OfType<RequestBodyDoc>().FirstOrDefault();
+            if (body is not null)
+            {
+                operation.RequestBody = new OpenApiRequestBody
+                {
+                    Required = true,
+                    Content = new Dictionary<string, OpenApiMediaType>
+                    {
+                        ["application/json"] = new()
+                        {
+                            Schema = context.SchemaGenerator.GenerateSchema(body.BodyType, context.SchemaRepository),
+                            Example = examples?.Request,
+                        },
+                    },
+                };
+            }
             if (examples is null) return;
-            if (operation.RequestBody?.Content is { } request && request.TryGetValue("application/json", out var requestMedia))
-                requestMedia.Example = examples.Value.Request;
             if (operation.Responses?.TryGetValue("200", out var ok) == true && ok.Content is { } content && content.TryGetValue("application/json", out var responseMedia))
                 responseMedia.Example = examples.Value.Response;
         }

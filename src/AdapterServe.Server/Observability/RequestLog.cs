@@ -30,13 +30,13 @@ internal sealed class RequestLog(RequestDelegate next, ILogger<RequestLog> logge
         if (record is null)
         {
             var level = path is "/health" or "/metrics" ? LogLevel.Debug : LogLevel.Information;
-            logger.Log(level, "{Method} {Path} {StatusCode} in {TotalMs:F1} ms", http.Request.Method, path, status, elapsed.TotalMilliseconds);
+            logger.Log(level, "{Method:l} {Path:l} {StatusCode} in {TotalMs:F1} ms", http.Request.Method, path, status, elapsed.TotalMilliseconds);
             return;
         }
         string model = record.ModelAccepted && record.Model is not null ? record.Model : ServerMetrics.UnknownModel;
         ServerMetrics.Requests.WithLabels(model, status.ToString(System.Globalization.CultureInfo.InvariantCulture)).Inc();
         logger.LogInformation(
-            "{Method} {Path} {StatusCode} model={Model} adapters={Adapters} stream={Stream} prompt_tokens={PromptTokens} completion_tokens={CompletionTokens} ttft_ms={TimeToFirstTokenMs:F1} total_ms={TotalMs:F1} finish={FinishReason}",
+            "{Method:l} {Path:l} {StatusCode} model={Model:l} adapters={Adapters:l} stream={Stream} prompt_tokens={PromptTokens} completion_tokens={CompletionTokens} ttft_ms={TimeToFirstTokenMs:F1} total_ms={TotalMs:F1} finish={FinishReason:l}",
             http.Request.Method, path, status, record.Model, record.Adapters ?? "-", record.Stream, record.PromptTokens, record.CompletionTokens,
             record.TimeToFirstToken?.TotalMilliseconds, elapsed.TotalMilliseconds, record.FinishReason ?? "-");
     }

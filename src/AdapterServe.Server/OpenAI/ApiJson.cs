@@ -29,33 +29,42 @@ public static class ApiJson
 
     public static string Serialize<T>(T value) => JsonSerializer.Serialize(value, Options);
 
-    /// <summary>Reads the request body as <typeparamref name="T"/>, whatever its Content-Type; a malformed body or a wrongly typed field becomes a 400 naming it.</summary>
+    /// <summary>
+    /// Reads the request body as <typeparamref name="T"/>, whatever its Content-Type. Two steps, so that the error says
+    /// which went wrong: not JSON at all (400 <c>invalid_json</c>), or a field of the wrong type or shape (400 naming it).
+    /// </summary>
     public static async Task<T> ReadRequestAsync<T>(HttpRequest request, CancellationToken cancellationToken) where T : class
     {
-        T? value;
+        JsonDocument document;
         try
         {
-            value = await JsonSerializer.DeserializeAsync<T>(request.Body, Options, cancellationToken);
+            document = await JsonDocument.ParseAsync(request.Body, new JsonDocumentOptions { MaxDepth = 64 }, cancellationToken);
         }
         catch (JsonException e)
         {
-            throw Translate(e, typeof(T));
+            throw ApiException.InvalidJson($"We could not parse the JSON body of your request: {e.Message}");
         }
-        return value ?? throw ApiException.InvalidJson("The request body must be a JSON object, got null.");
+        using (document)
+        {
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
+                throw ApiException.InvalidJson($"The request body must be a JSON object, got {document.RootElement.ValueKind.ToString().ToLowerInvariant()}.");
+            try
+            {
+                return document.RootElement.Deserialize<T>(Options)!;
+            }
+            catch (JsonException e)
+            {
+                throw Translate(e, typeof(T));
+            }
+        }
     }
 
+    /// <summary>A field of the wrong type or shape: 400 with <c>param</c> = its path (<c>messages[0].content</c>).</summary>
     internal static ApiException Translate(JsonException e, Type root)
     {
-        string? param = e.Path is null or "$" ? null : e.Path.StartsWith("$.", StringComparison.Ordinal) ? e.Path[2..] : e.Path.TrimStart('$');
-        if (e is InputShapeException) return ApiException.InvalidValue(param ?? "body", e.Message);
-        if (e.InnerException is not null || param is null)
-        {
-            string where = e.LineNumber is long line ? $" (line {line + 1}, byte {e.BytePositionInLine + 1})" : "";
-            string what = param is null && e.InnerException is null
-                ? "the body must be a JSON object"
-                : (e.InnerException?.Message ?? e.Message).Split(" Path:")[0].Split(" LineNumber:")[0].TrimEnd('.', ' ');
-            return ApiException.InvalidJson($"We could not parse the JSON body of your request{where}: {what}.");
-        }
+        string param = e.Path is null or "$" ? "body" : e.Path.StartsWith("$.", StringComparison.Ordinal) ? e.Path[2..] : e.Path.TrimStart('$');
+        if (e is InputShapeException)
+            return ApiException.InvalidValue(param, e.Message.Contains($"'{param}'", StringComparison.Ordinal) ? e.Message : $"Invalid '{param}': {e.Message}");
         var expected = ExpectedType(root, param);
         return ApiException.InvalidValue(param, expected is null
             ? $"Invalid value for '{param}'."

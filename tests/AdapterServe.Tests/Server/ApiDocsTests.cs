@@ -12,7 +12,7 @@ public sealed class ApiDocsTests(RealServer server)
         var (status, doc) = await Http.GetAsync(server.Client, "/swagger/v1/swagger.json");
         Assert.Equal(200, status);
         var paths = doc!["paths"]!.AsObject();
-        foreach (var path in new[] { "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics" })
+        foreach (var path in new[] { "/v1/completions", "/v1/chat/completions", "/v1/models", "/health" })
             Assert.True(paths.ContainsKey(path), $"{path} missing from the OpenAPI document");
 
         var completions = paths["/v1/completions"]!["post"]!;

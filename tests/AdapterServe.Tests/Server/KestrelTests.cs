@@ -21,6 +21,7 @@ public sealed class KestrelServer : IAsyncLifetime
         var settings = TinyModel.Settings();
         settings["Server:Host"] = "127.0.0.1";
         settings["Server:Port"] = "0";
+        settings["Engine:MaxContext"] = TinyModel.LongContextLength.ToString(System.Globalization.CultureInfo.InvariantCulture);
         Factory = new ServerFactory(settings);
         Factory.UseKestrel();
         Factory.StartServer();
@@ -94,7 +95,7 @@ public sealed class KestrelTests(KestrelServer server) : IClassFixture<KestrelSe
         using var disconnect = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/completions")
         {
-            Content = new StringContent("""{"model":"tiny","prompt":"x","max_tokens":1000,"temperature":0,"ignore_eos":true,"stream":true}""", Encoding.UTF8, "application/json"),
+            Content = new StringContent("""{"model":"tiny","prompt":"x","max_tokens":4000,"temperature":0,"ignore_eos":true,"stream":true}""", Encoding.UTF8, "application/json"),
         })
         using (var response = await server.Client.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, disconnect.Token))
         {

@@ -28,7 +28,7 @@ public sealed class ObservabilityTests(RealServer server)
         var before = await Metrics.ReadAsync(server.Client);
 
         await server.PostAsync("/v1/completions", """{"model":"tiny","prompt":"a","max_tokens":2}""");
-        await server.PostAsync("/v1/chat/completions", """{"model":"tiny","messages":[{"role":"user","content":"a"}],"max_tokens":2,"stream":true}""");
+        await Http.StreamAsync(server.Client, "/v1/chat/completions", """{"model":"tiny","messages":[{"role":"user","content":"a"}],"max_tokens":2,"stream":true}""");
         await server.PostAsync("/v1/completions", """{"model":"no-such-adapter","prompt":"a"}""");
         await server.PostAsync("/v1/completions", """{"model":"tiny","prompt":"a","temperature":9}""");
 

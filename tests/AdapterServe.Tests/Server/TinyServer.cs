@@ -10,22 +10,36 @@ namespace AdapterServe.Tests.Server;
 public static class TinyModel
 {
     public const string Id = "tiny";
+    /// <summary>The context the servers run with (<c>--max-context</c>); the model itself allows <see cref="LongContextLength"/>.</summary>
     public const int ContextLength = 1024;
+    public const int LongContextLength = 4096;
 
+    /// <summary>Untied LM head: greedy continuations differ from prompt to prompt (a tied random model repeats one token).</summary>
     public static readonly ModelConfig Config = new()
     {
-        HiddenSize = 32, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 8,
-        IntermediateSize = 48, VocabSize = 320, MaxPositionEmbeddings = ContextLength, RmsNormEps = 1e-5, TieWordEmbeddings = true,
+        HiddenSize = 64, NumHiddenLayers = 2, NumAttentionHeads = 4, NumKeyValueHeads = 2, HeadDim = 16,
+        IntermediateSize = 128, VocabSize = 320, MaxPositionEmbeddings = LongContextLength, RmsNormEps = 1e-5, TieWordEmbeddings = false,
     };
 
     private static readonly Lazy<string> Written = new(() => Write("model"));
+
+    /// <summary>This run's folder under the temp directory, removed when the test process exits.</summary>
+    private static readonly Lazy<string> Root = new(() =>
+    {
+        string root = Path.Combine(Path.GetTempPath(), "adapterserve-server-tests", Environment.ProcessId + "-" + Guid.NewGuid().ToString("N")[..8]);
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            try { System.IO.Directory.Delete(root, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        };
+        return root;
+    });
 
     public static string Directory => Written.Value;
 
     /// <summary>Writes a fresh copy (for tests that alter files of it).</summary>
     public static string Write(string name)
     {
-        string dir = Path.Combine(Path.GetTempPath(), "adapterserve-server-tests", Guid.NewGuid().ToString("N"), name);
+        string dir = Path.Combine(Root.Value, Guid.NewGuid().ToString("N"), name);
         SyntheticModel.Write(dir, Config, seed: 5);
         return dir;
     }
@@ -37,6 +51,7 @@ public static class TinyModel
         ["Engine:MaxBatch"] = "32",
         ["Engine:MaxQueue"] = "256",
         ["Engine:MaxTokensPerStep"] = "2048",
+        ["Engine:MaxContext"] = ContextLength.ToString(System.Globalization.CultureInfo.InvariantCulture),
     };
 
     public static async Task WaitUntilReadyAsync(IGenerationEngine engine)
