@@ -22,7 +22,7 @@ internal static class ChatCompletionEndpoints
             .WithName("CreateChatCompletion")
             .WithSummary("Answer a conversation")
             .WithDescription("The messages are rendered with the model's chat template. With `stream: true` the answer is Server-Sent Events of `chat.completion.chunk` objects: the role first, then content, then an empty delta with the finish reason; `data: [DONE]` at the end.")
-            .WithMetadata(new RequestBodyDoc(typeof(ChatCompletionRequest)))
+            .WithMetadata(new GenerationDoc(typeof(ChatCompletionRequest), typeof(ChatCompletionResponse), typeof(ChatCompletionChunk)))
             .ProducesOpenAIErrors(400, 401, 404, 413, 429, 500, 503);
         return v1;
     }

@@ -20,7 +20,7 @@ internal static class CompletionEndpoints
             .WithName("CreateCompletion")
             .WithSummary("Complete one or more prompts")
             .WithDescription("OpenAI legacy completions. With `stream: true` the answer is Server-Sent Events: one `data: <chunk>` per token, `data: [DONE]` at the end.")
-            .WithMetadata(new RequestBodyDoc(typeof(CompletionRequest)))
+            .WithMetadata(new GenerationDoc(typeof(CompletionRequest), typeof(CompletionResponse), typeof(CompletionResponse)))
             .ProducesOpenAIErrors(400, 401, 404, 413, 429, 500, 503);
         return v1;
     }

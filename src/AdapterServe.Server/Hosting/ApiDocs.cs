@@ -6,10 +6,11 @@ using Swashbuckle.AspNetCore.SwaggerGen;
 namespace AdapterServe.Server.Hosting;
 
 /// <summary>
-/// Documents the JSON body an endpoint reads itself. (<c>Accepts&lt;T&gt;()</c> would also make routing refuse other
-/// content types with 415; the generation endpoints read JSON whatever the Content-Type, as curl -d sends form type.)
+/// Documents a generation endpoint: the JSON body it reads itself (<c>Accepts&lt;T&gt;()</c> would also make routing
+/// refuse other content types with 415, and these endpoints read JSON whatever the Content-Type, as curl -d sends a
+/// form type), and its 200 answer as JSON or, with <c>stream</c>, as Server-Sent Events of chunks.
 /// </summary>
-internal sealed record RequestBodyDoc(Type BodyType);
+internal sealed record GenerationDoc(Type Request, Type Response, Type Chunk);
 
 /// <summary>Swagger UI at <c>/swagger</c>, the OpenAPI document at <c>/swagger/v1/swagger.json</c> (Swashbuckle).</summary>
 internal static class ApiDocs
@@ -69,12 +70,12 @@ internal static class ApiDocs
     private static OpenApiSchema Array(IOpenApiSchema items) => new() { Type = JsonSchemaType.Array, Items = items };
     private static OpenApiSchema OneOf(params IOpenApiSchema[] options) => new() { OneOf = options.ToList() };
 
-    /// <summary>Request bodies (<see cref="RequestBodyDoc"/>) and whole request and response examples of the generation endpoints.</summary>
+    /// <summary>Bodies and 200 answers of the generation endpoints (<see cref="GenerationDoc"/>), with whole request and response examples.</summary>
     private sealed class RequestExamples : IOperationFilter
     {
         public void Apply(OpenApiOperation operation, OperationFilterContext context)
         {
-            (JsonNode Request, JsonNode Response)? examples = context.ApiDescription.RelativePath switch
+            (JsonNode Request, JsonNode Response)? examples = context.ApiDescription.RelativePath?.TrimEnd('/') switch
             {
                 "v1/completions" => (
                     JsonNode.Parse("""{"model":"demo","prompt":"Once upon a time","max_tokens":16,"temperature":0,"logprobs":1,"stop":["\n\n"]}""")!,
@@ -84,25 +85,28 @@ internal static class ApiDocs
                     JsonNode.Parse("""{"id":"chatcmpl-9a0b","object":"chat.completion","created":1735689600,"model":"demo","choices":[{"index":0,"message":{"role":"assistant","content":"Once upon a time, a cat named Tom found a ball."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":24,"completion_tokens":14,"total_tokens":38}}""")!),
                 _ => null,
             };
-            var body = context.ApiDescription.ActionDescriptor.EndpointMetadata.OfType<RequestBodyDoc>().FirstOrDefault();
-            if (body is not null)
+            var doc = context.ApiDescription.ActionDescriptor.EndpointMetadata.OfType<GenerationDoc>().FirstOrDefault();
+            if (doc is null) return;
+            operation.RequestBody = new OpenApiRequestBody
             {
-                operation.RequestBody = new OpenApiRequestBody
+                Required = true,
+                Content = new Dictionary<string, OpenApiMediaType>
                 {
-                    Required = true,
-                    Content = new Dictionary<string, OpenApiMediaType>
-                    {
-                        ["application/json"] = new()
-                        {
-                            Schema = context.SchemaGenerator.GenerateSchema(body.BodyType, context.SchemaRepository),
-                            Example = examples?.Request,
-                        },
-                    },
-                };
-            }
-            if (examples is null) return;
-            if (operation.Responses?.TryGetValue("200", out var ok) == true && ok.Content is { } content && content.TryGetValue("application/json", out var responseMedia))
-                responseMedia.Example = examples.Value.Response;
+                    ["application/json"] = new() { Schema = Schema(doc.Request), Example = examples?.Request },
+                },
+            };
+            operation.Responses ??= new OpenApiResponses();
+            operation.Responses["200"] = new OpenApiResponse
+            {
+                Description = "The answer; with `stream: true` Server-Sent Events: `data: <chunk>` per token, `data: [DONE]` last.",
+                Content = new Dictionary<string, OpenApiMediaType>
+                {
+                    ["application/json"] = new() { Schema = Schema(doc.Response), Example = examples?.Response },
+                    ["text/event-stream"] = new() { Schema = Schema(doc.Chunk) },
+                },
+            };
+
+            IOpenApiSchema Schema(Type type) => context.SchemaGenerator.GenerateSchema(type, context.SchemaRepository);
         }
     }
 }

@@ -21,7 +21,9 @@ public sealed class ApiDocsTests(RealServer server)
         Assert.Equal("demo", (string?)request["example"]!["model"]);
         foreach (var code in new[] { "200", "400", "401", "404", "413", "429", "503" })
             Assert.True(completions["responses"]!.AsObject().ContainsKey(code), $"response {code} undocumented");
-        Assert.True(completions["responses"]!["200"]!["content"]!.AsObject().ContainsKey("text/event-stream"));
+        Assert.EndsWith("/CompletionResponse", (string?)completions["responses"]!["200"]!["content"]!["text/event-stream"]!["schema"]!["$ref"]);
+        Assert.EndsWith("/CompletionResponse", (string?)completions["responses"]!["200"]!["content"]!["application/json"]!["schema"]!["$ref"]);
+        Assert.EndsWith("/ChatCompletionChunk", (string?)paths["/v1/chat/completions"]!["post"]!["responses"]!["200"]!["content"]!["text/event-stream"]!["schema"]!["$ref"]);
         Assert.NotNull(completions["responses"]!["200"]!["content"]!["application/json"]!["example"]);
 
         var schemas = doc["components"]!["schemas"]!.AsObject();
