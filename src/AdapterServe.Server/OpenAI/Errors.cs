@@ -6,10 +6,10 @@ namespace AdapterServe.Server.OpenAI;
 public sealed record ErrorResponse([property: JsonPropertyName("error")] ErrorBody Error);
 
 /// <summary>One error. <c>param</c> names the request field at fault (null when none); <c>code</c> is machine-readable.</summary>
-/// <param name="Message">What went wrong, naming the culprit. <example>'temperature' must be between 0 and 2, got 3.</example></param>
-/// <param name="Type">Error family. <example>invalid_request_error</example></param>
-/// <param name="Param">The request field at fault. <example>temperature</example></param>
-/// <param name="Code">Machine-readable code. <example>invalid_value</example></param>
+/// <param name="Message" example="temperature must be between 0 and 2, got 3.">What went wrong, naming the culprit.</param>
+/// <param name="Type" example="invalid_request_error">Error family.</param>
+/// <param name="Param" example="temperature">The request field at fault.</param>
+/// <param name="Code" example="invalid_value">Machine-readable code.</param>
 public sealed record ErrorBody(
     [property: JsonPropertyName("message")] string Message,
     [property: JsonPropertyName("type")] string Type,

@@ -6,25 +6,32 @@ namespace AdapterServe.Server.OpenAI;
 /// <summary>Fields shared by <c>/v1/completions</c> and <c>/v1/chat/completions</c>.</summary>
 public abstract class GenerationRequestBase
 {
-    /// <summary>The base model id, an adapter name, or <c>&lt;base&gt;:&lt;adapter&gt;</c>. <example>demo</example></summary>
+    /// <summary>The base model id, an adapter name, or <c>&lt;base&gt;:&lt;adapter&gt;</c>.</summary>
+    /// <example>demo</example>
     [JsonPropertyName("model")] public string? Model { get; set; }
 
-    /// <summary>Sampling temperature, 0–2; 0 is greedy. Default 1. <example>0</example></summary>
+    /// <summary>Sampling temperature, 0–2; 0 is greedy. Default 1.</summary>
+    /// <example>0</example>
     [JsonPropertyName("temperature")] public double? Temperature { get; set; }
 
-    /// <summary>Nucleus sampling mass, (0, 1]. Default 1. <example>1</example></summary>
+    /// <summary>Nucleus sampling mass, (0, 1]. Default 1.</summary>
+    /// <example>1</example>
     [JsonPropertyName("top_p")] public double? TopP { get; set; }
 
-    /// <summary>Completions per prompt, 1–128. Default 1. <example>1</example></summary>
+    /// <summary>Completions per prompt, 1–128. Default 1.</summary>
+    /// <example>1</example>
     [JsonPropertyName("n")] public int? N { get; set; }
 
-    /// <summary>Up to 4 strings that end a completion; the stop string itself is not returned. <example>["\n\n"]</example></summary>
+    /// <summary>Up to 4 strings that end a completion; the stop string itself is not returned.</summary>
+    /// <example>["\n\n"]</example>
     [JsonPropertyName("stop")] public StopInput? Stop { get; set; }
 
-    /// <summary>Same seed, same request → same output. <example>42</example></summary>
+    /// <summary>Same seed, same request → same output.</summary>
+    /// <example>42</example>
     [JsonPropertyName("seed")] public long? Seed { get; set; }
 
-    /// <summary>Stream the answer as Server-Sent Events, one chunk per token. <example>false</example></summary>
+    /// <summary>Stream the answer as Server-Sent Events, one chunk per token.</summary>
+    /// <example>false</example>
     [JsonPropertyName("stream")] public bool? Stream { get; set; }
 
     /// <summary>Only with <c>stream: true</c>.</summary>
@@ -33,10 +40,12 @@ public abstract class GenerationRequestBase
     /// <summary>End-user id; accepted and ignored.</summary>
     [JsonPropertyName("user")] public string? User { get; set; }
 
-    /// <summary>Extension: sample from the k most likely tokens only; 0 or -1 = off. <example>0</example></summary>
+    /// <summary>Extension: sample from the k most likely tokens only; 0 or -1 = off.</summary>
+    /// <example>0</example>
     [JsonPropertyName("top_k")] public int? TopK { get; set; }
 
-    /// <summary>Extension: keep generating past end-of-sequence tokens until max tokens. <example>false</example></summary>
+    /// <summary>Extension: keep generating past end-of-sequence tokens until max tokens.</summary>
+    /// <example>false</example>
     [JsonPropertyName("ignore_eos")] public bool? IgnoreEos { get; set; }
 
     /// <summary>Accepted when 0 (or absent); other values are not supported by this server.</summary>
@@ -65,16 +74,20 @@ public abstract class GenerationRequestBase
 /// <summary>Body of <c>POST /v1/completions</c>.</summary>
 public sealed class CompletionRequest : GenerationRequestBase
 {
-    /// <summary>A string, an array of strings, an array of token ids, or an array of token-id arrays. <example>Once upon a time</example></summary>
+    /// <summary>A string, an array of strings, an array of token ids, or an array of token-id arrays.</summary>
+    /// <example>Once upon a time</example>
     [JsonPropertyName("prompt")] public PromptInput? Prompt { get; set; }
 
-    /// <summary>Most tokens to generate per choice. Default 16. <example>32</example></summary>
+    /// <summary>Most tokens to generate per choice. Default 16.</summary>
+    /// <example>32</example>
     [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
 
-    /// <summary>Return the prompt in front of the completion (and its logprobs, with <c>logprobs</c>). <example>false</example></summary>
+    /// <summary>Return the prompt in front of the completion (and its logprobs, with <c>logprobs</c>).</summary>
+    /// <example>false</example>
     [JsonPropertyName("echo")] public bool? Echo { get; set; }
 
-    /// <summary>0–5: return the chosen token's logprob and this many alternatives per position. <example>2</example></summary>
+    /// <summary>0–5: return the chosen token's logprob and this many alternatives per position.</summary>
+    /// <example>2</example>
     [JsonPropertyName("logprobs")] public int? Logprobs { get; set; }
 
     /// <summary>Accepted when absent or equal to <c>n</c>.</summary>
@@ -90,13 +103,15 @@ public sealed class ChatCompletionRequest : GenerationRequestBase
     /// <summary>The conversation so far, oldest first.</summary>
     [JsonPropertyName("messages")] public List<ChatMessageInput>? Messages { get; set; }
 
-    /// <summary>Most tokens to generate per choice. Default: what the context leaves after the prompt. <example>64</example></summary>
+    /// <summary>Most tokens to generate per choice. Default: what the context leaves after the prompt.</summary>
+    /// <example>64</example>
     [JsonPropertyName("max_completion_tokens")] public int? MaxCompletionTokens { get; set; }
 
     /// <summary>Older name of <c>max_completion_tokens</c>; used when that one is absent.</summary>
     [JsonPropertyName("max_tokens")] public int? MaxTokens { get; set; }
 
-    /// <summary>Return the logprob of each generated token. <example>false</example></summary>
+    /// <summary>Return the logprob of each generated token.</summary>
+    /// <example>false</example>
     [JsonPropertyName("logprobs")] public bool? Logprobs { get; set; }
 
     /// <summary>0–20 alternatives per position; needs <c>logprobs: true</c>.</summary>
@@ -120,10 +135,12 @@ public sealed class ChatCompletionRequest : GenerationRequestBase
 /// <summary>One chat message.</summary>
 public sealed class ChatMessageInput
 {
-    /// <summary>system, developer, user or assistant. <example>user</example></summary>
+    /// <summary>system, developer, user or assistant.</summary>
+    /// <example>user</example>
     [JsonPropertyName("role")] public string? Role { get; set; }
 
-    /// <summary>A string, or an array of <c>{"type":"text","text":...}</c> parts. <example>Tell me a story.</example></summary>
+    /// <summary>A string, or an array of <c>{"type":"text","text":...}</c> parts.</summary>
+    /// <example>Tell me a story.</example>
     [JsonPropertyName("content")] public ChatContent? Content { get; set; }
 
     /// <summary>Participant name; accepted and ignored.</summary>
@@ -134,7 +151,8 @@ public sealed class ChatMessageInput
 
 public sealed class StreamOptions
 {
-    /// <summary>Send one more chunk before <c>[DONE]</c> with <c>choices: []</c> and the usage of the whole request. <example>true</example></summary>
+    /// <summary>Send one more chunk before <c>[DONE]</c> with <c>choices: []</c> and the usage of the whole request.</summary>
+    /// <example>true</example>
     [JsonPropertyName("include_usage")] public bool? IncludeUsage { get; set; }
 
     [JsonExtensionData] public Dictionary<string, JsonElement>? UnknownFields { get; set; }
@@ -142,7 +160,8 @@ public sealed class StreamOptions
 
 public sealed class ResponseFormat
 {
-    /// <summary>Only "text" is supported. <example>text</example></summary>
+    /// <summary>Only "text" is supported.</summary>
+    /// <example>text</example>
     [JsonPropertyName("type")] public string? Type { get; set; }
 
     [JsonExtensionData] public Dictionary<string, JsonElement>? UnknownFields { get; set; }
@@ -151,9 +170,11 @@ public sealed class ResponseFormat
 /// <summary>Extension: one adapter for this request.</summary>
 public sealed class AdapterSelection
 {
-    /// <summary>A registered adapter name. <example>zara</example></summary>
+    /// <summary>A registered adapter name.</summary>
+    /// <example>zara</example>
     [JsonPropertyName("name")] public string? Name { get; set; }
 
-    /// <summary>Multiplier of the adapter's update; 1 = as trained. Default 1. <example>1</example></summary>
+    /// <summary>Multiplier of the adapter's update; 1 = as trained. Default 1.</summary>
+    /// <example>1</example>
     [JsonPropertyName("scale")] public double? Scale { get; set; }
 }

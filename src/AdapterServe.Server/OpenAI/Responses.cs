@@ -11,10 +11,10 @@ public sealed record Usage(
 }
 
 /// <summary>A <c>/v1/completions</c> answer, and (with <c>stream</c>) each of its chunks.</summary>
-/// <param name="Id"><example>cmpl-3f6c1a</example></param>
+/// <param name="Id" example="cmpl-3f6c1a">Unique id of the answer (shared by all chunks of a stream).</param>
 /// <param name="Object">Always <c>text_completion</c>.</param>
-/// <param name="Created">Unix seconds. <example>1735689600</example></param>
-/// <param name="Model">The <c>model</c> of the request. <example>demo</example></param>
+/// <param name="Created" example="1735689600">Unix seconds.</param>
+/// <param name="Model" example="demo">The <c>model</c> of the request.</param>
 /// <param name="Choices">One per prompt and <c>n</c>; a stream chunk holds one (none in the usage chunk).</param>
 /// <param name="Usage">Token counts of the whole request (in a stream only in the <c>include_usage</c> chunk).</param>
 public sealed record CompletionResponse(
@@ -26,9 +26,9 @@ public sealed record CompletionResponse(
     [property: JsonPropertyName("usage"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] Usage? Usage);
 
 /// <param name="Index">prompt_index × n + i.</param>
-/// <param name="Text">The completion (prefixed by the prompt with <c>echo</c>). <example> there was a little girl named Lily.</example></param>
+/// <param name="Text" example=" there was a little girl named Lily.">The completion (prefixed by the prompt with <c>echo</c>).</param>
 /// <param name="Logprobs">Null unless the request asked for <c>logprobs</c>.</param>
-/// <param name="FinishReason"><c>stop</c> (end of sequence or stop string) or <c>length</c> (max tokens); null in stream chunks before the last. <example>length</example></param>
+/// <param name="FinishReason" example="length"><c>stop</c> (end of sequence or stop string) or <c>length</c> (max tokens); null in stream chunks before the last.</param>
 public sealed record CompletionChoice(
     [property: JsonPropertyName("index")] int Index,
     [property: JsonPropertyName("text")] string Text,
@@ -61,8 +61,8 @@ public sealed record ChatChoice(
     [property: JsonPropertyName("logprobs")] ChatLogprobs? Logprobs,
     [property: JsonPropertyName("finish_reason")] string FinishReason);
 
-/// <param name="Role"><example>assistant</example></param>
-/// <param name="Content"><example>Once upon a time, there was a girl named Lily.</example></param>
+/// <param name="Role" example="assistant">Always <c>assistant</c>.</param>
+/// <param name="Content" example="Once upon a time, there was a girl named Lily.">The generated text.</param>
 public sealed record ChatMessageOutput(
     [property: JsonPropertyName("role")] string Role,
     [property: JsonPropertyName("content")] string Content);
@@ -105,13 +105,13 @@ public sealed record ChatDelta(
     [property: JsonPropertyName("content"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? Content);
 
 /// <summary>One entry of <c>GET /v1/models</c>.</summary>
-/// <param name="Id"><example>demo</example></param>
+/// <param name="Id" example="demo">Model id: the base model, or an adapter.</param>
 /// <param name="Object">Always <c>model</c>.</param>
 /// <param name="Created">Unix seconds.</param>
-/// <param name="OwnedBy"><example>adapterserve</example></param>
+/// <param name="OwnedBy" example="adapterserve">Owner.</param>
 /// <param name="Parent">The base model for an adapter; null for the base model.</param>
-/// <param name="Root">The base model id. <example>demo</example></param>
-/// <param name="MaxModelLen">Longest sequence (prompt + completion). <example>512</example></param>
+/// <param name="Root" example="demo">The base model id.</param>
+/// <param name="MaxModelLen" example="512">Longest sequence (prompt + completion).</param>
 public sealed record ModelCard(
     [property: JsonPropertyName("id")] string Id,
     [property: JsonPropertyName("object")] string Object,

@@ -30,7 +30,9 @@ public sealed class ApiDocsTests(RealServer server)
         var completionRequest = schemas["CompletionRequest"]!["properties"]!.AsObject();
         foreach (var field in new[] { "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "echo", "logprobs", "stream", "stream_options", "user", "top_k", "ignore_eos", "adapters" })
             Assert.True(completionRequest.ContainsKey(field), $"CompletionRequest.{field} missing");
-        Assert.Equal(4, completionRequest["prompt"]!["oneOf"]!.AsArray().Count);
+        Assert.Equal(4, completionRequest["prompt"]!["oneOf"]!.AsArray().Count(o => o!["type"] is not null));   // string, [string], [id], [[id]] (and null)
+        Assert.Equal("Once upon a time", (string?)completionRequest["prompt"]!["example"]);
+        Assert.Equal(32, (int)completionRequest["max_tokens"]!["example"]!);
         var chatRequest = schemas["ChatCompletionRequest"]!["properties"]!.AsObject();
         foreach (var field in new[] { "messages", "max_completion_tokens", "max_tokens", "logprobs", "top_logprobs" })
             Assert.True(chatRequest.ContainsKey(field), $"ChatCompletionRequest.{field} missing");
