@@ -1,0 +1,15 @@
+# CPU image. For a GPU image build with --build-arg TORCH_BACKEND=cuda on a feed that has TorchSharp-cuda-linux.
+FROM mcr.microsoft.com/dotnet/sdk:10.0 AS build
+ARG TORCH_BACKEND=cpu
+WORKDIR /src
+COPY . .
+RUN dotnet publish src/AdapterServe.Server -c Release -o /app -p:TorchSharpBackend=${TORCH_BACKEND}
+
+FROM mcr.microsoft.com/dotnet/aspnet:10.0
+WORKDIR /app
+COPY --from=build /app .
+ENV ADAPTERSERVE_Server__Host=0.0.0.0 \
+    ADAPTERSERVE_Adapters__DataDirectory=/data
+VOLUME ["/data", "/models"]
+EXPOSE 8000
+ENTRYPOINT ["dotnet", "AdapterServe.Server.dll"]

@@ -1,0 +1,105 @@
+using AdapterServe.Modeling;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters;
+
+/// <summary>
+/// The served weights of one adapted projection of one layer: a low-rank delta <c>ΔW = B·A</c> applied unmerged as
+/// <c>y += (x Aᵀ) Bᵀ</c>, plus the optional LoRA bias and DoRA magnitude.
+/// <para>
+/// Scaling convention: the file's scaling <c>s</c> (alpha/r or alpha/√r, patterns applied) is FOLDED into
+/// <see cref="B"/> and <see cref="Bias"/> at load (PEFT scales the lora_B bias too), so <c>ΔW = B·A</c> exactly and
+/// a request's scale multiplies the whole delta. <see cref="Scaling"/> only reports <c>s</c>.
+/// KaSA arrives here already converted into a plain low-rank delta on the frozen base (<see cref="KasaDelta"/>),
+/// so <see cref="Rank"/> is the served rank (r for LoRA/DoRA, removed components + r for KaSA).
+/// </para>
+/// Tensors live on one device in one dtype and are owned by this object (never by a dispose scope).
+/// </summary>
+public sealed class LoraWeights : IDisposable
+{
+    // DoRA's m / ‖W0 + scale·ΔW‖_row per request scale; scale 1 is filled at load, others on first use (engine thread).
+    private readonly Dictionary<float, Tensor> _doraRowScales = [];
+
+    internal LoraWeights(int layer, Projection projection, double scaling, Tensor a, Tensor b, Tensor? bias, Tensor? magnitude, Tensor? doraRowScale)
+    {
+        Layer = layer;
+        Projection = projection;
+        Scaling = scaling;
+        A = a;
+        B = b;
+        Bias = bias;
+        Magnitude = magnitude;
+        if (doraRowScale is not null) _doraRowScales[1f] = doraRowScale;
+        Bytes = TensorBytes(a) + TensorBytes(b) + TensorBytes(bias) + TensorBytes(magnitude) + TensorBytes(doraRowScale);
+    }
+
+    public int Layer { get; }
+    public Projection Projection { get; }
+    /// <summary>The adapter file's <c>s</c> for this module; already folded into <see cref="B"/>.</summary>
+    public double Scaling { get; }
+    /// <summary>Down projection <c>[R, d_in]</c>.</summary>
+    public Tensor A { get; }
+    /// <summary>Up projection with the scaling folded in, <c>[d_out, R]</c>.</summary>
+    public Tensor B { get; }
+    /// <summary><c>s · lora_B.bias</c>, <c>[d_out]</c>, when the adapter was trained with <c>lora_bias</c>.</summary>
+    public Tensor? Bias { get; }
+    /// <summary>DoRA magnitude <c>m</c>, <c>[d_out]</c>.</summary>
+    public Tensor? Magnitude { get; }
+
+    public int Rank => (int)A.shape[0];
+    public int InFeatures => (int)A.shape[1];
+    public int OutFeatures => (int)B.shape[0];
+    public bool IsDora => Magnitude is not null;
+    /// <summary>Bytes of the tensors loaded with the module (A, B, bias, magnitude and DoRA's scale-1 row factor).</summary>
+    public long Bytes { get; }
+
+    /// <summary>
+    /// DoRA's per-output-row factor <c>m / ‖W0 + scale·B·A‖_row</c> (<c>[d_out]</c>, this module's dtype and device),
+    /// computed in float32 once per (module, scale) and cached. PEFT's <c>scale_layer</c> scales DoRA's delta and its
+    /// norm together, so a request scale other than 1 gets its own norm.
+    /// </summary>
+    public Tensor DoraRowScale(float scale, Tensor baseWeight)
+    {
+        if (Magnitude is null) throw new InvalidOperationException($"{Projection.ShortName()} of layer {Layer} is not a DoRA module");
+        if (_doraRowScales.TryGetValue(scale, out var cached)) return cached;
+        using var inferenceOff = inference_mode(false);
+        using var scope = NewDisposeScope();
+        var rowScale = ComputeDoraRowScale(Magnitude, A, B, scale, baseWeight).to(A.dtype, A.device); // [d_out]
+        _doraRowScales[scale] = rowScale.DetachFromDisposeScope();
+        return rowScale;
+    }
+
+    /// <summary><c>m / ‖W0 + scale·B·A‖_row</c> in float32 on the base weight's device (B has s folded in).</summary>
+    internal static Tensor ComputeDoraRowScale(Tensor magnitude, Tensor a, Tensor b, float scale, Tensor baseWeight)
+    {
+        using var scope = NewDisposeScope();
+        var dev = baseWeight.device;
+        var w0 = baseWeight.to(ScalarType.Float32);                                                            // [d_out, d_in]
+        var delta = b.to(ScalarType.Float32, dev).matmul(a.to(ScalarType.Float32, dev));                       // [d_out, d_in]
+        var merged = w0.add(delta, scale);                                                                     // W' = W0 + scale·ΔW
+        var rowNorm = linalg.vector_norm(merged, 2, [1]);                                                      // [d_out]
+        return magnitude.to(ScalarType.Float32, dev).div(rowNorm).MoveToOuterDisposeScope();                  // [d_out]
+    }
+
+    /// <summary>A copy of this module on <paramref name="device"/> (DoRA's scale-1 factor included).</summary>
+    public LoraWeights To(Device device)
+    {
+        using var inferenceOff = inference_mode(false);
+        Tensor? Copy(Tensor? t) => t?.to(t.dtype, device, copy: true).DetachFromDisposeScope();
+        return new LoraWeights(Layer, Projection, Scaling, Copy(A)!, Copy(B)!, Copy(Bias), Copy(Magnitude),
+            _doraRowScales.TryGetValue(1f, out var unit) ? Copy(unit) : null);
+    }
+
+    public void Dispose()
+    {
+        A.Dispose();
+        B.Dispose();
+        Bias?.Dispose();
+        Magnitude?.Dispose();
+        foreach (var t in _doraRowScales.Values) t.Dispose();
+        _doraRowScales.Clear();
+    }
+
+    internal static long TensorBytes(Tensor? t) => t is null ? 0 : t.NumberOfElements * t.ElementSize;
+}

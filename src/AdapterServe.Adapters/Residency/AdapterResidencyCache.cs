@@ -1,0 +1,528 @@
+using System.Diagnostics;
+using AdapterServe.Modeling;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters;
+
+/// <summary>
+/// Two-tier residency of adapter versions, keyed by (name, version): a device tier (what the forward pass reads)
+/// bounded by count and bytes, and a host tier of CPU tensors in front of the disk, also bounded. Both evict least
+/// recently used versions that are not pinned and that no running sequence holds a lease on.
+/// <list type="bullet">
+/// <item><see cref="Acquire"/> (any thread): lease +1; starts a background load (thread pool) into the host tier
+/// when the version is not resident, so no request's decode step ever waits on a disk read or an SVD.</item>
+/// <item><see cref="TryGetReady"/> (engine thread, between steps): moves host → device when needed, evicting LRU;
+/// false while the load runs or while every device slot is held by leases or pins; throws the load error.</item>
+/// <item><see cref="Release"/> (any thread): lease −1.</item>
+/// </list>
+/// A lease pins its exact version: after a name is replaced, new leases name the new version while running sequences
+/// keep the old one until they release it. Host tensors are created by the loader thread, device tensors by the engine
+/// thread; bookkeeping is under one lock; evicted tensors are disposed (never used again: a leased version is never
+/// evicted). When the device is the CPU, the device tier shares the host copy instead of duplicating it.
+/// </summary>
+public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposable
+{
+    private const string DeviceTier = "device";
+    private const string HostTier = "host";
+
+    private readonly object _gate = new();
+    private readonly Dictionary<(string Name, int Version), CachedVersion> _versions = [];
+    private readonly Dictionary<string, NameState> _names = new(StringComparer.Ordinal);
+    private readonly ResidencyOptions _options;
+    private readonly Func<AdapterRecord, LoadedAdapter> _loadToHost;
+    private readonly Device _device;
+    private readonly ILogger _logger;
+    private readonly TimeProvider _time = TimeProvider.System;
+    private long _tick;
+    private bool _disposed;
+
+    /// <summary>The production cache: loads <c>adapter_model.safetensors</c> into CPU tensors of <paramref name="dtype"/>.</summary>
+    /// <param name="baseWeight">The frozen base weight W0 of (layer, projection), read by KaSA's SVD and DoRA's norms.</param>
+    /// <param name="device">The compute device (device tier).</param>
+    public AdapterResidencyCache(ResidencyOptions options, Func<int, Projection, Tensor> baseWeight, Device device, ScalarType dtype,
+        ILogger<AdapterResidencyCache>? logger = null, AdapterResidencyMetrics? metrics = null)
+        : this(options, record => LoadedAdapter.Load(record, baseWeight, CPU, dtype), device, logger, metrics)
+    {
+    }
+
+    /// <param name="loadToHost">Loads one version into CPU tensors (runs on a thread-pool thread).</param>
+    public AdapterResidencyCache(ResidencyOptions options, Func<AdapterRecord, LoadedAdapter> loadToHost, Device device,
+        ILogger? logger = null, AdapterResidencyMetrics? metrics = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _options = options;
+        _loadToHost = loadToHost ?? throw new ArgumentNullException(nameof(loadToHost));
+        _device = device ?? throw new ArgumentNullException(nameof(device));
+        _logger = logger ?? NullLogger.Instance;
+        Metrics = metrics ?? new AdapterResidencyMetrics();
+        UpdateGauges(new ResidencySnapshot(0, 0, 0, 0, 0));
+    }
+
+    public AdapterResidencyMetrics Metrics { get; }
+
+    /// <summary>Takes a lease on <paramref name="record"/>'s exact version and starts loading it if it is not resident.</summary>
+    public AdapterLease Acquire(AdapterRecord record)
+    {
+        ArgumentNullException.ThrowIfNull(record);
+        CachedVersion entry;
+        AdapterLease lease;
+        bool startLoad;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var key = (record.Name, record.Version);
+            if (!_versions.TryGetValue(key, out entry!)) _versions[key] = entry = new CachedVersion(record);
+            entry.Leases++;
+            var name = NameOf(record.Name);
+            name.Leases++;
+            Touch(entry);
+            startLoad = BeginLoadIfAbsent(entry);
+            lease = new AdapterLease(entry);
+        }
+        if (startLoad) _ = Task.Run(() => LoadToHost(entry));
+        return lease;
+    }
+
+    /// <summary>
+    /// Engine thread, between steps: the device copy of the lease's version, moving it from the host tier (evicting least
+    /// recently used unleased, unpinned versions) when needed. False while it is still loading, or while the device
+    /// tier is full of leased or pinned versions (try again after some sequence releases its lease).
+    /// </summary>
+    /// <exception cref="AdapterValidationException">The load failed (or the version is larger than a whole tier).</exception>
+    public bool TryGetReady(AdapterLease lease, out LoadedAdapter adapter)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        adapter = null!;
+        var entry = lease.Entry;
+        LoadedAdapter? host = null;
+        bool startLoad = false;
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (lease.IsReleased) throw new InvalidOperationException($"the {lease} was already released");
+            if (entry.Error is { } error) throw new AdapterValidationException(error.Message, error.Code, error.StatusCode);
+            Touch(entry);
+            if (entry.Device is { } ready)
+            {
+                adapter = ready;
+                return true;
+            }
+            if (entry.Promoting) return false;
+            if (entry.Host is null)
+            {
+                // Still loading; or its host copy went away (only possible for a version with no lease at that moment).
+                startLoad = BeginLoadIfAbsent(entry);
+            }
+            else
+            {
+                host = entry.Host;
+                if (host.Bytes > _options.MaxDeviceBytes)
+                    throw new AdapterValidationException(
+                        $"{entry} needs {host.Bytes} bytes, more than the whole device adapter cache ({_options.MaxDeviceBytes} bytes)", "adapter_too_large", 413);
+                if (!MakeDeviceRoom(host.Bytes, entry)) return false;
+                entry.Promoting = true;
+            }
+        }
+        if (host is null)
+        {
+            if (startLoad) _ = Task.Run(() => LoadToHost(entry));
+            return false;
+        }
+
+        LoadedAdapter onDevice;
+        try
+        {
+            onDevice = IsOnDevice(host) ? host : host.To(_device);
+        }
+        catch (Exception e)
+        {
+            lock (_gate) entry.Promoting = false;
+            throw new AdapterValidationException($"{entry}: moving it to {_device} failed: {e.Message}", "adapter_load_failed", 500);
+        }
+
+        ResidencySnapshot snapshot;
+        lock (_gate)
+        {
+            entry.Promoting = false;
+            if (_disposed)
+            {
+                if (!ReferenceEquals(onDevice, host)) onDevice.Dispose();
+                throw new ObjectDisposedException(nameof(AdapterResidencyCache));
+            }
+            entry.Device = onDevice;
+            snapshot = SnapshotLocked();
+            UpdateGauges(snapshot);
+        }
+        LogPromoted(_logger, entry.Record.Name, entry.Record.Version, onDevice.Bytes, snapshot.DeviceAdapters, snapshot.DeviceBytes);
+        adapter = onDevice;
+        return true;
+    }
+
+    /// <summary>Gives a lease back (idempotent). The version stays cached until evicted or forgotten.</summary>
+    public void Release(AdapterLease lease)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        if (!lease.TryMarkReleased()) return;
+        List<TaskCompletionSource>? wake = null;
+        lock (_gate)
+        {
+            var entry = lease.Entry;
+            entry.Leases--;
+            var name = NameOf(entry.Record.Name);
+            name.Leases--;
+            name.LastUsed = _time.GetUtcNow();
+            if (entry.Leases == 0)
+            {
+                // A failed version is dropped with its last lease, so the next request retries the load.
+                if (entry.Error is not null) RemoveIfCurrent(entry);
+                else RemoveIfIdle(entry);
+            }
+            if (name.Leases == 0 && name.UnusedWaiters.Count > 0)
+            {
+                wake = [.. name.UnusedWaiters];
+                name.UnusedWaiters.Clear();
+            }
+            if (!_disposed)
+            {
+                TrimHost();
+                UpdateGauges(SnapshotLocked());
+            }
+        }
+        if (wake is not null)
+            foreach (var w in wake) w.TrySetResult();
+    }
+
+    public ResidencySnapshot Snapshot()
+    {
+        lock (_gate) return SnapshotLocked();
+    }
+
+    public AdapterRuntimeStatus Status(string name)
+    {
+        lock (_gate)
+        {
+            var tier = ResidencyTier.Stored;
+            long bytes = 0;
+            foreach (var entry in _versions.Values)
+            {
+                if (entry.Record.Name != name) continue;
+                if (entry.Device is not null) tier = ResidencyTier.Device;
+                else if (entry.Host is not null && tier == ResidencyTier.Stored) tier = ResidencyTier.Host;
+                bytes += (entry.Device ?? entry.Host)?.Bytes ?? 0;
+            }
+            var state = _names.GetValueOrDefault(name);
+            return new AdapterRuntimeStatus(tier, state?.Pinned ?? false, state?.LoadCount ?? 0, state?.LastUsed, state?.Leases ?? 0, bytes);
+        }
+    }
+
+    /// <summary>A pinned name's versions are never evicted from the device (nor from the host while not on the device).</summary>
+    public void SetPinned(string name, bool pinned)
+    {
+        lock (_gate)
+        {
+            NameOf(name).Pinned = pinned;
+            if (!pinned && !_disposed)
+            {
+                TrimHost();
+                UpdateGauges(SnapshotLocked());
+            }
+        }
+    }
+
+    public int ActiveSequences(string name)
+    {
+        lock (_gate) return _names.GetValueOrDefault(name)?.Leases ?? 0;
+    }
+
+    public Task WaitUntilUnusedAsync(string name, CancellationToken cancellationToken)
+    {
+        TaskCompletionSource signal;
+        lock (_gate)
+        {
+            var state = _names.GetValueOrDefault(name);
+            if (state is null || state.Leases == 0) return Task.CompletedTask;
+            signal = CachedVersion.NewSignal();
+            state.UnusedWaiters.Add(signal);
+        }
+        return signal.Task.WaitAsync(cancellationToken);
+    }
+
+    /// <summary>Drops the cached tensors of every version of <paramref name="name"/> that no lease holds (after delete or replace).</summary>
+    public void Forget(string name)
+    {
+        var dropped = new List<(CachedVersion Entry, long Bytes)>();
+        lock (_gate)
+        {
+            foreach (var entry in _versions.Values.Where(e => e.Record.Name == name && e.Leases == 0 && !e.Promoting).ToList())
+            {
+                long bytes = (entry.Device ?? entry.Host)?.Bytes ?? 0;
+                DropDevice(entry);
+                DropHost(entry);
+                _versions.Remove(entry.Key); // a load still running sees it is no longer current and disposes its result
+                dropped.Add((entry, bytes));
+            }
+            if (!_disposed) UpdateGauges(SnapshotLocked());
+        }
+        foreach (var (entry, bytes) in dropped)
+            LogForgotten(_logger, entry.Record.Name, entry.Record.Version, bytes);
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            foreach (var entry in _versions.Values)
+            {
+                DropDevice(entry);
+                DropHost(entry);
+            }
+            _versions.Clear();
+            UpdateGauges(new ResidencySnapshot(0, 0, 0, 0, 0));
+        }
+    }
+
+    // ---- loading ----
+
+    /// <summary>Under the lock: marks a load as started when the version is neither resident, loading nor failed.</summary>
+    private bool BeginLoadIfAbsent(CachedVersion entry)
+    {
+        if (entry.Host is not null || entry.Device is not null || entry.Loading || entry.Error is not null) return false;
+        entry.Loading = true;
+        if (entry.HostLoaded.Task.IsCompleted) entry.HostLoaded = CachedVersion.NewSignal();
+        return true;
+    }
+
+    private void LoadToHost(CachedVersion entry)
+    {
+        long started = Stopwatch.GetTimestamp();
+        LoadedAdapter? loaded = null;
+        Exception? failure = null;
+        try
+        {
+            loaded = _loadToHost(entry.Record);
+        }
+        catch (Exception e)
+        {
+            failure = e;
+        }
+        double seconds = Stopwatch.GetElapsedTime(started).TotalSeconds;
+
+        LoadedAdapter? orphan = null;
+        lock (_gate)
+        {
+            entry.Loading = false;
+            bool current = !_disposed && _versions.TryGetValue(entry.Key, out var now) && ReferenceEquals(now, entry);
+            if (failure is null && loaded!.Bytes > _options.MaxHostBytes)
+            {
+                failure = new AdapterValidationException(
+                    $"{entry} needs {loaded.Bytes} bytes, more than the whole host adapter cache ({_options.MaxHostBytes} bytes)", "adapter_too_large", 413);
+                orphan = loaded;
+                loaded = null;
+            }
+
+            if (failure is not null)
+            {
+                entry.Error = AsValidationError(entry, failure);
+                Metrics.Loads.WithLabels("error").Inc();
+                if (current && entry.Leases == 0) _versions.Remove(entry.Key);
+            }
+            else
+            {
+                Metrics.Loads.WithLabels("ok").Inc();
+                Metrics.LoadSeconds.Observe(seconds);
+                NameOf(entry.Record.Name).LoadCount++;
+                if (current)
+                {
+                    entry.Host = loaded;
+                    Touch(entry);
+                    TrimHost();
+                }
+                else orphan = loaded;
+            }
+            if (!_disposed) UpdateGauges(SnapshotLocked());
+            // Signalled under the lock, so a later load of this version (after an eviction) never inherits this signal.
+            entry.HostLoaded.TrySetResult();
+        }
+        orphan?.Dispose();
+
+        if (failure is not null && entry.Error is { } error)
+            LogLoadFailed(_logger, entry.Record.Name, entry.Record.Version, error.Code, error.Message);
+        else
+            LogLoaded(_logger, entry.Record.Name, entry.Record.Version, Math.Round(seconds, 4), loaded?.Bytes ?? 0);
+    }
+
+    private static AdapterValidationException AsValidationError(CachedVersion entry, Exception failure) => failure switch
+    {
+        AdapterValidationException v => v,
+        _ => new AdapterValidationException($"{entry} could not be loaded: {failure.Message}", "adapter_load_failed", 500),
+    };
+
+    // ---- eviction (all under the lock) ----
+
+    /// <summary>Evicts LRU device copies until one more version of <paramref name="bytes"/> fits; false if that is impossible now.</summary>
+    private bool MakeDeviceRoom(long bytes, CachedVersion incoming)
+    {
+        while (true)
+        {
+            int count = 0;
+            long used = 0;
+            foreach (var e in _versions.Values)
+            {
+                if (e.Device is not null) { count++; used += e.Device.Bytes; }
+                else if (e.Promoting && e.Host is not null) { count++; used += e.Host.Bytes; }
+            }
+            if (count + 1 <= _options.MaxDeviceAdapters && used + bytes <= _options.MaxDeviceBytes) return true;
+
+            var victim = LeastRecentlyUsed(e => e.Device is not null && e.Leases == 0 && !e.Promoting && !IsPinned(e));
+            if (victim is null)
+            {
+                LogDeviceFull(_logger, incoming.Record.Name, incoming.Record.Version, count, used);
+                return false;
+            }
+            long victimBytes = victim.Device!.Bytes;
+            DropDevice(victim);
+            Metrics.Evictions.Inc();
+            LogEvicted(_logger, victim.Record.Name, victim.Record.Version, DeviceTier, victimBytes);
+            RemoveIfIdle(victim);
+        }
+    }
+
+    /// <summary>Evicts LRU host copies while the host tier is over its bounds and something may go.</summary>
+    private void TrimHost()
+    {
+        while (true)
+        {
+            int count = 0;
+            long used = 0;
+            foreach (var e in _versions.Values)
+                if (e.Host is not null) { count++; used += e.Host.Bytes; }
+            if (count <= _options.MaxHostAdapters && used <= _options.MaxHostBytes) return;
+
+            // A host copy may go when it is not being copied to the device and either a device copy exists or nobody
+            // needs it soon (no lease, not pinned). Leased versions still waiting for the device stay: the tier then
+            // exceeds its bound until their sequences start.
+            var victim = LeastRecentlyUsed(e => e.Host is not null && !e.Promoting
+                && (e.Device is not null || (e.Leases == 0 && !IsPinned(e))));
+            if (victim is null) return;
+            long victimBytes = victim.Host!.Bytes;
+            DropHost(victim);
+            Metrics.Evictions.Inc();
+            LogEvicted(_logger, victim.Record.Name, victim.Record.Version, HostTier, victimBytes);
+            RemoveIfIdle(victim);
+        }
+    }
+
+    private CachedVersion? LeastRecentlyUsed(Func<CachedVersion, bool> evictable)
+    {
+        CachedVersion? best = null;
+        foreach (var e in _versions.Values)
+            if (evictable(e) && (best is null || e.LastUsedTick < best.LastUsedTick)) best = e;
+        return best;
+    }
+
+    private static void DropDevice(CachedVersion entry)
+    {
+        var copy = entry.Device;
+        entry.Device = null;
+        if (copy is not null && !ReferenceEquals(copy, entry.Host)) copy.Dispose();
+    }
+
+    private static void DropHost(CachedVersion entry)
+    {
+        var copy = entry.Host;
+        entry.Host = null;
+        if (copy is not null && !ReferenceEquals(copy, entry.Device)) copy.Dispose();
+    }
+
+    /// <summary>Forgets a version that holds nothing and that nobody holds (keeps the bookkeeping bounded).</summary>
+    private void RemoveIfIdle(CachedVersion entry)
+    {
+        if (entry.Leases == 0 && entry.Host is null && entry.Device is null && !entry.Loading && !entry.Promoting)
+            RemoveIfCurrent(entry);
+    }
+
+    private void RemoveIfCurrent(CachedVersion entry)
+    {
+        if (_versions.TryGetValue(entry.Key, out var now) && ReferenceEquals(now, entry)) _versions.Remove(entry.Key);
+    }
+
+    // ---- bookkeeping ----
+
+    private void Touch(CachedVersion entry)
+    {
+        entry.LastUsedTick = ++_tick;
+        NameOf(entry.Record.Name).LastUsed = _time.GetUtcNow();
+    }
+
+    private bool IsPinned(CachedVersion entry) => _names.GetValueOrDefault(entry.Record.Name)?.Pinned ?? false;
+
+    private NameState NameOf(string name)
+    {
+        if (!_names.TryGetValue(name, out var state)) _names[name] = state = new NameState();
+        return state;
+    }
+
+    private bool IsOnDevice(LoadedAdapter adapter) => adapter.Device.type == _device.type && adapter.Device.index == _device.index;
+
+    private ResidencySnapshot SnapshotLocked()
+    {
+        int deviceCount = 0, hostCount = 0;
+        long deviceBytes = 0, hostBytes = 0;
+        foreach (var e in _versions.Values)
+        {
+            if (e.Device is not null) { deviceCount++; deviceBytes += e.Device.Bytes; }
+            if (e.Host is not null) { hostCount++; hostBytes += e.Host.Bytes; }
+        }
+        return new ResidencySnapshot(deviceCount, deviceBytes, hostCount, hostBytes, _versions.Count);
+    }
+
+    private void UpdateGauges(ResidencySnapshot s)
+    {
+        Metrics.Resident.WithLabels(DeviceTier).Set(s.DeviceAdapters);
+        Metrics.Resident.WithLabels(HostTier).Set(s.HostAdapters);
+        Metrics.ResidentBytes.WithLabels(DeviceTier).Set(s.DeviceBytes);
+        Metrics.ResidentBytes.WithLabels(HostTier).Set(s.HostBytes);
+    }
+
+    /// <summary>Per adapter name: pin flag, leases over all its versions, load count, last use.</summary>
+    private sealed class NameState
+    {
+        public bool Pinned;
+        public int Leases;
+        public long LoadCount;
+        public DateTimeOffset? LastUsed;
+        public List<TaskCompletionSource> UnusedWaiters { get; } = [];
+    }
+
+    // ---- structured logs ----
+
+    [LoggerMessage(EventId = 4101, Level = LogLevel.Information,
+        Message = "Adapter {Adapter} v{Version} loaded into the host tier in {Seconds} s ({Bytes} bytes)")]
+    private static partial void LogLoaded(ILogger logger, string adapter, int version, double seconds, long bytes);
+
+    [LoggerMessage(EventId = 4102, Level = LogLevel.Warning,
+        Message = "Adapter {Adapter} v{Version} failed to load ({Code}): {Reason}")]
+    private static partial void LogLoadFailed(ILogger logger, string adapter, int version, string code, string reason);
+
+    [LoggerMessage(EventId = 4103, Level = LogLevel.Information,
+        Message = "Adapter {Adapter} v{Version} moved to the device tier ({Bytes} bytes; device tier now {DeviceAdapters} adapters, {DeviceBytes} bytes)")]
+    private static partial void LogPromoted(ILogger logger, string adapter, int version, long bytes, int deviceAdapters, long deviceBytes);
+
+    [LoggerMessage(EventId = 4104, Level = LogLevel.Information,
+        Message = "Adapter {Adapter} v{Version} evicted from the {Tier} tier ({Bytes} bytes, least recently used)")]
+    private static partial void LogEvicted(ILogger logger, string adapter, int version, string tier, long bytes);
+
+    [LoggerMessage(EventId = 4105, Level = LogLevel.Debug,
+        Message = "Adapter {Adapter} v{Version} waits for a device slot: {DeviceAdapters} adapters ({DeviceBytes} bytes) resident, all leased or pinned")]
+    private static partial void LogDeviceFull(ILogger logger, string adapter, int version, int deviceAdapters, long deviceBytes);
+
+    [LoggerMessage(EventId = 4106, Level = LogLevel.Information,
+        Message = "Adapter {Adapter} v{Version} forgotten ({Bytes} bytes released)")]
+    private static partial void LogForgotten(ILogger logger, string adapter, int version, long bytes);
+}

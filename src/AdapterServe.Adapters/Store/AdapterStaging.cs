@@ -1,0 +1,64 @@
+namespace AdapterServe.Adapters.Store;
+
+/// <summary>
+/// A private folder <c>tmp/&lt;guid&gt;/</c> in the store's data directory where an incoming adapter is received,
+/// unpacked and validated before it is renamed into place. Disposing it deletes whatever is left, so a failed
+/// upload leaves the store as it was; folders left by a crash are removed when the store starts.
+/// </summary>
+public sealed class AdapterStaging : IDisposable
+{
+    private int _uploads;
+
+    internal AdapterStaging(string tmpDirectory)
+    {
+        Root = Path.Combine(tmpDirectory, Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(ReceivedDirectory);
+        PeftDirectory = ReceivedDirectory;
+    }
+
+    public string Root { get; }
+
+    /// <summary>Where loose PEFT files are written and archives are unpacked.</summary>
+    public string ReceivedDirectory => Path.Combine(Root, "received");
+
+    /// <summary>The folder holding adapter_config.json and adapter_model.safetensors (moved by <see cref="UseArchive"/>).</summary>
+    public string PeftDirectory { get; private set; }
+
+    /// <summary>A fresh path for a raw uploaded file (an archive before unpacking).</summary>
+    public string NewUploadPath() => Path.Combine(Root, $"upload-{Interlocked.Increment(ref _uploads)}.bin");
+
+    /// <summary>Creates one loose PEFT file in <see cref="ReceivedDirectory"/>; refuses other names and a second copy.</summary>
+    public FileStream CreateReceivedFile(string fileName)
+    {
+        if (fileName is not (PeftLoraConfig.FileName or AdapterValidator.WeightsFileName))
+            throw new AdapterValidationException($"'{fileName}' is not a PEFT adapter file (expected {PeftLoraConfig.FileName} or {AdapterValidator.WeightsFileName})", "unexpected_part");
+        string path = Path.Combine(ReceivedDirectory, fileName);
+        if (File.Exists(path)) throw new AdapterValidationException($"'{fileName}' was sent twice", "duplicate_part");
+        return new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
+    }
+
+    /// <summary>Unpacks an archive (see <see cref="AdapterArchive"/>) into <see cref="ReceivedDirectory"/> and points <see cref="PeftDirectory"/> at its adapter folder.</summary>
+    public void UseArchive(string archivePath, ArchiveLimits limits)
+    {
+        if (Directory.EnumerateFileSystemEntries(ReceivedDirectory).Any())
+            throw new AdapterValidationException("send either one archive in the 'file' part or the loose PEFT files, not both", "conflicting_parts");
+        PeftDirectory = AdapterArchive.ExtractPeftFiles(archivePath, ReceivedDirectory, limits);
+    }
+
+    /// <summary>Copies the PEFT files of a folder on this machine (symbolic links are followed, content is copied).</summary>
+    public void CopyFrom(string directory)
+    {
+        foreach (var name in new[] { PeftLoraConfig.FileName, AdapterValidator.WeightsFileName, "adapter_model.bin" })
+        {
+            string source = Path.Combine(directory, name);
+            if (File.Exists(source)) File.Copy(source, Path.Combine(ReceivedDirectory, name));
+        }
+    }
+
+    public void Dispose()
+    {
+        try { if (Directory.Exists(Root)) Directory.Delete(Root, recursive: true); }
+        catch (IOException) { /* removed at the next start */ }
+        catch (UnauthorizedAccessException) { /* removed at the next start */ }
+    }
+}

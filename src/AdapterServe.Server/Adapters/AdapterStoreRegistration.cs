@@ -1,0 +1,75 @@
+using AdapterServe.Adapters;
+using AdapterServe.Adapters.Store;
+using AdapterServe.Modeling;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
+
+namespace AdapterServe.Server.Adapters;
+
+public static class AdapterStoreRegistration
+{
+    /// <summary>Top-level configuration key filled by the command-line flag <c>--admin-key KEY</c>.</summary>
+    public const string AdminKeyFlag = "admin-key";
+
+    /// <summary>
+    /// Registers the adapter store (options from the <c>Adapters</c> section plus <c>--admin-key</c>), its registry,
+    /// and a hosted service that opens the store at start and deletes replaced versions once unused. Needs an
+    /// <see cref="IAdapterResidency"/> and the base <see cref="ModelConfig"/> in the container (or
+    /// <paramref name="baseModel"/> to find it).
+    /// </summary>
+    public static IServiceCollection AddAdapterStore(this IServiceCollection services, IConfiguration configuration,
+        Func<IServiceProvider, ModelConfig>? baseModel = null)
+    {
+        services.AddOptions<AdapterStoreOptions>()
+            .Bind(configuration.GetSection(AdapterStoreOptions.SectionName))
+            .PostConfigure(o =>
+            {
+                if (configuration[AdminKeyFlag] is { Length: > 0 } key) o.AdminKeys = [.. o.AdminKeys, key];
+            })
+            .ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<AdapterStoreOptions>, AdapterStoreOptionsValidation>());
+        services.TryAddSingleton<AdapterRegistry>();
+        services.TryAddSingleton(sp => new AdapterStore(
+            sp.GetRequiredService<IOptions<AdapterStoreOptions>>().Value,
+            baseModel?.Invoke(sp) ?? sp.GetRequiredService<ModelConfig>(),
+            sp.GetRequiredService<IAdapterResidency>(),
+            sp.GetRequiredService<AdapterRegistry>(),
+            sp.GetService<ILogger<AdapterStore>>(),
+            sp.GetService<TimeProvider>()));
+        services.AddHostedService<AdapterStoreHost>();
+        return services;
+    }
+
+    private sealed class AdapterStoreOptionsValidation : IValidateOptions<AdapterStoreOptions>
+    {
+        public ValidateOptionsResult Validate(string? name, AdapterStoreOptions options) =>
+            options.Problems() is { Count: > 0 } problems ? ValidateOptionsResult.Fail(problems) : ValidateOptionsResult.Success;
+    }
+}
+
+/// <summary>Opens the store when the host starts (stale staging removed, stored adapters listed) and collects replaced versions.</summary>
+internal sealed class AdapterStoreHost(AdapterStore store, ILogger<AdapterStoreHost> logger) : BackgroundService
+{
+    private static readonly TimeSpan Period = TimeSpan.FromSeconds(5);
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        using var timer = new PeriodicTimer(Period);
+        try
+        {
+            while (await timer.WaitForNextTickAsync(stoppingToken))
+            {
+                try
+                {
+                    int removed = store.CollectRetiredVersions();
+                    if (removed > 0) logger.LogInformation("Deleted {Count} replaced adapter version(s)", removed);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    logger.LogWarning(e, "Could not delete replaced adapter versions");
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested) { }
+    }
+}
