@@ -6,13 +6,16 @@ namespace AdapterServe.Server.Hosting;
 public static class EngineRegistration
 {
     /// <summary>
-    /// The engine as a singleton <see cref="IGenerationEngine"/>, created at start (the model loads on its own thread
-    /// while <c>/health</c> answers 503) and disposed with the container on shutdown.
+    /// The engine as a singleton <see cref="IGenerationEngine"/>, created by <see cref="GenerationEngine.Start"/> when the
+    /// host starts (the model loads on its own thread while <c>/health</c> answers 503) and disposed with the container
+    /// on shutdown. Tests replace the registration with their own engine.
     /// </summary>
     public static IServiceCollection AddGenerationEngine(this IServiceCollection services)
     {
-        // TODO-MERGE: GenerationEngine.Start(options, loggerFactory) once the engine is on main.
-        services.AddSingleton<IGenerationEngine>(sp => throw new InvalidOperationException("engine not merged yet: " + sp.GetRequiredService<IOptions<EngineOptions>>().Value.ModelPath));
+        services.AddSingleton<IGenerationEngine>(sp => GenerationEngine.Start(
+            sp.GetRequiredService<IOptions<EngineOptions>>().Value,
+            sp.GetRequiredService<ILoggerFactory>(),
+            sp.GetService<IAdapterBinder>()));     // registered by the adapter registry when it is wired in; none = base model only
         services.AddHostedService<EngineStartup>();
         return services;
     }
