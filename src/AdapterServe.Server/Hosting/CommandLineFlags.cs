@@ -61,7 +61,14 @@ public static class CommandLineFlags
                 if (keys.Any(k => k.Length == 0)) throw new CommandLineException("--api-key holds an empty key.");
                 apiKeys.AddRange(keys);
             }
-            else result.Add($"--{path}={value}");
+            else
+            {
+                result.Add($"--{path}={value}");
+                // The adapter store (Adapters room) reads its admin key from the top-level "admin-key" and its folder
+                // from Adapters:DataDirectory: the same flags reach it.
+                if (flag == "--admin-key") result.Add($"--admin-key={value}");
+                if (flag == "--data-dir") result.Add($"--Adapters:DataDirectory={value}");
+            }
         }
         for (int k = 0; k < apiKeys.Count; k++) result.Add($"--Server:ApiKeys:{k}={apiKeys[k]}");
         return result.ToArray();
