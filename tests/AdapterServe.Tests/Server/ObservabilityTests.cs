@@ -48,26 +48,31 @@ public sealed class ObservabilityTests(RealServer server)
     public async Task Each_generation_request_writes_one_information_line_with_its_numbers_and_never_the_prompt()
     {
         var capture = new LogCapture();
-        await using var factory = new ServerFactory(TinyModel.Settings(), services: s => s.AddSingleton<ILoggerProvider>(capture));
+        var settings = TinyModel.Settings();
+        settings["Serilog:MinimumLevel:Default"] = "Debug";
+        await using var factory = new ServerFactory(settings, services: s => s.AddSingleton<ILoggerProvider>(capture));
         var client = factory.CreateClient();
         await TinyModel.WaitUntilReadyAsync(factory.Services.GetRequiredService<AdapterServe.Engine.IGenerationEngine>());
         capture.Clear();
 
         const string secret = "zebra quokka seven";
         var (status, body) = await Http.PostAsync(client, "/v1/completions",
-            $$"""{"model":"tiny","prompt":"{{secret}}","max_tokens":3,"temperature":0,"ignore_eos":true}""");
+            $$"""{"model":"tiny","prompt":"{{secret}}","max_tokens":3,"temperature":0,"ignore_eos":true,"frobnicate":[1] }""");
         Assert.Equal(200, status);
         await Http.GetAsync(client, "/health");
 
         var lines = capture.Entries.Where(e => e.Category.EndsWith("RequestLog", StringComparison.Ordinal)).ToList();
-        var line = Assert.Single(lines, l => l.Level == LogLevel.Information);
+        var line = Assert.Single(lines, l => l.Level == LogLevel.Information);   // one line per request
         Assert.Contains("POST /v1/completions 200", line.Message);
         Assert.Contains("model=tiny", line.Message);
         Assert.Contains($"prompt_tokens={(int)body!["usage"]!["prompt_tokens"]!}", line.Message);
         Assert.Contains("completion_tokens=3", line.Message);
         Assert.Contains("finish=length", line.Message);
         Assert.Matches(new Regex(@"ttft_ms=\d+(\.\d)? total_ms=\d+(\.\d)?"), line.Message);
-        Assert.DoesNotContain(lines, l => l.Message.Contains("/health", StringComparison.Ordinal));   // health checks log at Debug only
+        var health = Assert.Single(lines, l => l.Message.Contains("/health", StringComparison.Ordinal));
+        Assert.Equal(LogLevel.Debug, health.Level);                       // probes do not flood the Information log
+        Assert.Contains(capture.Entries, e => e.Level == LogLevel.Debug && e.Category.EndsWith("CompletionRequest", StringComparison.Ordinal)
+                                               && e.Message.Contains("frobnicate", StringComparison.Ordinal));   // unknown fields: ignored, named at Debug
         Assert.DoesNotContain(capture.Entries, e => e.Level >= LogLevel.Information && e.Message.Contains("quokka", StringComparison.Ordinal));
     }
 }
