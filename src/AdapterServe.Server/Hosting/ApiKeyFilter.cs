@@ -10,6 +10,13 @@ namespace AdapterServe.Server.Hosting;
 /// <see cref="CryptographicOperations.FixedTimeEquals"/> against every configured key, so neither the position of the
 /// first wrong character nor the key's length shows in the timing.
 /// </summary>
+public static class ApiKeyConventions
+{
+    /// <summary>Puts endpoints (a group) behind the <c>--api-key</c> bearer keys, as <c>/v1/*</c> is.</summary>
+    public static TBuilder RequireApiKey<TBuilder>(this TBuilder builder) where TBuilder : IEndpointConventionBuilder =>
+        builder.AddEndpointFilter<TBuilder, ApiKeyFilter>();
+}
+
 internal sealed class ApiKeyFilter(IOptions<ServerOptions> options) : IEndpointFilter
 {
     private readonly byte[][] _digests = options.Value.EffectiveApiKeys.Select(Digest).ToArray();

@@ -82,7 +82,7 @@ public static class ServerComposition
     /// <summary><c>/v1/*</c> behind the API keys, one group per endpoint family.</summary>
     public static WebApplication MapOpenAIApi(this WebApplication app)
     {
-        var v1 = app.MapGroup("/v1").AddEndpointFilter<ApiKeyFilter>();
+        var v1 = app.MapGroup("/v1").RequireApiKey();
         v1.MapCompletions();
         v1.MapChatCompletions();
         v1.MapModels();
