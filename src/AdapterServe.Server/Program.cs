@@ -1,5 +1,30 @@
-var builder = WebApplication.CreateBuilder(args);
-var app = builder.Build();
-app.Run();
+using AdapterServe.Server.Hosting;
+using Microsoft.Extensions.Options;
+
+try
+{
+    string[] flags = CommandLineFlags.Translate(args);
+    var builder = WebApplication.CreateBuilder(flags);
+    builder.AddServerConfiguration(flags);
+    builder.AddServerLogging();
+    builder.Services.AddGenerationEngine();
+    builder.Services.AddOpenAIApi();
+    builder.Services.AddServerMetrics();
+    builder.Services.AddApiDocs();
+
+    var app = builder.Build();
+    app.UseServerPipeline();
+    app.MapHealth();
+    app.MapServerMetrics();
+    app.MapOpenAIApi();
+    app.MapApiDocs();
+    app.Run();
+    return 0;
+}
+catch (Exception e) when (e is CommandLineException or OptionsValidationException)
+{
+    Console.Error.WriteLine($"adapterserve: {e.Message}");
+    return 2;
+}
 
 public partial class Program;

@@ -1,0 +1,66 @@
+using System.Text.Json.Serialization;
+
+namespace AdapterServe.Server.OpenAI;
+
+/// <summary>The OpenAI error envelope: <c>{"error":{"message","type","param","code"}}</c>.</summary>
+public sealed record ErrorResponse([property: JsonPropertyName("error")] ErrorBody Error);
+
+/// <summary>One error. <c>param</c> names the request field at fault (null when none); <c>code</c> is machine-readable.</summary>
+/// <param name="Message" example="temperature must be between 0 and 2, got 3.">What went wrong, naming the culprit.</param>
+/// <param name="Type" example="invalid_request_error">Error family.</param>
+/// <param name="Param" example="temperature">The request field at fault.</param>
+/// <param name="Code" example="invalid_value">Machine-readable code.</param>
+public sealed record ErrorBody(
+    [property: JsonPropertyName("message")] string Message,
+    [property: JsonPropertyName("type")] string Type,
+    [property: JsonPropertyName("param")] string? Param,
+    [property: JsonPropertyName("code")] string? Code);
+
+/// <summary>
+/// A request that ends in an OpenAI-shaped error. Thrown anywhere below an endpoint; <see cref="Hosting.ErrorResponses"/>
+/// turns it into the HTTP response.
+/// </summary>
+public sealed class ApiException(int statusCode, string type, string? code, string? param, string message) : Exception(message)
+{
+    public int StatusCode { get; } = statusCode;
+    public string Type { get; } = type;
+    public string? Code { get; } = code;
+    public string? Param { get; } = param;
+
+    public ErrorResponse ToResponse() => new(new ErrorBody(Message, Type, Param, Code));
+
+    public static ApiException InvalidValue(string param, string message) =>
+        new(StatusCodes.Status400BadRequest, "invalid_request_error", "invalid_value", param, message);
+
+    public static ApiException Unsupported(string param, string message) =>
+        new(StatusCodes.Status400BadRequest, "invalid_request_error", "unsupported_value", param, message);
+
+    public static ApiException InvalidJson(string message, string? param = null) =>
+        new(StatusCodes.Status400BadRequest, "invalid_request_error", "invalid_json", param, message);
+
+    /// <summary>prompt + max_tokens does not fit the context (400, OpenAI's code for it).</summary>
+    public static ApiException CompletionTooLong(string param, string message) =>
+        new(StatusCodes.Status400BadRequest, "invalid_request_error", "context_length_exceeded", param, message);
+
+    /// <summary>The prompt alone does not fit the context (413).</summary>
+    public static ApiException PromptTooLong(string param, string message) =>
+        new(StatusCodes.Status413PayloadTooLarge, "invalid_request_error", "context_length_exceeded", param, message);
+
+    public static ApiException InvalidApiKey(string message) =>
+        new(StatusCodes.Status401Unauthorized, "invalid_request_error", "invalid_api_key", null, message);
+
+    public static ApiException ModelNotFound(string param, string name) =>
+        new(StatusCodes.Status404NotFound, "invalid_request_error", "model_not_found", param, param == "model"
+            ? $"The model '{name}' does not exist. GET /v1/models lists the models served here."
+            : $"The adapter '{name}' named in '{param}' does not exist. GET /v1/models lists the models served here.");
+
+    public static ApiException QueueFull(string message) =>
+        new(StatusCodes.Status429TooManyRequests, "rate_limit_error", "queue_full", null, message);
+
+    public static ApiException ModelLoading() =>
+        new(StatusCodes.Status503ServiceUnavailable, "service_unavailable", "model_loading", null,
+            "The model is still loading; retry when GET /health answers 200.");
+
+    public static ApiException GenerationFailed(string message) =>
+        new(StatusCodes.Status500InternalServerError, "server_error", "generation_failed", null, message);
+}
