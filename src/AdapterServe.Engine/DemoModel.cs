@@ -18,13 +18,13 @@ public static class DemoModel
         VocabSize = 512,
         MaxPositionEmbeddings = 2048,
         RmsNormEps = 1e-5,
-        TieWordEmbeddings = true,
+        TieWordEmbeddings = false,   // random tied embeddings make greedy decoding repeat the prompt token
     };
 
     /// <summary>Writes the demo model (once per version) under the temp folder and returns its directory.</summary>
     public static string EnsureWritten()
     {
-        string dir = Path.Combine(Path.GetTempPath(), "adapterserve-demo-v1");
+        string dir = Path.Combine(Path.GetTempPath(), "adapterserve-demo-v2");
         if (File.Exists(Path.Combine(dir, "model.safetensors")) && File.Exists(Path.Combine(dir, "tokenizer.json"))) return dir;
         string staging = dir + "." + Guid.NewGuid().ToString("N");
         SyntheticModel.Write(staging, Config, Seed);

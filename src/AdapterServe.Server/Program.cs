@@ -1,3 +1,4 @@
+using AdapterServe.Server.Adapters;
 using AdapterServe.Server.Hosting;
 using Microsoft.Extensions.Options;
 
@@ -8,6 +9,7 @@ try
     builder.AddServerConfiguration(flags);
     builder.AddServerLogging();
     builder.Services.AddGenerationEngine();
+    builder.Services.AddAdapterServing(builder.Configuration);
     builder.Services.AddOpenAIApi();
     builder.Services.AddServerMetrics();
     builder.Services.AddApiDocs();
@@ -17,6 +19,7 @@ try
     app.MapHealth();
     app.MapServerMetrics();
     app.MapOpenAIApi();
+    app.MapAdapterEndpoints();
     app.MapApiDocs();
     app.Run();
     return 0;

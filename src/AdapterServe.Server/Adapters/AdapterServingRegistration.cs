@@ -1,0 +1,47 @@
+using AdapterServe.Adapters;
+using AdapterServe.Adapters.Store;
+using AdapterServe.Engine;
+using AdapterServe.Modeling;
+using AdapterServe.Server.Generation;
+using AdapterServe.Server.OpenAI;
+using Microsoft.Extensions.Options;
+
+namespace AdapterServe.Server.Adapters;
+
+/// <summary>
+/// Wires the Adapters room to the engine: the residency cache (device slots behind an LRU, built against the
+/// loaded base weights), the engine's adapter binder over the registry, the store and its endpoints, and the
+/// adapters' entries in <c>/v1/models</c>.
+/// </summary>
+public static class AdapterServingRegistration
+{
+    public const string ResidencySection = "Adapters:Residency";
+
+    public static IServiceCollection AddAdapterServing(this IServiceCollection services, IConfiguration configuration)
+    {
+        services.AddOptions<ResidencyOptions>().Bind(configuration.GetSection(ResidencySection))
+            .Validate(o => { o.Validate(); return true; }).ValidateOnStart();
+        services.AddSingleton(sp => ((GenerationEngine)sp.GetRequiredService<IGenerationEngine>()).Config);
+        services.AddSingleton(sp =>
+        {
+            var engine = sp.GetRequiredService<IOptions<EngineOptions>>().Value;
+            var device = GenerationEngine.ParseDevice(engine.Device);
+            // Resolved lazily: the engine resolves this cache (through the binder) while it is being built.
+            return new AdapterResidencyCache(sp.GetRequiredService<IOptions<ResidencyOptions>>().Value,
+                (layer, projection) => ((GenerationEngine)sp.GetRequiredService<IGenerationEngine>()).BaseWeight(layer, projection),
+                device, GenerationEngine.ParseDtype(engine.Dtype, device), sp.GetService<ILogger<AdapterResidencyCache>>());
+        });
+        services.AddSingleton<IAdapterResidency>(sp => sp.GetRequiredService<AdapterResidencyCache>());
+        services.AddSingleton<IAdapterBinder>(sp => new RegistryAdapterBinder(sp.GetRequiredService<AdapterRegistry>(), sp.GetRequiredService<AdapterResidencyCache>()));
+        services.AddSingleton<IModelCardSource, AdapterModelCards>();
+        services.AddAdapterStore(configuration);
+        return services;
+    }
+
+    /// <summary>Every registered adapter as a model whose parent is the base.</summary>
+    private sealed class AdapterModelCards(AdapterRegistry registry) : IModelCardSource
+    {
+        public IEnumerable<ModelCard> ModelCards(ModelInfo baseModel) =>
+            registry.List().Select(r => new ModelCard(r.Name, "model", r.CreatedAt.ToUnixTimeSeconds(), ModelEndpoints.Owner, baseModel.Id, baseModel.Id, baseModel.ContextLength));
+    }
+}
