@@ -5,6 +5,8 @@ using AdapterServe.Modeling.Safetensors;
 using AdapterServe.Tests.Safetensors;
 using static TorchSharp.torch;
 
+using AdapterServe.Tests.Infrastructure;
+
 namespace AdapterServe.Tests.AdapterMath;
 
 /// <summary>The real PEFT adapters of ../shared/models on stories260K-hf, loaded from their directories.</summary>
@@ -15,7 +17,7 @@ public class RealAdapterTests
     [InlineData("forest")]
     public void Real_adapter_output_equals_merged_weight_output_on_every_module(string name)
     {
-        var models = SharedModels.Find();
+        var models = SharedModels.Root;
         if (models is null) Assert.Skip("../shared/models not found: the real adapter files are not available here");
         using var scope = NewDisposeScope();
         var adapterDir = Path.Combine(models, "adapters", name);

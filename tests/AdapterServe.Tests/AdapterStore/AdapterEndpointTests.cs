@@ -10,6 +10,8 @@ using Microsoft.AspNetCore.Http.Metadata;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 
+using AdapterServe.Tests.Infrastructure;
+
 namespace AdapterServe.Tests.AdapterStore;
 
 public class AdapterEndpointTests : IDisposable
@@ -213,7 +215,7 @@ public class AdapterEndpointTests : IDisposable
     [InlineData("forest")]
     public async Task Real_peft_adapter_uploads_as_a_zip_for_stories260K(string name)
     {
-        string models = SharedModelFolder.Require();
+        string models = SharedModels.Require("");
         var baseModel = ModelConfig.Load(Path.Combine(models, "stories260K-hf", "config.json"));
         await using var host = await AdapterApiHost.StartAsync(_temp.Sub("data"), baseModel: baseModel,
             settings: new Dictionary<string, string?> { ["Adapters:MaxUploadBytes"] = (4 << 20).ToString() });

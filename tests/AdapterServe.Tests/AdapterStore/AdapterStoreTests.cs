@@ -4,6 +4,8 @@ using AdapterServe.Adapters;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
 
+using AdapterServe.Tests.Infrastructure;
+
 namespace AdapterServe.Tests.AdapterStore;
 
 public class AdapterStoreTests : IDisposable
@@ -239,7 +241,7 @@ public class AdapterStoreTests : IDisposable
     [Fact]
     public async Task Real_zara_adapter_is_stored_from_its_path()
     {
-        string models = SharedModelFolder.Require();
+        string models = SharedModels.Require("");
         var baseModel = ModelConfig.Load(Path.Combine(models, "stories260K-hf", "config.json"));
         var store = NewStore(baseModel: baseModel);
         string zara = Path.Combine(models, "adapters", "zara");

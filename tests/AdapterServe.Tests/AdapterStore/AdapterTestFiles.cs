@@ -209,23 +209,3 @@ public sealed class TempFolder : IDisposable
     }
 }
 
-/// <summary>Finds ../shared/models by walking up from the test binaries.</summary>
-public static class SharedModelFolder
-{
-    public static string? Find()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            string candidate = System.IO.Path.Combine(dir.FullName, "shared", "models");
-            if (Directory.Exists(candidate)) return candidate;
-        }
-        return null;
-    }
-
-    public static string Require()
-    {
-        var found = Find();
-        if (found is null) Assert.Skip("../shared/models not found: the real stories260K adapters are not available here");
-        return found!;
-    }
-}

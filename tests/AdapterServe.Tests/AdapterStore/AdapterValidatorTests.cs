@@ -4,6 +4,8 @@ using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
 using static TorchSharp.torch;
 
+using AdapterServe.Tests.Infrastructure;
+
 namespace AdapterServe.Tests.AdapterStore;
 
 public class AdapterValidatorTests : IDisposable
@@ -301,7 +303,7 @@ public class AdapterValidatorTests : IDisposable
     [InlineData("forest")]
     public void Real_peft_adapters_validate_against_stories260K(string name)
     {
-        string models = SharedModelFolder.Require();
+        string models = SharedModels.Require("");
         var baseModel = ModelConfig.Load(Path.Combine(models, "stories260K-hf", "config.json"));
         var d = AdapterValidator.Validate(Path.Combine(models, "adapters", name), baseModel);
 

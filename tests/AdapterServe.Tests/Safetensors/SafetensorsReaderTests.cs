@@ -2,6 +2,8 @@ using System.Text.Json;
 using AdapterServe.Modeling.Safetensors;
 using static TorchSharp.torch;
 
+using AdapterServe.Tests.Infrastructure;
+
 namespace AdapterServe.Tests.Safetensors;
 
 public sealed class SafetensorsReaderTests : IDisposable
@@ -160,7 +162,7 @@ public sealed class SafetensorsReaderTests : IDisposable
     [Fact]
     public void Stories260K_tensors_have_the_shapes_of_its_config_and_the_weights_of_the_llama2c_checkpoint()
     {
-        var models = SharedModels.Find();
+        var models = SharedModels.Root;
         if (models is null || !File.Exists(System.IO.Path.Combine(models, "stories260K-hf", "model.safetensors")))
         {
             Assert.Skip("stories260K-hf not found: ../shared/models not found above the test binaries");

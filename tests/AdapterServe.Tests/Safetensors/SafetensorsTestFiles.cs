@@ -40,17 +40,3 @@ public sealed class SafetensorsTestFiles : IDisposable
     public void Dispose() => _root.Delete(recursive: true);
 }
 
-/// <summary>Finds the shared model folder by walking up from the test binaries.</summary>
-static class SharedModels
-{
-    public static string? Find()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            var candidate = System.IO.Path.Combine(dir.FullName, "shared", "models");
-            if (Directory.Exists(candidate))
-                return candidate;
-        }
-        return null;
-    }
-}

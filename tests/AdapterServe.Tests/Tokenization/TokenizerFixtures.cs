@@ -1,27 +1,15 @@
 using System.Text.Json.Nodes;
 using AdapterServe.Modeling.Tokenization;
 
+using AdapterServe.Tests.Infrastructure;
+
 namespace AdapterServe.Tests.Tokenization;
 
 /// <summary>Locates ../shared/models and builds tokenizer directories for the tokenization tests.</summary>
 internal static class TokenizerFixtures
 {
     /// <summary>The real stories260K tokenizer (Llama-2-style SentencePiece BPE); skips the test when shared/ is absent.</summary>
-    public static string Stories260KDirectory()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            string candidate = Path.Combine(dir.FullName, "shared", "models", "stories260K-hf");
-            if (Directory.Exists(Path.Combine(dir.FullName, "shared", "models")))
-            {
-                if (File.Exists(Path.Combine(candidate, "tokenizer.json")))
-                    return candidate;
-                break;
-            }
-        }
-        Assert.Skip("../shared/models not found (walked up from the test binaries): stories260K-hf tokenizer unavailable.");
-        return null!;
-    }
+    public static string Stories260KDirectory() => AdapterServe.Tests.Infrastructure.SharedModels.Require("stories260K-hf");
 
     private static readonly Lazy<string> DemoDirectory = new(() =>
     {
