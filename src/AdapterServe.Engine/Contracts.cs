@@ -1,4 +1,5 @@
 using System.Threading.Channels;
+using AdapterServe.Modeling;
 using AdapterServe.Modeling.Tokenization;
 
 namespace AdapterServe.Engine;
@@ -80,6 +81,8 @@ public sealed class AdapterNotFoundException(string name) : Exception($"The mode
 public interface IGenerationEngine
 {
     ModelInfo Model { get; }
+    /// <summary>The base model's config.json (plain data; adapters are validated against its shapes).</summary>
+    ModelConfig Config { get; }
     ITextTokenizer Tokenizer { get; }
     bool IsReady { get; }
     int RunningSequences { get; }

@@ -21,14 +21,16 @@ public static class AdapterServingRegistration
     {
         services.AddOptions<ResidencyOptions>().Bind(configuration.GetSection(ResidencySection))
             .Validate(o => { o.Validate(); return true; }).ValidateOnStart();
-        services.AddSingleton(sp => ((GenerationEngine)sp.GetRequiredService<IGenerationEngine>()).Config);
+        services.AddSingleton(sp => sp.GetRequiredService<IGenerationEngine>().Config);
         services.AddSingleton(sp =>
         {
             var engine = sp.GetRequiredService<IOptions<EngineOptions>>().Value;
             var device = GenerationEngine.ParseDevice(engine.Device);
             // Resolved lazily: the engine resolves this cache (through the binder) while it is being built.
             return new AdapterResidencyCache(sp.GetRequiredService<IOptions<ResidencyOptions>>().Value,
-                (layer, projection) => ((GenerationEngine)sp.GetRequiredService<IGenerationEngine>()).BaseWeight(layer, projection),
+                (layer, projection) => sp.GetRequiredService<IGenerationEngine>() is GenerationEngine g
+                    ? g.BaseWeight(layer, projection)
+                    : throw new InvalidOperationException("adapter weights can only be built against the real engine's base weights"),
                 device, GenerationEngine.ParseDtype(engine.Dtype, device), sp.GetService<ILogger<AdapterResidencyCache>>());
         });
         services.AddSingleton<IAdapterResidency>(sp => sp.GetRequiredService<AdapterResidencyCache>());

@@ -30,7 +30,7 @@ public sealed class QueueTests
         Assert.Equal(200, (int)runningResponse.StatusCode);
 
         // The one waiting place.
-        var queued = Http.PostAsync(client, "/v1/completions", """{"model":"tiny","prompt":"y","max_tokens":2}""");
+        var queued = Http.PostAsync(client, "/v1/completions", """{"model":"tiny","prompt":"y","max_tokens":2,"ignore_eos":true}""");
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (engine.WaitingRequests == 0 && !queued.IsCompleted && DateTime.UtcNow < deadline)
             await Task.Delay(5, TestContext.Current.CancellationToken);

@@ -14,6 +14,10 @@ internal sealed class ScriptedEngine : IGenerationEngine
 {
     public ModelInfo Model { get; } = new("scripted", 64, ByteTokenizer.Size, 1735689600, false, "test double");
     public ITextTokenizer Tokenizer { get; } = new ByteTokenizer();
+    public AdapterServe.Modeling.ModelConfig Config { get; } = new()
+    {
+        HiddenSize = 8, NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 4, IntermediateSize = 8, VocabSize = ByteTokenizer.Size,
+    };
     public bool IsReady { get; set; } = true;
     public int RunningSequences => 0;
     public int WaitingRequests => 0;
