@@ -12,7 +12,7 @@ namespace AdapterServe.Tests.AdapterHttp;
 public sealed class HotSwapTests(ReferenceServer reference)
 {
     /// <summary>Long enough that the streams still decode when the swap is acknowledged (a warm swap takes milliseconds).</summary>
-    private const int LongTokens = 320;
+    private const int LongTokens = 400;
 
     private static readonly string[] Prompts = ["Once upon a time", "The cat sat", "In the forest"];
 
