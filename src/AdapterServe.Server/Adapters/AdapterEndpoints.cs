@@ -10,7 +10,7 @@ public static class AdapterEndpoints
 {
     public static IEndpointRouteBuilder MapAdapterEndpoints(this IEndpointRouteBuilder app)
     {
-        var api = app.MapGroup("/v1").WithTags("Adapters").AddEndpointFilter(AdapterErrors.Filter);
+        var api = app.MapGroup("/v1").WithTags("Adapters").AddEndpointFilter(AdapterErrors.Filter).AddEndpointFilter<RouteGroupBuilder, AdapterApiKeyFilter>();
 
         api.MapGet("/adapters", List)
             .WithName("ListAdapters")

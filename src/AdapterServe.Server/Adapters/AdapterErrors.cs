@@ -1,5 +1,6 @@
 using AdapterServe.Adapters;
 using AdapterServe.Adapters.Store;
+using AdapterServe.Server.OpenAI;
 
 namespace AdapterServe.Server.Adapters;
 
@@ -21,6 +22,7 @@ internal static class AdapterErrors
     public static async ValueTask<object?> Filter(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
     {
         try { return await next(context); }
+        catch (ApiException e) { return TypedResults.Json(e.ToResponse(), ApiJson.Options, statusCode: e.StatusCode); }
         catch (AdapterValidationException e) { return Result(e.StatusCode, e.Message, e.Code, e.StatusCode == 413 ? "file" : e.Code == "invalid_adapter_name" ? "name" : null); }
         catch (AdapterStoreException e) { return Result(e.StatusCode, e.Message, e.Code, e.Param); }
         catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)

@@ -30,8 +30,9 @@ internal static class RequestValidation
             var a = extra[i] ?? throw ApiException.InvalidValue($"adapters[{i}]", $"'adapters[{i}]' must be an object with a 'name'.");
             if (string.IsNullOrWhiteSpace(a.Name))
                 throw ApiException.InvalidValue($"adapters[{i}].name", $"'adapters[{i}].name' must be a non-empty adapter name.");
-            if (a.Scale is double s && !double.IsFinite(s))
-                throw ApiException.InvalidValue($"adapters[{i}].scale", $"'adapters[{i}].scale' must be a finite number.");
+            // The engine applies scales as float: a double beyond float's range would become infinite there.
+            if (a.Scale is double s && !float.IsFinite((float)s))
+                throw ApiException.InvalidValue($"adapters[{i}].scale", $"'adapters[{i}].scale' must be a finite number between {-float.MaxValue:G3} and {float.MaxValue:G3}, got {s:G}.");
             if (adapters.Any(x => x.Name == a.Name))
                 throw ApiException.InvalidValue($"adapters[{i}].name", $"The adapter '{a.Name}' is applied twice (by 'model' or an earlier 'adapters' entry).");
             adapters.Add(new AdapterRef(a.Name, (float)(a.Scale ?? 1.0)));
