@@ -235,6 +235,8 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
     private void Execute(List<Sequence> step)
     {
         long started = Stopwatch.GetTimestamp();
+        if (_adapters is not null)   // sequences on the same adapters side by side: one contiguous segment per adapter
+            step = [.. step.OrderBy(s => s.Owner.AdapterState is { } b ? _adapters.GroupKey(b) : "", StringComparer.Ordinal)];
         using var scope = NewDisposeScope();
         int budget = _options.MaxTokensPerStep;
         var steps = new List<SequenceStep>(step.Count);

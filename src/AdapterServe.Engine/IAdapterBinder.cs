@@ -16,6 +16,11 @@ public interface IAdapterBinder
     /// <summary>True when every adapter of the binding is resident on the device (starts loading it if not). Throws if a load failed.</summary>
     bool IsReady(object binding);
     void Release(object binding);
+    /// <summary>
+    /// Equal for bindings that apply the same adapters with the same scales. The engine lays such sequences next to
+    /// each other in a step, so each adapter's tokens form one contiguous segment (no gather/scatter).
+    /// </summary>
+    string GroupKey(object binding);
     /// <summary>The projection hook of one step, or null when no segment has an adapter.</summary>
     IProjectionHook? BuildHook(IReadOnlyList<AdapterSegment> segments);
 }

@@ -56,6 +56,9 @@ public sealed class RegistryAdapterBinder(AdapterRegistry registry, AdapterResid
         foreach (var (lease, _) in ((Binding)binding).Leases) cache.Release(lease);
     }
 
+    public string GroupKey(object binding) =>
+        string.Join("|", ((Binding)binding).Leases.Select(l => $"{l.Lease.Name}@{l.Lease.Version}*{l.Scale:R}"));
+
     public IProjectionHook? BuildHook(IReadOnlyList<AdapterSegment> segments)
     {
         var steps = new List<Adapters.AdapterSegment>(segments.Count);
