@@ -7,7 +7,7 @@ namespace AdapterServe.Bench;
 /// <summary>
 /// The benchmark's entry point, callable in-process (tests) as well as from <c>Program</c>. Prints the human table
 /// on <paramref name="output"/>, progress and errors on <paramref name="progress"/>, and writes <c>--json</c>.
-/// Exit codes: 0 ok, 1 failed (or the run recorded errors), 2 bad command line, 3 scenario not available in this build.
+/// Exit codes: 0 ok, 1 failed (or the run recorded errors), 2 bad command line.
 /// </summary>
 public static class BenchProgram
 {
@@ -56,11 +56,6 @@ public static class BenchProgram
         {
             progress.WriteLine($"error: {e.Message}");
             return 2;
-        }
-        catch (ScenarioUnavailableException e)
-        {
-            progress.WriteLine($"error: {e.Message}");
-            return 3;
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !ct.IsCancellationRequested)
         {

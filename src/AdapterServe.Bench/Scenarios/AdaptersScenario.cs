@@ -18,7 +18,6 @@ public sealed class AdaptersScenario : IScenario
     {
         var o = context.Options;
         if (o.MaxTokens < 2) throw new UsageException("adapters needs --max-tokens of at least 2 (the first token comes from the prefill)");
-        if (!AdapterRoom.IsAvailable) throw new ScenarioUnavailableException($"adapters: {AdapterRoom.MissingBinder}");
         var cases = AdapterCases.Select(o.Cases);
         int largest = o.Batches.Max();
         var plan = cases.Select(c => (Case: c, Batches: c.Distinct == 1 ? o.Batches : c.Distinct <= largest ? [largest] : Array.Empty<int>())).ToList();
@@ -28,14 +27,14 @@ public sealed class AdaptersScenario : IScenario
         var model = EngineSession.PrepareModel(context);
         var directories = new AdapterDirectories(o.CacheDir, model.Name, model.Config, o.Seed, context.Log);
         int distinctMax = plan.Where(p => p.Batches.Count > 0).Select(p => p.Case.Distinct).DefaultIfEmpty(1).Max();
-        await using var room = AdapterRoom.Open(new AdapterRoomOptions(model.Directory, model.Config, o.Dtype, o.Device,
-            Math.Max(o.DeviceCache, distinctMax), Path.Combine(directories.Root, "store")));
+        int slots = Math.Max(o.DeviceCache, distinctMax);
+        await using var room = AdapterRoom.Open(new AdapterRoomOptions(model.Config, o.Dtype, o.Device, DeviceSlots: slots, HostSlots: slots));
         var registered = new HashSet<string>();
         foreach (var (c, batches) in plan.Where(p => p.Batches.Count > 0))
             for (int i = 0; i < c.Distinct; i++)
                 if (registered.Add(c.AdapterName(i))) room.Register(c.AdapterName(i), directories.Ensure(c, i));
 
-        await using var session = await EngineSession.StartAsync(context, report, model, largest, o.PromptTokens + o.MaxTokens, room.Binder, ct);
+        await using var session = await EngineSession.StartAsync(context, report, model, largest, o.PromptTokens + o.MaxTokens, room, ct);
 
         async Task<Figure> Measure(string name, int batch, Func<int, IReadOnlyList<AdapterRef>> adapters)
         {

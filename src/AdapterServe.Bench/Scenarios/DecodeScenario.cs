@@ -13,7 +13,7 @@ public sealed class DecodeScenario : IScenario
         var o = context.Options;
         if (o.MaxTokens < 2) throw new UsageException("decode needs --max-tokens of at least 2 (the first token comes from the prefill)");
         var model = EngineSession.PrepareModel(context);
-        await using var session = await EngineSession.StartAsync(context, report, model, o.Batches.Max(), o.PromptTokens + o.MaxTokens, binder: null, ct);
+        await using var session = await EngineSession.StartAsync(context, report, model, o.Batches.Max(), o.PromptTokens + o.MaxTokens, adapters: null, ct);
 
         var throughput = new Dictionary<int, Figure>();
         foreach (int batch in o.Batches)

@@ -1,3 +1,4 @@
+using AdapterServe.Bench.Adapters;
 using AdapterServe.Bench.Driving;
 using AdapterServe.Bench.Models;
 using AdapterServe.Bench.Reporting;
@@ -33,8 +34,9 @@ public sealed class EngineSession : IAsyncDisposable
     }
 
     /// <param name="longestSequence">Prompt plus completion tokens of the longest request the scenario sends.</param>
+    /// <param name="adapters">The Adapters room the engine binds requests through (null: base model only); attached to the engine once it is ready.</param>
     public static async Task<EngineSession> StartAsync(BenchContext context, BenchReport report, (string Name, ModelConfig Config, string Directory) model,
-        int maxBatch, int longestSequence, IAdapterBinder? binder, CancellationToken ct)
+        int maxBatch, int longestSequence, AdapterRoom? adapters, CancellationToken ct)
     {
         var o = context.Options;
         if (longestSequence > model.Config.MaxPositionEmbeddings)
@@ -52,7 +54,8 @@ public sealed class EngineSession : IAsyncDisposable
             MaxContext = contextLength,
         };
         context.Log($"loading {model.Name} ({o.Dtype} on {o.Device}, batch {maxBatch}, context {contextLength})");
-        var engine = await BenchEngine.StartAsync(options, context.Loggers, binder, ct);
+        var engine = await BenchEngine.StartAsync(options, context.Loggers, adapters?.Binder, ct);
+        adapters?.Attach(engine.Engine);
         var c = engine.Engine.Config;
         report.Model = new ModelSummary(model.Name, model.Directory, c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads,
             c.IntermediateSize, c.VocabSize, c.TieWordEmbeddings, ModelSizes.ParameterCount(c), engine.Engine.ContextLength, engine.LoadTime.TotalSeconds);

@@ -12,7 +12,7 @@ public sealed class PrefillScenario : IScenario
     {
         var o = context.Options;
         var model = EngineSession.PrepareModel(context);
-        await using var session = await EngineSession.StartAsync(context, report, model, maxBatch: 1, o.PromptLengths.Max() + o.MaxTokens, binder: null, ct);
+        await using var session = await EngineSession.StartAsync(context, report, model, maxBatch: 1, o.PromptLengths.Max() + o.MaxTokens, adapters: null, ct);
         foreach (int length in o.PromptLengths)
         {
             var ttft = await session.MeasureAsync($"prefill {length}",
