@@ -7,7 +7,7 @@ namespace AdapterServe.Bench;
 /// <summary>
 /// The benchmark's entry point, callable in-process (tests) as well as from <c>Program</c>. Prints the human table
 /// on <paramref name="output"/>, progress and errors on <paramref name="progress"/>, and writes <c>--json</c>.
-/// Exit codes: 0 ok, 1 failed (or the run recorded errors), 2 bad command line.
+/// Exit codes: 0 ok, 1 failed (or the run recorded errors, or ran past <c>--timeout-s</c>: what it measured is still written), 2 bad command line.
 /// </summary>
 public static class BenchProgram
 {
@@ -59,8 +59,14 @@ public static class BenchProgram
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !ct.IsCancellationRequested)
         {
-            progress.WriteLine($"error: {options.Scenario} did not finish within --timeout-s {options.TimeoutSeconds}");
-            return 1;
+            // What was measured before the cut-off is still reported (and the run fails).
+            string message = $"{options.Scenario} did not finish within --timeout-s {options.TimeoutSeconds}";
+            if (report is null)
+            {
+                progress.WriteLine($"error: {message}");
+                return 1;
+            }
+            report.Errors.Add(message + ": the figures are those measured before it was cut off");
         }
         catch (BenchException e)
         {

@@ -196,6 +196,18 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
     }
 
     [Fact]
+    public async Task A_run_cut_off_by_its_timeout_still_writes_its_report_with_the_error()
+    {
+        var (rc, report, output, progress) = await RunTinyAsync("decode", "--timeout-s", "0.001");
+        Assert.Equal(1, rc);
+        Assert.NotNull(report);
+        var error = Assert.Single(report["errors"]!.AsArray())!.GetValue<string>();
+        Assert.StartsWith("decode did not finish within --timeout-s 0.001", error);
+        Assert.Contains("did not finish within", progress);
+        Assert.Contains("AdapterServe bench", output);
+    }
+
+    [Fact]
     public async Task Serve_against_a_real_loopback_server_reports_what_went_over_the_wire()
     {
         string[] models = ["ada", "bob", "cyd"];
