@@ -63,18 +63,23 @@ public sealed class EngineSession : IAsyncDisposable
         return new EngineSession(context, model.Name, engine);
     }
 
-    /// <summary>Runs <c>--warmup</c> unrecorded passes, then <c>--repeats</c> recorded ones.</summary>
-    public async Task<IReadOnlyList<T>> MeasureAsync<T>(string label, Func<Task<T>> pass, Func<T, string> describe)
+    /// <summary>
+    /// Several lines measured in rounds: <c>--warmup</c> unrecorded passes of every line, then <c>--repeats</c> rounds
+    /// in which every line runs once, back to back; result i holds line i's runs in round order (see <see cref="Ratio.OfRounds"/>).
+    /// </summary>
+    public async Task<IReadOnlyList<IReadOnlyList<T>>> MeasureRoundsAsync<T>(IReadOnlyList<(string Label, Func<Task<T>> Pass)> lines, Func<T, string> describe)
     {
         var o = _context.Options;
-        for (int i = 0; i < o.Warmup; i++) await pass();
-        var results = new List<T>(o.Repeats);
-        for (int i = 0; i < o.Repeats; i++)
-        {
-            var r = await pass();
-            results.Add(r);
-            _context.Log($"{label}: run {i + 1}/{o.Repeats}: {describe(r)}");
-        }
+        for (int i = 0; i < o.Warmup; i++)
+            foreach (var (_, pass) in lines) await pass();
+        var results = lines.Select(_ => new List<T>(o.Repeats)).ToList();
+        for (int round = 0; round < o.Repeats; round++)
+            for (int line = 0; line < lines.Count; line++)
+            {
+                var r = await lines[line].Pass();
+                results[line].Add(r);
+                _context.Log($"{lines[line].Label}: round {round + 1}/{o.Repeats}: {describe(r)}");
+            }
         return results;
     }
 
