@@ -5,6 +5,3 @@ public class BenchException(string message, Exception? inner = null) : Exception
 
 /// <summary>Wrong command line: exit code 2, with the usage text.</summary>
 public sealed class UsageException(string message) : BenchException(message);
-
-/// <summary>A scenario whose parts are not in this build yet (exit code 3).</summary>
-public sealed class ScenarioUnavailableException(string message) : BenchException(message);

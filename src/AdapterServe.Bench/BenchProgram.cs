@@ -7,7 +7,7 @@ namespace AdapterServe.Bench;
 /// <summary>
 /// The benchmark's entry point, callable in-process (tests) as well as from <c>Program</c>. Prints the human table
 /// on <paramref name="output"/>, progress and errors on <paramref name="progress"/>, and writes <c>--json</c>.
-/// Exit codes: 0 ok, 1 failed (or the run recorded errors), 2 bad command line, 3 scenario not available in this build.
+/// Exit codes: 0 ok, 1 failed (or the run recorded errors, or ran past <c>--timeout-s</c>: what it measured is still written), 2 bad command line.
 /// </summary>
 public static class BenchProgram
 {
@@ -57,15 +57,16 @@ public static class BenchProgram
             progress.WriteLine($"error: {e.Message}");
             return 2;
         }
-        catch (ScenarioUnavailableException e)
-        {
-            progress.WriteLine($"error: {e.Message}");
-            return 3;
-        }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !ct.IsCancellationRequested)
         {
-            progress.WriteLine($"error: {options.Scenario} did not finish within --timeout-s {options.TimeoutSeconds}");
-            return 1;
+            // What was measured before the cut-off is still reported (and the run fails).
+            string message = $"{options.Scenario} did not finish within --timeout-s {options.TimeoutSeconds}";
+            if (report is null)
+            {
+                progress.WriteLine($"error: {message}");
+                return 1;
+            }
+            report.Errors.Add(message + ": the figures are those measured before it was cut off");
         }
         catch (BenchException e)
         {

@@ -1,36 +1,84 @@
+using AdapterServe.Adapters;
+using AdapterServe.Adapters.Store;
 using AdapterServe.Engine;
 using AdapterServe.Modeling;
 
 namespace AdapterServe.Bench.Adapters;
 
-/// <param name="DeviceSlots">Adapters resident on the device at once (the residency cache's capacity).</param>
-/// <param name="StoreDirectory">Where the adapter store may keep its own files for this run.</param>
-public sealed record AdapterRoomOptions(string ModelDirectory, ModelConfig Model, string Dtype, string Device, int DeviceSlots, string StoreDirectory);
-
-/// <summary>The Adapters room as the benchmark drives it: named adapter directories registered, and the binder the engine is started with.</summary>
-public interface IAdapterRoom : IAsyncDisposable
-{
-    IAdapterBinder Binder { get; }
-    /// <summary>Registers (and validates, as the server would) the PEFT directory under <paramref name="name"/>.</summary>
-    void Register(string name, string directory);
-}
+/// <param name="DeviceSlots">Adapter versions resident on the device at once (the residency cache's device tier).</param>
+/// <param name="HostSlots">Adapter versions kept as CPU tensors in front of the disk (the host tier).</param>
+public sealed record AdapterRoomOptions(ModelConfig Model, string Dtype, string Device, int DeviceSlots, int HostSlots);
 
 /// <summary>
-/// Opens the Adapters room for the <c>adapters</c>, <c>load</c> and <c>soak</c> scenarios. Needs an
-/// <see cref="IAdapterBinder"/> implementation over the adapter registry and residency cache, which this build
-/// does not have yet: until then <see cref="IsAvailable"/> is false and <see cref="Open"/> says so.
+/// The Adapters room as the server composes it, without HTTP or the store's file copies: a registry, the residency
+/// cache (device slots behind an LRU, a host tier in front of the disk) and the engine's
+/// <see cref="RegistryAdapterBinder"/> over both. Each distinct PEFT directory is validated once, as the store
+/// would, and any number of names can then be published on it.
 /// </summary>
-public static class AdapterRoom
+public sealed class AdapterRoom : IAsyncDisposable
 {
-    public const string MissingBinder =
-        "not available yet: needs the adapter binder (an IAdapterBinder implementation over AdapterRegistry and AdapterResidencyCache on branch engine)";
+    private readonly ModelConfig _model;
+    private readonly Dictionary<string, (AdapterDescription Description, string Hash)> _validated = new(StringComparer.Ordinal);
+    private GenerationEngine? _engine;
 
-    public static bool IsAvailable => false;
+    private AdapterRoom(AdapterRoomOptions options)
+    {
+        _model = options.Model;
+        var device = GenerationEngine.ParseDevice(options.Device);
+        // The base weights are read lazily, by the loader, once the engine that holds them is attached.
+        Cache = new AdapterResidencyCache(
+            new ResidencyOptions { MaxDeviceAdapters = options.DeviceSlots, MaxHostAdapters = options.HostSlots },
+            BaseWeight, device, GenerationEngine.ParseDtype(options.Dtype, device));
+        Binder = new RegistryAdapterBinder(Registry, Cache);
+    }
 
-    /// <exception cref="ScenarioUnavailableException">No adapter binder in this build.</exception>
-    public static IAdapterRoom Open(AdapterRoomOptions options)
+    public AdapterRegistry Registry { get; } = new();
+    public AdapterResidencyCache Cache { get; }
+    /// <summary>Hand this to the engine at start, then <see cref="Attach"/> the engine.</summary>
+    public IAdapterBinder Binder { get; }
+
+    public static AdapterRoom Open(AdapterRoomOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        throw new ScenarioUnavailableException(MissingBinder);
+        if (options.DeviceSlots < 1) throw new UsageException($"the adapter device cache needs at least 1 slot, not {options.DeviceSlots}");
+        if (options.HostSlots < 1) throw new UsageException($"the adapter host cache needs at least 1 slot, not {options.HostSlots}");
+        return new AdapterRoom(options);
+    }
+
+    /// <summary>The engine whose base weights the adapters are loaded against (call once it is ready).</summary>
+    public void Attach(GenerationEngine engine) => _engine = engine ?? throw new ArgumentNullException(nameof(engine));
+
+    /// <summary>Publishes <paramref name="directory"/> under <paramref name="name"/> (version 1), validating the directory the first time it is seen.</summary>
+    /// <exception cref="BenchException">The directory is not a valid adapter for the model.</exception>
+    public AdapterRecord Register(string name, string directory)
+    {
+        string dir = Path.GetFullPath(directory);
+        if (!_validated.TryGetValue(dir, out var known))
+        {
+            try
+            {
+                var description = AdapterValidator.Validate(dir, _model);
+                var (hash, _) = ContentHash.Compute(dir, [PeftLoraConfig.FileName, AdapterValidator.WeightsFileName]);
+                _validated[dir] = known = (description, hash);
+            }
+            catch (AdapterValidationException e)
+            {
+                throw new BenchException($"adapter '{name}' at {dir} is not valid for the model: {e.Message}", e);
+            }
+        }
+        var now = DateTimeOffset.UtcNow;
+        var record = new AdapterRecord(name, 1, dir, known.Description, known.Hash, "bench", now, now);
+        Registry.Publish(record);
+        return record;
+    }
+
+    private TorchSharp.torch.Tensor BaseWeight(int layer, Projection projection) =>
+        (_engine ?? throw new InvalidOperationException("an adapter was loaded before the engine was attached to the adapter room")).BaseWeight(layer, projection);
+
+    /// <summary>Disposes the cached adapter tensors; dispose the engine first.</summary>
+    public ValueTask DisposeAsync()
+    {
+        Cache.Dispose();
+        return ValueTask.CompletedTask;
     }
 }

@@ -32,6 +32,18 @@ public sealed record Ratio(string Name, string Numerator, string Denominator, do
 
     public static Ratio Between(string name, Figure numerator, Figure denominator, Target? target = null) =>
         new(name, numerator.Name, denominator.Name, numerator.Median / denominator.Median, target);
+
+    /// <summary>
+    /// Figures measured in rounds (run i of each in round i, back to back): the median over rounds of
+    /// numerator run i / denominator run i, so a slow spell of a shared machine weighs on both sides of each quotient alike.
+    /// </summary>
+    public static Ratio OfRounds(string name, Figure numerator, Figure denominator, Target? target = null)
+    {
+        if (numerator.Runs.Count != denominator.Runs.Count || numerator.Runs.Count == 0)
+            throw new ArgumentException($"{numerator.Name} has {numerator.Runs.Count} runs and {denominator.Name} {denominator.Runs.Count}: a ratio of rounds needs the same number, at least one");
+        var quotients = numerator.Runs.Zip(denominator.Runs, (n, d) => n / d).ToList();
+        return new(name, numerator.Name, denominator.Name, Stats.Median(quotients), target);
+    }
 }
 
 /// <summary>Resident memory of the benchmark process at one moment (after a full garbage collection).</summary>

@@ -1,3 +1,4 @@
+using AdapterServe.Bench.Adapters;
 using AdapterServe.Bench.Driving;
 using AdapterServe.Bench.Models;
 using AdapterServe.Bench.Reporting;
@@ -33,8 +34,9 @@ public sealed class EngineSession : IAsyncDisposable
     }
 
     /// <param name="longestSequence">Prompt plus completion tokens of the longest request the scenario sends.</param>
+    /// <param name="adapters">The Adapters room the engine binds requests through (null: base model only); attached to the engine once it is ready.</param>
     public static async Task<EngineSession> StartAsync(BenchContext context, BenchReport report, (string Name, ModelConfig Config, string Directory) model,
-        int maxBatch, int longestSequence, IAdapterBinder? binder, CancellationToken ct)
+        int maxBatch, int longestSequence, AdapterRoom? adapters, CancellationToken ct)
     {
         var o = context.Options;
         if (longestSequence > model.Config.MaxPositionEmbeddings)
@@ -52,7 +54,8 @@ public sealed class EngineSession : IAsyncDisposable
             MaxContext = contextLength,
         };
         context.Log($"loading {model.Name} ({o.Dtype} on {o.Device}, batch {maxBatch}, context {contextLength})");
-        var engine = await BenchEngine.StartAsync(options, context.Loggers, binder, ct);
+        var engine = await BenchEngine.StartAsync(options, context.Loggers, adapters?.Binder, ct);
+        adapters?.Attach(engine.Engine);
         var c = engine.Engine.Config;
         report.Model = new ModelSummary(model.Name, model.Directory, c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads,
             c.IntermediateSize, c.VocabSize, c.TieWordEmbeddings, ModelSizes.ParameterCount(c), engine.Engine.ContextLength, engine.LoadTime.TotalSeconds);
@@ -60,18 +63,23 @@ public sealed class EngineSession : IAsyncDisposable
         return new EngineSession(context, model.Name, engine);
     }
 
-    /// <summary>Runs <c>--warmup</c> unrecorded passes, then <c>--repeats</c> recorded ones.</summary>
-    public async Task<IReadOnlyList<T>> MeasureAsync<T>(string label, Func<Task<T>> pass, Func<T, string> describe)
+    /// <summary>
+    /// Several lines measured in rounds: <c>--warmup</c> unrecorded passes of every line, then <c>--repeats</c> rounds
+    /// in which every line runs once, back to back; result i holds line i's runs in round order (see <see cref="Ratio.OfRounds"/>).
+    /// </summary>
+    public async Task<IReadOnlyList<IReadOnlyList<T>>> MeasureRoundsAsync<T>(IReadOnlyList<(string Label, Func<Task<T>> Pass)> lines, Func<T, string> describe)
     {
         var o = _context.Options;
-        for (int i = 0; i < o.Warmup; i++) await pass();
-        var results = new List<T>(o.Repeats);
-        for (int i = 0; i < o.Repeats; i++)
-        {
-            var r = await pass();
-            results.Add(r);
-            _context.Log($"{label}: run {i + 1}/{o.Repeats}: {describe(r)}");
-        }
+        for (int i = 0; i < o.Warmup; i++)
+            foreach (var (_, pass) in lines) await pass();
+        var results = lines.Select(_ => new List<T>(o.Repeats)).ToList();
+        for (int round = 0; round < o.Repeats; round++)
+            for (int line = 0; line < lines.Count; line++)
+            {
+                var r = await lines[line].Pass();
+                results[line].Add(r);
+                _context.Log($"{lines[line].Label}: round {round + 1}/{o.Repeats}: {describe(r)}");
+            }
         return results;
     }
 

@@ -12,19 +12,20 @@ public sealed class PrefillScenario : IScenario
     {
         var o = context.Options;
         var model = EngineSession.PrepareModel(context);
-        await using var session = await EngineSession.StartAsync(context, report, model, maxBatch: 1, o.PromptLengths.Max() + o.MaxTokens, binder: null, ct);
-        foreach (int length in o.PromptLengths)
+        await using var session = await EngineSession.StartAsync(context, report, model, maxBatch: 1, o.PromptLengths.Max() + o.MaxTokens, adapters: null, ct);
+        var rounds = await session.MeasureRoundsAsync(
+            o.PromptLengths.Select(length => ($"prefill {length}", (Func<Task<double>>)(async () =>
+                (await GenerationDriver.RunAsync(session.Engine, GenerationDriver.Greedy(session.Prompts.Next(length), o.MaxTokens), ct)).TimeToFirstTokenSeconds))).ToList(),
+            s => $"ttft {s * 1000:0.0} ms");
+        foreach (var (length, ttft) in o.PromptLengths.Zip(rounds))
         {
-            var ttft = await session.MeasureAsync($"prefill {length}",
-                async () => (await GenerationDriver.RunAsync(session.Engine, GenerationDriver.Greedy(session.Prompts.Next(length), o.MaxTokens), ct)).TimeToFirstTokenSeconds,
-                s => $"{length / s:0.0} prompt tokens/s");
             report.Add(Figure.Of($"prefill.p{length}.tokens_per_s", "tokens/s", ttft.Select(s => length / s).ToList()));
             report.Add(Figure.Of($"prefill.p{length}.ttft_ms", "ms", ttft.Select(s => s * 1000).ToList()));
         }
         if (o.PromptLengths.Count > 1)
         {
             int shortest = o.PromptLengths[0], longest = o.PromptLengths[^1];
-            report.Add(Ratio.Between($"prefill.p{longest}/p{shortest}", report.Figure($"prefill.p{longest}.tokens_per_s"), report.Figure($"prefill.p{shortest}.tokens_per_s")));
+            report.Add(Ratio.OfRounds($"prefill.p{longest}/p{shortest}", report.Figure($"prefill.p{longest}.tokens_per_s"), report.Figure($"prefill.p{shortest}.tokens_per_s")));
         }
     }
 }

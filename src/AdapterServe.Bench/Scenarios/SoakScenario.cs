@@ -7,7 +7,7 @@ using AdapterServe.Engine;
 namespace AdapterServe.Bench.Scenarios;
 
 /// <summary>
-/// Many generations (random adapters when the Adapters room is available, else the base alone) at a fixed
+/// Many generations (each on the base or a random adapter; the base alone with <c>--soak-adapters 0</c>) at a fixed
 /// concurrency, with resident memory at the start, the middle and the end: a leak shows as end &gt; middle.
 /// </summary>
 public sealed class SoakScenario : IScenario
@@ -18,25 +18,28 @@ public sealed class SoakScenario : IScenario
     {
         var o = context.Options;
         var model = EngineSession.PrepareModel(context);
-        IAdapterRoom? room = null;
+        AdapterRoom? room = null;
         var choices = new List<IReadOnlyList<AdapterRef>> { Array.Empty<AdapterRef>() };
-        if (AdapterRoom.IsAvailable && o.SoakAdapters > 0)
+        if (o.SoakAdapters > 0)
         {
             var adapter = AdapterCases.Table.Single(c => c.Name == "lora-r16");
             var directories = new AdapterDirectories(o.CacheDir, model.Name, model.Config, o.Seed, context.Log);
-            room = AdapterRoom.Open(new AdapterRoomOptions(model.Directory, model.Config, o.Dtype, o.Device, o.DeviceCache, Path.Combine(directories.Root, "store")));
+            // Host tier as small as the device's: with more adapters than slots, evicted ones are read from disk again
+            // (tensors created and disposed all along the run, which is what a leak would show on).
+            room = AdapterRoom.Open(new AdapterRoomOptions(model.Config, o.Dtype, o.Device, o.DeviceCache, HostSlots: o.DeviceCache));
             for (int i = 0; i < o.SoakAdapters; i++)
             {
                 room.Register(adapter.AdapterName(i), directories.Ensure(adapter, i));
                 choices.Add([new AdapterRef(adapter.AdapterName(i))]);
             }
+            report.Notes.Add($"each generation on the base or one of {o.SoakAdapters} r16 all-projection adapters, uniformly at random, behind a device cache of {o.DeviceCache} and a host cache of {o.DeviceCache}");
         }
         else
-            report.Notes.Add(o.SoakAdapters == 0 ? "soak on the base model alone (--soak-adapters 0)" : $"soak on the base model alone: adapters {AdapterRoom.MissingBinder}");
+            report.Notes.Add("soak on the base model alone (--soak-adapters 0)");
 
         try
         {
-            await using var session = await EngineSession.StartAsync(context, report, model, o.Concurrency, o.PromptTokens + o.MaxTokens, room?.Binder, ct);
+            await using var session = await EngineSession.StartAsync(context, report, model, o.Concurrency, o.PromptTokens + o.MaxTokens, room, ct);
             var random = new Random(o.Seed);
             var pick = new Lock();
             GenerationRequest Next()

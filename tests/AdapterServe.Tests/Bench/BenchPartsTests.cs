@@ -214,6 +214,20 @@ public sealed class BenchPartsTests
         Assert.False(json["ratios"]![0]!["met"]!.GetValue<bool>());
     }
 
+    [Fact]
+    public void Ratio_of_rounds_is_the_median_of_the_per_round_quotients()
+    {
+        var num = Figure.Of("a.tokens_per_s", "tokens/s", [10, 20, 30]);
+        var den = Figure.Of("b.tokens_per_s", "tokens/s", [10, 5, 40]);
+        // Quotients by round: 1, 4, 0.75 -> median 1 (the ratio of the medians would be 20 / 10 = 2).
+        var ratio = Ratio.OfRounds("a/b", num, den, new Target(AtLeast: 0.9));
+        Assert.Equal(1, ratio.Value, 12);
+        Assert.Equal(("a.tokens_per_s", "b.tokens_per_s"), (ratio.Numerator, ratio.Denominator));
+        Assert.True(ratio.Met);
+        var e = Assert.Throws<ArgumentException>(() => Ratio.OfRounds("a/c", num, Figure.Of("c", "tokens/s", [1, 2])));
+        Assert.Contains("a.tokens_per_s has 3 runs and c 2", e.Message);
+    }
+
     private static (JsonObject Header, byte[] Data) ReadSafetensors(string path)
     {
         byte[] bytes = File.ReadAllBytes(path);

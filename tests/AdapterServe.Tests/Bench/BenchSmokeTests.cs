@@ -1,6 +1,5 @@
 using System.Text.Json.Nodes;
 using AdapterServe.Bench;
-using AdapterServe.Bench.Adapters;
 using AdapterServe.Tests.Infrastructure;
 
 namespace AdapterServe.Tests.Bench;
@@ -66,7 +65,34 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         foreach (var r in ratioList) AssertFields(r, RatioFields, "a ratio");
         Assert.Equal(ratios.Order(), ratioList.Select(r => r["name"]!.GetValue<string>()).Order());
         foreach (var m in report["memory"]!.AsArray()) AssertFields(m!.AsObject(), MemoryFields, "a memory sample");
+        // Every ratio divides the two quantities it names: two figures round by round (the median of the quotients),
+        // or two memory samples (memory.<label>.<field>).
+        foreach (var r in ratioList)
+        {
+            string numerator = r["numerator"]!.GetValue<string>(), denominator = r["denominator"]!.GetValue<string>();
+            double expected = numerator.StartsWith("memory.", StringComparison.Ordinal)
+                ? MemoryField(report, numerator) / MemoryField(report, denominator)
+                : MedianOf(Runs(report, numerator).Zip(Runs(report, denominator), (n, d) => n / d).ToList());
+            Assert.Equal(expected, r["value"]!.GetValue<double>(), 9);
+        }
         Assert.Empty(report["errors"]!.AsArray());
+    }
+
+    private static double MemoryField(JsonObject report, string name)
+    {
+        var parts = name.Split('.');   // memory.<label>.<field>
+        return report["memory"]!.AsArray().Single(m => m!["label"]!.GetValue<string>() == parts[1])![parts[2]]!.GetValue<double>();
+    }
+
+    private static double[] Runs(JsonObject report, string figure) =>
+        report["figures"]!.AsArray().Single(f => f!["name"]!.GetValue<string>() == figure)!["runs"]!.AsArray().Select(r => r!.GetValue<double>()).ToArray();
+
+    /// <summary>Median by sorting (the mean of the middle two for an even count).</summary>
+    private static double MedianOf(IReadOnlyList<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        int mid = sorted.Length / 2;
+        return sorted.Length % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
     }
 
     private static double Median(JsonObject report, string figure) =>
@@ -75,14 +101,13 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
     [Fact]
     public async Task Decode_on_tiny_reports_throughput_latency_and_ratio_for_each_batch()
     {
-        var (rc, report, output, progress) = await RunTinyAsync("decode");
+        var (rc, report, output, progress) = await RunTinyAsync("decode", "--repeats", "3");
         Assert.True(rc == 0, progress);
         AssertReport(report!, "decode",
             ["decode.b1.tokens_per_s", "decode.b1.itl_ms_p50", "decode.b1.ttft_ms", "decode.b2.tokens_per_s", "decode.b2.itl_ms_p50", "decode.b2.ttft_ms"],
             ["decode.b2/b1"]);
         Assert.Contains("decode.b2.tokens_per_s", output);
-        var ratio = report!["ratios"]![0]!;
-        Assert.Equal(Median(report, "decode.b2.tokens_per_s") / Median(report, "decode.b1.tokens_per_s"), ratio["value"]!.GetValue<double>(), 9);
+        Assert.Equal(3, Runs(report!, "decode.b2.tokens_per_s").Length);   // the ratio (checked in AssertReport) is the median of 3 rounds
     }
 
     [Fact]
@@ -108,22 +133,16 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         Assert.Equal(12, Median(report!, "soak.generations"));
         Assert.Equal(0, Median(report!, "soak.errors"));
         Assert.Equal(["start", "middle", "end"], report!["memory"]!.AsArray().Select(m => m!["label"]!.GetValue<string>()));
+        Assert.Contains(report["notes"]!.AsArray(), n => n!.GetValue<string>().StartsWith("each generation on the base or one of 2 r16 all-projection adapters", StringComparison.Ordinal));
         var target = report["ratios"]!.AsArray().Single(r => r!["name"]!.GetValue<string>() == "soak.working_set.end/middle")!["target"]!;
         Assert.Equal(0.90, target["at_least"]!.GetValue<double>());
         Assert.Equal(1.10, target["at_most"]!.GetValue<double>());
     }
 
     [Fact]
-    public async Task Adapters_on_tiny_reports_every_case_as_a_ratio_to_the_base_or_says_the_binder_is_missing()
+    public async Task Adapters_on_tiny_reports_every_case_as_a_ratio_to_the_base_and_to_one_adapter()
     {
-        var (rc, report, _, progress) = await RunTinyAsync("adapters");
-        if (!AdapterRoom.IsAvailable)
-        {
-            Assert.Equal(3, rc);
-            Assert.Contains("not available yet: needs the adapter binder", progress);
-            Assert.Null(report);
-            return;
-        }
+        var (rc, report, output, progress) = await RunTinyAsync("adapters");
         Assert.True(rc == 0, progress);
         string[] single = ["lora-r8", "lora-r16", "lora-r64"];
         var figures = new List<string>();
@@ -140,23 +159,64 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         figures.AddRange(["adapters.lora-r16-x4.b4.tokens_per_s", "adapters.lora-r16-x4.b4.itl_ms_p50"]);
         ratios.AddRange(["adapters.lora-r16-x4.b4/base", "adapters.lora-r16-x4.b4/lora-r16"]);
         AssertReport(report!, "adapters", figures, ratios);
+
+        var settings = report!["settings"]!.AsObject();
+        Assert.Equal([1, 4], settings["batches"]!.AsArray().Select(b => b!.GetValue<int>()));
+        Assert.Equal(4, settings["device_cache"]!.GetValue<int>());
+        Assert.Equal(1, report["figures"]!.AsArray().Select(f => f!["runs"]!.AsArray().Count).Distinct().Single());   // --quick: one recorded run
+        // Issue 5's targets sit on exactly the ratios they name (16 distinct adapters need a batch of 32: skipped here).
+        var targeted = report["ratios"]!.AsArray().Where(r => r!["target"] is not null).Select(r => r!["name"]!.GetValue<string>()).ToList();
+        Assert.Equal(["adapters.lora-r16.b1/base"], targeted);
+        Assert.Equal(0.90, report["ratios"]!.AsArray().Single(r => r!["name"]!.GetValue<string>() == "adapters.lora-r16.b1/base")!["target"]!["at_least"]!.GetValue<double>());
+        var notes = report["notes"]!.AsArray().Select(n => n!.GetValue<string>()).ToList();
+        Assert.Contains(notes, n => n.StartsWith("lora-r16-x16 skipped: 16 distinct adapters need a batch of at least 16", StringComparison.Ordinal));
+        Assert.Contains(notes, n => n.StartsWith("lora-r16-x32 skipped", StringComparison.Ordinal));
+        Assert.Contains("adapters.lora-r16-x4.b4/lora-r16", output);
     }
 
     [Fact]
-    public async Task Load_on_tiny_reports_load_time_percentiles_and_memory_or_says_the_binder_is_missing()
+    public async Task Load_on_tiny_times_cold_adapters_both_ways_and_samples_memory_before_and_after()
     {
         var (rc, report, _, progress) = await RunTinyAsync("load");
-        if (!AdapterRoom.IsAvailable)
-        {
-            Assert.Equal(3, rc);
-            Assert.Contains("not available yet: needs the adapter binder", progress);
-            return;
-        }
         Assert.True(rc == 0, progress);
         AssertReport(report!, "load",
-            ["load.register_ms_per_adapter", "load.base_ttft_ms", "load.ms_p50", "load.ms_p95", "load.cold_ttft_ms_p50"],
+            ["load.register_ms_per_adapter", "load.ms_p50", "load.ms_p95", "load.read_ms_p50", "load.e2e_ms_p50", "load.e2e_ms_p95",
+             "load.cold_ttft_ms_p50", "load.base_ttft_ms"],
             ["load.working_set.after/before"]);
         Assert.Equal(["before", "registered", "after"], report!["memory"]!.AsArray().Select(m => m!["label"]!.GetValue<string>()));
+
+        var settings = report["settings"]!.AsObject();
+        Assert.Equal(6, settings["registered"]!.GetValue<int>());
+        Assert.Equal(2, settings["device_cache"]!.GetValue<int>());
+        int samples = settings["load_samples"]!.GetValue<int>();
+        Assert.Equal(4, samples);
+        var figures = report["figures"]!.AsArray().ToDictionary(f => f!["name"]!.GetValue<string>(), f => f!.AsObject());
+        foreach (var name in new[] { "load.ms_p50", "load.read_ms_p50", "load.e2e_ms_p50", "load.cold_ttft_ms_p50", "load.base_ttft_ms" })
+            Assert.Equal(samples, Runs(report, name).Length);
+        // Each cache sample is ready only after its read into the host tier finished.
+        Assert.All(Runs(report, "load.ms_p50").Zip(Runs(report, "load.read_ms_p50")), p => Assert.True(p.First >= p.Second, $"ready {p.First} ms before read {p.Second} ms"));
+        // End to end = a cold request's time to first token minus the median base one, sample by sample.
+        double baseMs = Median(report, "load.base_ttft_ms");
+        Assert.Equal(Runs(report, "load.cold_ttft_ms_p50").Select(ms => ms - baseMs), Runs(report, "load.e2e_ms_p50"), (x, y) => Math.Abs(x - y) < 1e-9);
+        // The target applies to 135m only.
+        Assert.Null(figures["load.ms_p50"]["target"]);
+
+        var notes = report["notes"]!.AsArray().Select(n => n!.GetValue<string>()).ToList();
+        // The device tier is bounded by --device-cache (2) and the host tier by one; no sample found its adapter resident.
+        Assert.Contains(notes, n => n.StartsWith("resident at the end: 2 adapters on the device", StringComparison.Ordinal));
+        Assert.DoesNotContain(notes, n => n.Contains("already resident", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task A_run_cut_off_by_its_timeout_still_writes_its_report_with_the_error()
+    {
+        var (rc, report, output, progress) = await RunTinyAsync("decode", "--timeout-s", "0.001");
+        Assert.Equal(1, rc);
+        Assert.NotNull(report);
+        var error = Assert.Single(report["errors"]!.AsArray())!.GetValue<string>();
+        Assert.StartsWith("decode did not finish within --timeout-s 0.001", error);
+        Assert.Contains("did not finish within", progress);
+        Assert.Contains("AdapterServe bench", output);
     }
 
     [Fact]
