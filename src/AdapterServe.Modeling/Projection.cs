@@ -46,6 +46,6 @@ public interface IProjectionHook
     /// <param name="x">Input of the projection for every token of the step, <c>[N, d_in]</c>.</param>
     /// <param name="baseOutput"><c>x @ W0ᵀ</c> without bias, <c>[N, d_out]</c>.</param>
     /// <param name="baseWeight">The frozen base weight <c>W0: [d_out, d_in]</c> (read-only; for DoRA's norms).</param>
-    /// <returns>The adapted output <c>[N, d_out]</c>; may be <paramref name="baseOutput"/> itself.</returns>
+    /// <returns>The adapted output <c>[N, d_out]</c>; may be <paramref name="baseOutput"/> itself, updated in place (it is a fresh tensor of this step).</returns>
     Tensor Apply(int layer, Projection projection, Tensor x, Tensor baseOutput, Tensor baseWeight);
 }
