@@ -117,12 +117,17 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
             {
                 // Only reachable for a DoRA adapter alone on its sequences: these rows have no other contribution.
                 var rowScale = w.DoraRowScale(g.Scale, baseWeight);                  // [d_out] = m / ‖W0 + scale·ΔW‖_row
-                var merged = g.Rows(baseOutput).to(w.A.dtype).add(delta, g.Scale);   // [n_g, d_out] = x W0ᵀ + scale·x ΔWᵀ
+                using var alpha = g.Scale.ToScalar();                               // held: TorchSharp does not keep Scalar arguments alive
+                var merged = g.Rows(baseOutput).to(w.A.dtype).add(delta, alpha);     // [n_g, d_out] = x W0ᵀ + scale·x ΔWᵀ
                 g.SetRows(y, merged.mul(rowScale).to(y.dtype));                      // [n_g, d_out] rows rescaled
             }
             else
             {
-                if (g.Scale != 1f) delta = delta.mul_(g.Scale);                      // [n_g, d_out]
+                if (g.Scale != 1f)
+                {
+                    using var scale = g.Scale.ToScalar();                            // held across the native call (see TokenGroup.One)
+                    delta = delta.mul_(scale);                                       // [n_g, d_out]
+                }
                 g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
             }
         }
@@ -165,6 +170,13 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
     /// <summary>The tokens of the step that one (adapter, scale) applies to.</summary>
     private sealed class TokenGroup : IDisposable
     {
+        /// <summary>
+        /// TorchSharp passes a Scalar's handle to native code without keeping the managed object alive, so an implicitly
+        /// converted temporary (<c>index_add_(…, 1)</c>) can be finalized mid-call: a rare libtorch assert under GC
+        /// pressure (seen in the soak). Constants live in a static field instead.
+        /// </summary>
+        private static readonly Scalar One = 1.0f.ToScalar();
+
         private readonly long _start;
         private readonly long _count;
         private readonly Tensor? _index; // [n_g] int64 token rows, null when they are one contiguous range
@@ -194,7 +206,7 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
         public void AddRows(Tensor y, Tensor delta)
         {
             if (_index is null) y.narrow(0, _start, _count).add_(delta);
-            else y.index_add_(0, _index, delta, 1);
+            else y.index_add_(0, _index, delta, One);
         }
 
         /// <summary><c>y[rows] = values</c>.</summary>

@@ -7,13 +7,15 @@ namespace AdapterServe.Modeling.Llama;
 public sealed class RmsNorm(Tensor weight, double eps)
 {
     public Tensor Weight { get; } = weight;   // [hidden]
+    // Held for the module's life: TorchSharp does not keep a Scalar argument alive during the native call.
+    private readonly Scalar _eps = eps.ToScalar();
 
     public Tensor Forward(Tensor x)
     {
         using var scope = NewDisposeScope();
         var x32 = x.to_type(ScalarType.Float32);
-        var variance = x32.pow(2).mean([-1L], keepdim: true);                  // [N, 1]
-        var normed = (x32 * rsqrt(variance + eps)).to_type(x.dtype);
+        var variance = x32.square().mean([-1L], keepdim: true);                 // [N, 1]
+        var normed = (x32 * rsqrt(variance.add_(_eps))).to_type(x.dtype);
         return (normed * Weight).MoveToOuterDisposeScope();
     }
 }
