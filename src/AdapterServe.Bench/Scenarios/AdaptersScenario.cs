@@ -29,7 +29,7 @@ public sealed class AdaptersScenario : IScenario
         var directories = new AdapterDirectories(o.CacheDir, model.Name, model.Config, o.Seed, context.Log);
         int distinctMax = plan.Where(p => p.Batches.Count > 0).Select(p => p.Case.Distinct).DefaultIfEmpty(1).Max();
         int slots = Math.Max(o.DeviceCache, distinctMax);
-        await using var room = AdapterRoom.Open(new AdapterRoomOptions(model.Config, o.Dtype, o.Device, DeviceSlots: slots, HostSlots: slots));
+        await using var room = AdapterRoom.Open(new AdapterRoomOptions(model.Config, o.Dtype, o.Device, DeviceSlots: slots, HostSlots: slots), context.Loggers);
         var registered = new HashSet<string>();
         foreach (var (c, batches) in plan.Where(p => p.Batches.Count > 0))
             for (int i = 0; i < c.Distinct; i++)

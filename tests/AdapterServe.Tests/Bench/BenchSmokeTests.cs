@@ -180,7 +180,7 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var (rc, report, _, progress) = await RunTinyAsync("load");
         Assert.True(rc == 0, progress);
         AssertReport(report!, "load",
-            ["load.register_ms_per_adapter", "load.ms_p50", "load.ms_p95", "load.read_ms_p50", "load.e2e_ms_p50", "load.e2e_ms_p95",
+            ["load.register_ms_per_adapter", "load.ms_p50", "load.ms_p95", "load.read_ms_p50", "load.warmup_ms_p50", "load.e2e_ms_p50", "load.e2e_ms_p95",
              "load.cold_ttft_ms_p50", "load.base_ttft_ms"],
             ["load.working_set.after/before"]);
         Assert.Equal(["before", "registered", "after"], report!["memory"]!.AsArray().Select(m => m!["label"]!.GetValue<string>()));
@@ -190,6 +190,8 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         Assert.Equal(2, settings["device_cache"]!.GetValue<int>());
         int samples = settings["load_samples"]!.GetValue<int>();
         Assert.Equal(4, samples);
+        Assert.Equal(4, settings["warmup"]!.GetValue<int>());   // twice the device cache
+        Assert.Equal(4, Runs(report, "load.warmup_ms_p50").Length);
         var figures = report["figures"]!.AsArray().ToDictionary(f => f!["name"]!.GetValue<string>(), f => f!.AsObject());
         foreach (var name in new[] { "load.ms_p50", "load.read_ms_p50", "load.e2e_ms_p50", "load.cold_ttft_ms_p50", "load.base_ttft_ms" })
             Assert.Equal(samples, Runs(report, name).Length);
