@@ -23,7 +23,7 @@ public sealed class BenchOptions
         decode:   --batches 1,4,16,32  --max-tokens 64  --prompt-tokens 16
         prefill:  --prompt-lengths 128,512
         adapters: --batches 1,16,32  --cases NAME,...  --device-cache 32  --max-tokens 64
-        load:     --registered 1000  --device-cache 32  --load-samples 100  --distinct-files 64
+        load:     --registered 1000  --device-cache 32  --load-samples 100  --distinct-files 64  --warmup N (2 x device cache)
         soak:     --generations 2000  --concurrency 8  --soak-adapters 8  --device-cache 4  --max-tokens 16
         serve:    --url URL  --api-key KEY  --concurrency 32  --requests 200  --max-tokens 128  --adapters a,b,c
                   --model NAME  --distribution uniform|zipf:S  --prompt-words 32  --ignore-eos  --timeout-s 600
@@ -56,7 +56,8 @@ public sealed class BenchOptions
     private int Pick(int? given, int full, int quick) => given ?? (Quick ? quick : full);
 
     public int Repeats => Pick(_repeats, Serve ? 1 : 3, 1);
-    public int Warmup => Pick(_warmup, 1, 1);
+    /// <summary>Unrecorded passes; for <c>load</c>, unrecorded cold loads (default: twice the device cache, so samples see a process that has rotated adapters through it).</summary>
+    public int Warmup => Scenario == "load" ? _warmup ?? 2 * DeviceCache : Pick(_warmup, 1, 1);
     public IReadOnlyList<int> Batches => _batches ?? (Scenario == "adapters" ? (Quick ? [1, 4] : [1, 16, 32]) : (Quick ? [1, 2] : [1, 4, 16, 32]));
     public IReadOnlyList<int> PromptLengths => _promptLengths ?? (Quick ? [16, 32] : [128, 512]);
     public int MaxTokens => Scenario switch

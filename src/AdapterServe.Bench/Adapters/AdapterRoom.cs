@@ -2,6 +2,7 @@ using AdapterServe.Adapters;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Engine;
 using AdapterServe.Modeling;
+using Microsoft.Extensions.Logging;
 
 namespace AdapterServe.Bench.Adapters;
 
@@ -21,14 +22,14 @@ public sealed class AdapterRoom : IAsyncDisposable
     private readonly Dictionary<string, (AdapterDescription Description, string Hash)> _validated = new(StringComparer.Ordinal);
     private GenerationEngine? _engine;
 
-    private AdapterRoom(AdapterRoomOptions options)
+    private AdapterRoom(AdapterRoomOptions options, ILoggerFactory? loggers)
     {
         _model = options.Model;
         var device = GenerationEngine.ParseDevice(options.Device);
         // The base weights are read lazily, by the loader, once the engine that holds them is attached.
         Cache = new AdapterResidencyCache(
             new ResidencyOptions { MaxDeviceAdapters = options.DeviceSlots, MaxHostAdapters = options.HostSlots },
-            BaseWeight, device, GenerationEngine.ParseDtype(options.Dtype, device));
+            BaseWeight, device, GenerationEngine.ParseDtype(options.Dtype, device), loggers?.CreateLogger<AdapterResidencyCache>());
         Binder = new RegistryAdapterBinder(Registry, Cache);
     }
 
@@ -37,12 +38,13 @@ public sealed class AdapterRoom : IAsyncDisposable
     /// <summary>Hand this to the engine at start, then <see cref="Attach"/> the engine.</summary>
     public IAdapterBinder Binder { get; }
 
-    public static AdapterRoom Open(AdapterRoomOptions options)
+    /// <param name="loggers">For the residency cache's log (loads, promotions, evictions; shown with <c>--verbose</c>).</param>
+    public static AdapterRoom Open(AdapterRoomOptions options, ILoggerFactory? loggers = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         if (options.DeviceSlots < 1) throw new UsageException($"the adapter device cache needs at least 1 slot, not {options.DeviceSlots}");
         if (options.HostSlots < 1) throw new UsageException($"the adapter host cache needs at least 1 slot, not {options.HostSlots}");
-        return new AdapterRoom(options);
+        return new AdapterRoom(options, loggers);
     }
 
     /// <summary>The engine whose base weights the adapters are loaded against (call once it is ready).</summary>

@@ -27,13 +27,14 @@ public sealed class AdaptersScenario : IScenario
 
         var model = EngineSession.PrepareModel(context);
         var directories = new AdapterDirectories(o.CacheDir, model.Name, model.Config, o.Seed, context.Log);
-        int distinctMax = plan.Where(p => p.Batches.Count > 0).Select(p => p.Case.Distinct).DefaultIfEmpty(1).Max();
-        int slots = Math.Max(o.DeviceCache, distinctMax);
-        await using var room = AdapterRoom.Open(new AdapterRoomOptions(model.Config, o.Dtype, o.Device, DeviceSlots: slots, HostSlots: slots));
-        var registered = new HashSet<string>();
-        foreach (var (c, batches) in plan.Where(p => p.Batches.Count > 0))
-            for (int i = 0; i < c.Distinct; i++)
-                if (registered.Add(c.AdapterName(i))) room.Register(c.AdapterName(i), directories.Ensure(c, i));
+        var used = plan.Where(p => p.Batches.Count > 0).SelectMany(p => Enumerable.Range(0, p.Case.Distinct).Select(i => (p.Case, Index: i)))
+            .DistinctBy(u => u.Case.AdapterName(u.Index)).ToList();
+        // Every adapter of the run stays resident (no load or eviction while a line is measured): at least as many
+        // device slots as distinct adapters, whatever --device-cache says.
+        int slots = Math.Max(o.DeviceCache, used.Count);
+        if (slots > o.DeviceCache) report.Notes.Add($"device cache raised from {o.DeviceCache} to {slots}: the run uses {used.Count} distinct adapters, all kept resident");
+        await using var room = AdapterRoom.Open(new AdapterRoomOptions(model.Config, o.Dtype, o.Device, DeviceSlots: slots, HostSlots: slots), context.Loggers);
+        foreach (var (c, i) in used) room.Register(c.AdapterName(i), directories.Ensure(c, i));
 
         await using var session = await EngineSession.StartAsync(context, report, model, largest, o.PromptTokens + o.MaxTokens, room, ct);
 

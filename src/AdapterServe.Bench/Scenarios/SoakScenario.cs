@@ -26,7 +26,7 @@ public sealed class SoakScenario : IScenario
             var directories = new AdapterDirectories(o.CacheDir, model.Name, model.Config, o.Seed, context.Log);
             // Host tier as small as the device's: with more adapters than slots, evicted ones are read from disk again
             // (tensors created and disposed all along the run, which is what a leak would show on).
-            room = AdapterRoom.Open(new AdapterRoomOptions(model.Config, o.Dtype, o.Device, o.DeviceCache, HostSlots: o.DeviceCache));
+            room = AdapterRoom.Open(new AdapterRoomOptions(model.Config, o.Dtype, o.Device, o.DeviceCache, HostSlots: o.DeviceCache), context.Loggers);
             for (int i = 0; i < o.SoakAdapters; i++)
             {
                 room.Register(adapter.AdapterName(i), directories.Ensure(adapter, i));

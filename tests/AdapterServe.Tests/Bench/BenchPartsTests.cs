@@ -103,6 +103,10 @@ public sealed class BenchPartsTests
         var serve = BenchOptions.Parse(["serve", "--url", "http://127.0.0.1:1", "--adapters", "a, b"]);
         Assert.Equal((32, 200, 128, 1), (serve.Concurrency, serve.Requests, serve.MaxTokens, serve.Repeats));
         Assert.Equal(["a", "b"], serve.Adapters);
+        // load warms up with cold loads: twice the device cache unless told.
+        Assert.Equal(64, BenchOptions.Parse(["load"]).Warmup);
+        Assert.Equal(20, BenchOptions.Parse(["load", "--device-cache", "10"]).Warmup);
+        Assert.Equal(0, BenchOptions.Parse(["load", "--warmup", "0"]).Warmup);
     }
 
     [Theory]

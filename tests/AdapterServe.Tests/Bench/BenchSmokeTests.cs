@@ -171,6 +171,8 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var notes = report["notes"]!.AsArray().Select(n => n!.GetValue<string>()).ToList();
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x16 skipped: 16 distinct adapters need a batch of at least 16", StringComparison.Ordinal));
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x32 skipped", StringComparison.Ordinal));
+        // r8-0, r16-0..3 and r64-0 all stay resident: more slots than --quick's 4.
+        Assert.Contains("device cache raised from 4 to 6: the run uses 6 distinct adapters, all kept resident", notes);
         Assert.Contains("adapters.lora-r16-x4.b4/lora-r16", output);
     }
 
@@ -180,7 +182,7 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var (rc, report, _, progress) = await RunTinyAsync("load");
         Assert.True(rc == 0, progress);
         AssertReport(report!, "load",
-            ["load.register_ms_per_adapter", "load.ms_p50", "load.ms_p95", "load.read_ms_p50", "load.e2e_ms_p50", "load.e2e_ms_p95",
+            ["load.register_ms_per_adapter", "load.ms_p50", "load.ms_p95", "load.read_ms_p50", "load.warmup_ms_p50", "load.e2e_ms_p50", "load.e2e_ms_p95",
              "load.cold_ttft_ms_p50", "load.base_ttft_ms"],
             ["load.working_set.after/before"]);
         Assert.Equal(["before", "registered", "after"], report!["memory"]!.AsArray().Select(m => m!["label"]!.GetValue<string>()));
@@ -190,6 +192,8 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         Assert.Equal(2, settings["device_cache"]!.GetValue<int>());
         int samples = settings["load_samples"]!.GetValue<int>();
         Assert.Equal(4, samples);
+        Assert.Equal(4, settings["warmup"]!.GetValue<int>());   // twice the device cache
+        Assert.Equal(4, Runs(report, "load.warmup_ms_p50").Length);
         var figures = report["figures"]!.AsArray().ToDictionary(f => f!["name"]!.GetValue<string>(), f => f!.AsObject());
         foreach (var name in new[] { "load.ms_p50", "load.read_ms_p50", "load.e2e_ms_p50", "load.cold_ttft_ms_p50", "load.base_ttft_ms" })
             Assert.Equal(samples, Runs(report, name).Length);
