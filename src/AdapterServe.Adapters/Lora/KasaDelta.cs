@@ -46,7 +46,8 @@ public static class KasaDelta
         int rank = (int)a.shape[0];
         int removed = RemovedComponents(dOut, dIn, rank, truncation);
 
-        var adapterB = b.to(ScalarType.Float32, dev).mul(diag.to(ScalarType.Float32, dev)).mul(scaling); // [d_out, r] = s·B diag(σ)
+        using var scalingScalar = scaling.ToScalar();                                                   // held across the native call
+        var adapterB = b.to(ScalarType.Float32, dev).mul(diag.to(ScalarType.Float32, dev)).mul(scalingScalar); // [d_out, r] = s·B diag(σ)
         var adapterA = a.to(ScalarType.Float32, dev);                                                    // [r, d_in]
         if (removed == 0)
             return (adapterA.MoveToOuterDisposeScope(), adapterB.MoveToOuterDisposeScope());

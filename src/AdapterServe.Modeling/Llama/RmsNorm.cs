@@ -14,7 +14,7 @@ public sealed class RmsNorm(Tensor weight, double eps)
     {
         using var scope = NewDisposeScope();
         var x32 = x.to_type(ScalarType.Float32);
-        var variance = x32.square().mean([-1L], keepdim: true);                 // [N, 1]
+        var variance = x32.mul(x32).mean([-1L], keepdim: true);                 // [N, 1]; x·x, not pow/square: no Scalar temporary
         var normed = (x32 * rsqrt(variance.add_(_eps))).to_type(x.dtype);
         return (normed * Weight).MoveToOuterDisposeScope();
     }
