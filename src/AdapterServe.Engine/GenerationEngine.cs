@@ -296,9 +296,9 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
     private IProjectionHook? BuildHook(List<Sequence> step, ForwardBatch batch)
     {
         if (_adapters is null || step.All(s => s.Owner.AdapterState is null)) return null;
-        var segments = new List<AdapterSegment>(step.Count);
+        var segments = new List<StepSegment>(step.Count);
         for (int i = 0; i < step.Count; i++)
-            segments.Add(new AdapterSegment(batch.TokenStarts[i], batch.Sequences[i].TokenCount, step[i].Owner.AdapterState));
+            segments.Add(new StepSegment(batch.TokenStarts[i], batch.Sequences[i].TokenCount, step[i].Owner.AdapterState));
         return _adapters.BuildHook(segments);
     }
 

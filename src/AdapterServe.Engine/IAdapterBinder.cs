@@ -3,7 +3,7 @@ using AdapterServe.Modeling;
 namespace AdapterServe.Engine;
 
 /// <summary>One segment of a step's packed tokens that shares the same adapter binding (null = the base).</summary>
-public readonly record struct AdapterSegment(int TokenStart, int TokenCount, object? Binding);
+public readonly record struct StepSegment(int TokenStart, int TokenCount, object? Binding);
 
 /// <summary>
 /// The engine's port to the Adapters room. <see cref="Bind"/> runs on the caller's thread at submit time
@@ -22,5 +22,5 @@ public interface IAdapterBinder
     /// </summary>
     string GroupKey(object binding);
     /// <summary>The projection hook of one step, or null when no segment has an adapter.</summary>
-    IProjectionHook? BuildHook(IReadOnlyList<AdapterSegment> segments);
+    IProjectionHook? BuildHook(IReadOnlyList<StepSegment> segments);
 }

@@ -59,7 +59,7 @@ public sealed class RegistryAdapterBinder(AdapterRegistry registry, AdapterResid
     public string GroupKey(object binding) =>
         string.Join("|", ((Binding)binding).Leases.Select(l => $"{l.Lease.Name}@{l.Lease.Version}*{l.Scale:R}"));
 
-    public IProjectionHook? BuildHook(IReadOnlyList<AdapterSegment> segments)
+    public IProjectionHook? BuildHook(IReadOnlyList<StepSegment> segments)
     {
         var steps = new List<Adapters.AdapterSegment>(segments.Count);
         foreach (var s in segments)
