@@ -64,7 +64,7 @@ public class MixtureValidationTests : IDisposable
     {
         var layout = LoraMixerValidator.Validate(Mixer(), Base, NoneRegistered);
         Assert.Equal(["expert-0", "expert-1", "expert-2", "expert-3"], layout.Experts.Select(e => e.Name));
-        Assert.All(layout.Experts, e => Assert.NotNull(e.EmbeddedDirectory));
+        Assert.All(layout.Experts, e => Assert.True(e.Embedded));
         Assert.Equal(2, layout.Config.TopK);
         Assert.Equal(Base.NumHiddenLayers * Targets.Length, layout.Routers.Count);
         Assert.All(layout.Routers, r => Assert.True(r.HasBias));
@@ -77,7 +77,7 @@ public class MixtureValidationTests : IDisposable
         PeftLoraWriter.Write(expertDir, Base, 2, Targets, seed: 1);
         var zara = AdapterValidator.Validate(expertDir, Base);
         var layout = LoraMixerValidator.Validate(Mixer(registered: ["zara", "zara2"]), Base, n => n.StartsWith("zara") ? zara : null);
-        Assert.All(layout.Experts, e => Assert.Null(e.EmbeddedDirectory));
+        Assert.All(layout.Experts, e => Assert.False(e.Embedded));
     }
 
     [Fact]

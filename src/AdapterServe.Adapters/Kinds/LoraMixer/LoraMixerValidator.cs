@@ -9,8 +9,12 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer;
 public sealed record MixerRouterSpec(int Layer, Projection Projection, bool HasBias, string TensorPrefix);
 
 /// <summary>One expert of a mixer: where it comes from and what it adapts.</summary>
-/// <param name="EmbeddedDirectory">The expert's folder under <c>experts/</c> when embedded; null when it is a registered adapter.</param>
-public sealed record MixerExpert(string Name, string? EmbeddedDirectory, AdapterDescription Description);
+/// <param name="Embedded">True: the expert's files are in the mixer's <c>experts/&lt;Name&gt;/</c>; false: a registered adapter.</param>
+public sealed record MixerExpert(string Name, bool Embedded, AdapterDescription Description)
+{
+    /// <summary>The expert's folder inside the mixer's directory, when embedded.</summary>
+    public string EmbeddedDirectory(string mixerDirectory) => Path.Combine(mixerDirectory, LoraMixerConfig.ExpertsFolder, Name);
+}
 
 /// <summary>A validated LoRA-Mixer directory.</summary>
 public sealed record LoraMixerLayout(LoraMixerConfig Config, IReadOnlyList<MixerRouterSpec> Routers, IReadOnlyList<MixerExpert> Experts, long RouterBytes);
@@ -64,7 +68,7 @@ public static class LoraMixerValidator
         if (description.Kind is not (AdapterKind.Lora or AdapterKind.Kasa))
             throw new AdapterValidationException(
                 $"adapter_config.json: expert '{name}' is a {description.Kind} adapter; a LoRA-Mixer's experts must be plain LoRA (rsLoRA, KaSA) adapters", "invalid_expert");
-        return new MixerExpert(name, Directory.Exists(embedded) ? embedded : null, description);
+        return new MixerExpert(name, Directory.Exists(embedded), description);
     }
 
     private static (List<MixerRouterSpec>, long) Routers(string path, LoraMixerConfig config, List<MixerExpert> experts, ModelConfig baseModel, bool scan)
