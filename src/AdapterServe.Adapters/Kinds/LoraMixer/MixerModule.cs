@@ -126,6 +126,15 @@ public sealed class MixerModule : IDisposable
         return BiasAll is null ? y : TorchScalars.AddInPlace(y, w.matmul(BiasAll));   // + w [N, E] · s·bias [E, d_out]
     }
 
+    /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
+    public MixerModule To(Device device)
+    {
+        using var inferenceOff = inference_mode(false);
+        Tensor Copy(Tensor t) => t.to(device, copy: true).DetachFromDisposeScope();
+        return new MixerModule(Experts, Rank, TopK, Renormalize, Copy(Router), RouterBias is null ? null : Copy(RouterBias),
+            Copy(AAll), Copy(BAll), BiasAll is null ? null : Copy(BiasAll));
+    }
+
     public void Dispose()
     {
         Router.Dispose();

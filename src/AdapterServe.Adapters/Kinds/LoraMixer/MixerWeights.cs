@@ -57,6 +57,22 @@ public sealed class MixerWeights : IDisposable
         return new MixerWeights(config, modules);
     }
 
+    /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
+    public MixerWeights To(Device device)
+    {
+        var copies = new Dictionary<(int, Projection), (MixerModule, ExpertSite)>();
+        try
+        {
+            foreach (var (key, (module, site)) in _modules) copies.Add(key, (module.To(device), site));
+        }
+        catch
+        {
+            foreach (var (m, _) in copies.Values) m.Dispose();
+            throw;
+        }
+        return new MixerWeights(Config, copies);
+    }
+
     public void Dispose()
     {
         foreach (var (m, _) in _modules.Values) m.Dispose();

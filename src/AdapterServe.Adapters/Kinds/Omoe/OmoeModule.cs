@@ -140,6 +140,14 @@ public sealed class OmoeModule : IDisposable
         return (q.mul(fix.unsqueeze(1)), norms.gather(1, perm), perm);
     }
 
+    /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
+    public OmoeModule To(Device device)
+    {
+        using var inferenceOff = inference_mode(false);
+        Tensor Copy(Tensor t) => t.to(device, copy: true).DetachFromDisposeScope();
+        return new OmoeModule(Experts, Rank, TopK, RescaleNorm, Copy(Router), Copy(AAll), Copy(BAll), Copy(_eps), Copy(_order));
+    }
+
     public void Dispose()
     {
         Router.Dispose();

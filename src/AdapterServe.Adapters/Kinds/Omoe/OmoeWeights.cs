@@ -54,6 +54,22 @@ public sealed class OmoeWeights : IDisposable
         return new OmoeWeights(config, modules);
     }
 
+    /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
+    public OmoeWeights To(Device device)
+    {
+        var copies = new Dictionary<(int, Projection), (OmoeModule, ExpertSite)>();
+        try
+        {
+            foreach (var (key, (module, site)) in _modules) copies.Add(key, (module.To(device), site));
+        }
+        catch
+        {
+            foreach (var (m, _) in copies.Values) m.Dispose();
+            throw;
+        }
+        return new OmoeWeights(Config, copies);
+    }
+
     public void Dispose()
     {
         foreach (var (m, _) in _modules.Values) m.Dispose();
