@@ -1,4 +1,6 @@
 using AdapterServe.Adapters.Kinds.Lora;
+using AdapterServe.Adapters.Kinds.LoraMixer;
+using AdapterServe.Adapters.Kinds.Omoe;
 
 namespace AdapterServe.Adapters;
 
@@ -15,6 +17,8 @@ public sealed class AdapterKinds
     public static AdapterKinds BuiltIn { get; } = new(
     [
         LoraKind.Instance,          // LORA: LoRA, rsLoRA, DoRA, KaSA
+        LoraMixerKind.Instance,     // LORA_MIXER: routed top-K mixture of LoRA experts
+        OmoeKind.Instance,          // OMOE: orthogonal mixture of LoRA experts
     ]);
 
     public AdapterKinds(IEnumerable<IAdapterKindHandler> handlers)

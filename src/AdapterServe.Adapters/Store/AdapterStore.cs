@@ -197,7 +197,8 @@ public sealed class AdapterStore
 
     private (AdapterDescription, IReadOnlyList<StoredFile>) Prepare(string peftDirectory, string versionStaging)
     {
-        var description = AdapterValidator.Validate(peftDirectory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation));
+        var description = AdapterValidator.Validate(peftDirectory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation,
+            Registered: name => Registry.TryResolve(name, out var expert) ? expert : null));
         Directory.CreateDirectory(versionStaging);
         string[] names = [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName];
         foreach (var file in names)

@@ -1,3 +1,4 @@
+using AdapterServe.Adapters.Kinds.Lora;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters.Store;
