@@ -62,11 +62,11 @@ public sealed class AdapterStaging : IDisposable
             {
                 source = HostPath.Resolve(source);
                 if (!linkRoots.Any(root => HostPath.IsUnder(source, root)))
-                    throw new AdapterStoreException($"'{name}' in lora_path is a symbolic link out of the adapter folder; such links are not followed", "adapter_path_link", 400, "lora_path");
+                    throw new AdapterValidationException($"'{name}' in lora_path is a symbolic link out of the adapter folder; such links are not followed", "adapter_path_link");
                 kind = HostPath.KindOf(source);
             }
             if (kind != HostFileKind.RegularFile)
-                throw new AdapterStoreException($"'{name}' in lora_path is not a regular file (FIFOs, devices, sockets and folders are not read)", "adapter_path_not_regular", 400, "lora_path");
+                throw new AdapterValidationException($"'{name}' in lora_path is not a regular file (FIFOs, devices, sockets and folders are not read)", "adapter_path_not_regular");
             CopyFile(source, Path.Combine(ReceivedDirectory, name), cancellationToken);
         }
     }

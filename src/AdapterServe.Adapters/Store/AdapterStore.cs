@@ -210,7 +210,7 @@ public sealed class AdapterStore
             $"the adapter files at lora_path are not valid ({e.Code}); the details are in the server log under error id {id}", e.Code, e.StatusCode);
     }
 
-    private static AdapterStoreException PathError(string message, string code) => new(message, code, 400, "lora_path");
+    private static AdapterValidationException PathError(string message, string code) => new(message, code);
 
     /// <summary>
     /// Deletes an adapter and all its versions. In use by a running sequence: 409 <c>adapter_in_use</c>, or with
