@@ -8,6 +8,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters;
 using AdapterServe.Adapters.Store;
+using AdapterServe.Modeling;
 using AdapterServe.Tests.AdapterHttp;
 using AdapterServe.Tests.AdapterStore;
 using AdapterServe.Tests.Server;
@@ -52,8 +53,10 @@ public sealed class StoreCrashTests : IDisposable
         string dataRoot = _temp.Sub("data");
         string folder = ByPath.WriteTo(_temp.Sub("by-path"));
 
-        // The stored state before the crash, written by the store itself into the folder the server will use.
-        var seeded = new global::AdapterServe.Adapters.Store.AdapterStore(new AdapterStoreOptions { DataRoot = dataRoot }, TinyModel.Config,
+        // The stored state before the crash, written by the store itself into the folder the server will use (the base
+        // as the server reads it from its config.json).
+        var baseModel = ModelConfig.Load(Path.Combine(TinyModel.Directory, "config.json"));
+        var seeded = new global::AdapterServe.Adapters.Store.AdapterStore(new AdapterStoreOptions { DataRoot = dataRoot }, baseModel,
             new FakeResidency(), new AdapterRegistry(), baseModelId: TinyModel.Id);
         foreach (var (name, adapter) in new[] { ("swap", Previous), ("gone", Unloaded) })
         {
@@ -107,7 +110,7 @@ public sealed class StoreCrashTests : IDisposable
             Assert.Equal(expected, served);
         }
 
-        string store = Path.Combine(dataRoot, "models", BaseModelIdentity.Of(TinyModel.Id, TinyModel.Config));
+        string store = seeded.DataDirectory;
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(store, "tmp")));
         if (point != "withdrawn") Assert.Contains("Removing staging leftover", restarted.Log);
         foreach (var versions in Directory.EnumerateDirectories(Path.Combine(store, "adapters")).SelectMany(Directory.EnumerateDirectories))
