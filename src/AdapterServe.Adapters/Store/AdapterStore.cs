@@ -175,11 +175,19 @@ public sealed class AdapterStore
         IReadOnlyList<string> linkRoots = kind == HostFileKind.Directory ? [full, .. _allowedPaths] : [];
         await ReadOffThePoolAsync(token =>
         {
-            if (kind == HostFileKind.Directory) staging.CopyFrom(full, linkRoots, token);
-            else
+            try
             {
-                try { staging.UseArchive(full, limits); }
-                catch (AdapterValidationException e) { throw Undisclosed(e, name); }
+                if (kind == HostFileKind.Directory) staging.CopyFrom(full, linkRoots, token);
+                else
+                {
+                    try { staging.UseArchive(full, limits); }
+                    catch (AdapterValidationException e) { throw Undisclosed(e, name); }
+                }
+            }
+            catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+            {
+                _logger.LogWarning("Path registration of {Name} could not read {Path}: {Reason}", name, full, e.Message);
+                throw PathError($"the files at lora_path '{path}' cannot be read by the server", "adapter_path_unreadable");
             }
         }, cancellationToken);
         return await CommitAsync(name, staging, replace, "path:" + full, filesFromServerPath: true, cancellationToken);
