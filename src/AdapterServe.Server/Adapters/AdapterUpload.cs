@@ -53,13 +53,12 @@ internal static class AdapterUpload
                 name = await ReadTextAsync(section.Body, cancellationToken);
                 store.EnsureCanCreate(name, replace);
             }
-            else if (part is AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName
-                     || (part == "file" && fileName is AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName))
+            else if (staging.IsAdapterFile(part) || (part == "file" && staging.IsAdapterFile(fileName)))
             {
                 if (archive is not null) throw Conflicting();
                 string file = part == "file" ? fileName : part;
                 await using var output = staging.CreateReceivedFile(file);
-                received = await CopyAsync(section.Body, output, received, limit, cancellationToken);
+                received = await CopyAsync(section.Body, output, received, limit, store.WritePause, cancellationToken);
                 loose = true;
             }
             else if (part == "file")
@@ -68,7 +67,7 @@ internal static class AdapterUpload
                 if (loose) throw Conflicting();
                 archive = staging.NewUploadPath();
                 await using var output = new FileStream(archive, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
-                received = await CopyAsync(section.Body, output, received, limit, cancellationToken);
+                received = await CopyAsync(section.Body, output, received, limit, store.WritePause, cancellationToken);
             }
             else
             {
@@ -87,7 +86,7 @@ internal static class AdapterUpload
         return await store.CommitAsync(name, staging, replace, archive is not null ? "upload:archive" : "upload:files", cancellationToken);
     }
 
-    private static async Task<long> CopyAsync(Stream input, Stream output, long received, long limit, CancellationToken cancellationToken)
+    private static async Task<long> CopyAsync(Stream input, Stream output, long received, long limit, StoreWritePause pause, CancellationToken cancellationToken)
     {
         var buffer = new byte[1 << 16];
         int n;
@@ -96,6 +95,7 @@ internal static class AdapterUpload
             received += n;
             if (received > limit) throw TooLarge(limit, "the files sent so far exceed it");
             await output.WriteAsync(buffer.AsMemory(0, n), cancellationToken);
+            pause.At("receiving");
         }
         return received;
     }
