@@ -1,4 +1,5 @@
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Experts;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Engine;
 using AdapterServe.Modeling;
@@ -16,6 +17,8 @@ namespace AdapterServe.Server.Adapters;
 public static class AdapterServingRegistration
 {
     public const string ResidencySection = "Adapters:Residency";
+    /// <summary>Steps in the sliding window of <c>adapterserve_expert_load_balance</c> (default <see cref="ExpertUsage.DefaultLoadBalanceWindowSteps"/>).</summary>
+    public const string LoadBalanceWindowKey = "Experts:LoadBalanceWindowSteps";
 
     public static IServiceCollection AddAdapterServing(this IServiceCollection services, IConfiguration configuration)
     {
@@ -33,6 +36,21 @@ public static class AdapterServingRegistration
         services.AddSingleton<IAdapterResidency>(sp => sp.GetRequiredService<AdapterResidencyCache>());
         services.AddSingleton<IAdapterBinder>(sp => new RegistryAdapterBinder(sp.GetRequiredService<AdapterRegistry>(), sp.GetRequiredService<AdapterResidencyCache>()));
         services.AddSingleton<IModelCardSource, AdapterModelCards>();
+        services.AddSingleton(sp =>
+        {
+            // The mixture kinds report into the process's accounting (kind handlers are shared, like Prometheus' registry).
+            var usage = ExpertUsage.Shared;
+            if (configuration.GetValue<int?>(LoadBalanceWindowKey) is { } window)
+            {
+                if (window < 1) throw new OptionsValidationException(LoadBalanceWindowKey, typeof(int), [$"{LoadBalanceWindowKey} must be at least 1 step, got {window}"]);
+                usage.LoadBalanceWindowSteps = window;
+            }
+            sp.GetRequiredService<AdapterRegistry>().Changed += change =>
+            {
+                if (change.Current is null) usage.Forget(change.Name);   // deleted or unloaded: its counts go from the JSON view
+            };
+            return usage;
+        });
         services.AddAdapterStore(configuration);
         return services;
     }

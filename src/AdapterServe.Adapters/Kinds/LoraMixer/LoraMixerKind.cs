@@ -33,6 +33,9 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
             })).ToList();
         /// <summary>The registered LoRAs this mixer routes to (embedded experts belong to the mixer).</summary>
         public override IReadOnlyList<string> DependsOn => Layout.Experts.Where(e => !e.Embedded).Select(e => e.Name).ToList();
+        public override IReadOnlyList<AdapterRecord> Dependencies => Layout.Experts.Select(e => e.Record).OfType<AdapterRecord>().ToList();
+        public override IReadOnlyList<string> Experts => Layout.Config.Experts;
+        public override int? TopK => Layout.Config.TopK;
     }
 
     /// <summary>

@@ -30,6 +30,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe
                 ["scaling"] = Layout.Config.Scaling,
                 ["rescale"] = Layout.Config.RescaleNorm ? "norm" : "none",
             })).ToList();
+        public override IReadOnlyList<string> Experts => ExpertSite.Indexed(Layout.Config.NumExperts);
+        public override int? TopK => Layout.Config.TopK ?? Layout.Config.NumExperts;
     }
 
     /// <summary>peft_type OMOE (methods.md §4.2): per-token Gram–Schmidt over n LoRA experts, in the PEFT two-file layout.</summary>
