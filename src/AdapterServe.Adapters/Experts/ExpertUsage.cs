@@ -63,6 +63,21 @@ public sealed class ExpertUsage
     /// <summary>A fresh per-step tally that reports into this accounting when flushed.</summary>
     public ExpertStepTally BeginStep() => new(this);
 
+    [ThreadStatic] private static ExpertStepTally? t_openStep;
+
+    /// <summary>
+    /// The tally of the step being built on this thread (the engine thread), shared by every mixture kind of the step
+    /// so the whole step's counts reach the host in ONE copy. Each caller calls <see cref="ExpertStepTally.Leave"/>
+    /// once when its step is over; the last one flushes.
+    /// </summary>
+    public ExpertStepTally JoinStep()
+    {
+        var open = t_openStep;
+        if (open is null || !open.Open || !ReferenceEquals(open.Usage, this)) t_openStep = open = new ExpertStepTally(this);
+        open.Join();
+        return open;
+    }
+
     /// <summary>Adds one step's counts of one site: <paramref name="selections"/>[i] belongs to <c>site.Experts[i]</c>.</summary>
     public void Add(ExpertSite site, long routedTokens, ReadOnlySpan<long> selections)
     {

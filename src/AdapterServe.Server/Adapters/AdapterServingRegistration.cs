@@ -36,21 +36,6 @@ public static class AdapterServingRegistration
         services.AddSingleton<IAdapterResidency>(sp => sp.GetRequiredService<AdapterResidencyCache>());
         services.AddSingleton<IAdapterBinder>(sp => new RegistryAdapterBinder(sp.GetRequiredService<AdapterRegistry>(), sp.GetRequiredService<AdapterResidencyCache>()));
         services.AddSingleton<IModelCardSource, AdapterModelCards>();
-        services.AddSingleton(sp =>
-        {
-            // The mixture kinds report into the process's accounting (kind handlers are shared, like Prometheus' registry).
-            var usage = ExpertUsage.Shared;
-            if (configuration.GetValue<int?>(LoadBalanceWindowKey) is { } window)
-            {
-                if (window < 1) throw new OptionsValidationException(LoadBalanceWindowKey, typeof(int), [$"{LoadBalanceWindowKey} must be at least 1 step, got {window}"]);
-                usage.LoadBalanceWindowSteps = window;
-            }
-            sp.GetRequiredService<AdapterRegistry>().Changed += change =>
-            {
-                if (change.Current is null) usage.Forget(change.Name);   // deleted or unloaded: its counts go from the JSON view
-            };
-            return usage;
-        });
         services.AddAdapterStore(configuration);
         return services;
     }

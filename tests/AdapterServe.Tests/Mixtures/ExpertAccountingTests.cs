@@ -193,4 +193,23 @@ public class ExpertAccountingTests
         var gaugeLines = System.Text.Encoding.UTF8.GetString(text.ToArray()).Split('\n').Where(l => l.StartsWith("adapterserve_expert_load_balance{", StringComparison.Ordinal));
         Assert.DoesNotContain(gaugeLines, l => l.Contains("adapter=\"balance\"", StringComparison.Ordinal));
     }
+
+    [Fact]
+    public void Mixture_kinds_of_one_step_share_one_tally_and_the_last_to_leave_flushes_it()
+    {
+        var usage = NewUsage();
+        var mixer = new ExpertSite("mixer", 0, Projection.Q, ["a", "b"]);
+        var omoe = new ExpertSite("omoe", 0, Projection.Q, ExpertSite.Indexed(3));
+        var first = usage.JoinStep();                                            // the LoRA-Mixer kind's executor
+        var second = usage.JoinStep();                                           // the OMoE kind's executor, same step
+        Assert.Same(first, second);
+        first.RecordTopK(mixer, tensor(new long[] { 0, 1, 1 }, ScalarType.Int64).view(3, 1));   // [N=3, K=1]
+        second.RecordAll(omoe, 2);
+        first.Leave();
+        Assert.Null(usage.Snapshot("mixer"));                                    // nothing copied while the step is held
+        second.Leave();
+        Assert.Equal([1L, 2L], usage.Snapshot("mixer")!.Modules.Single().Experts.Select(e => e.Selections));
+        Assert.Equal([2L, 2L, 2L], usage.Snapshot("omoe")!.Modules.Single().Experts.Select(e => e.Selections));
+        Assert.NotSame(first, usage.JoinStep());                                 // the next step gets a fresh tally
+    }
 }

@@ -90,7 +90,7 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
         }
 
         public IAdapterStepExecutor CreateStepExecutor(IReadOnlyList<AdapterTokenGroup> groups) =>
-            new MixerStepExecutor(groups, ExpertUsage.Shared.BeginStep());
+            new MixerStepExecutor(groups, ExpertUsage.Shared.JoinStep());
     }
 
     /// <summary>The loaded tensors of one LoRA-Mixer version.</summary>
@@ -127,6 +127,14 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
             }
         }
 
-        public void Complete() => tally.Flush();
+        private bool _completed;
+
+        /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
+        public void Complete()
+        {
+            if (_completed) return;
+            _completed = true;
+            tally.Leave();
+        }
     }
 }

@@ -56,7 +56,7 @@ namespace AdapterServe.Adapters.Kinds.Omoe
         }
 
         public IAdapterStepExecutor CreateStepExecutor(IReadOnlyList<AdapterTokenGroup> groups) =>
-            new OmoeStepExecutor(groups, ExpertUsage.Shared.BeginStep());
+            new OmoeStepExecutor(groups, ExpertUsage.Shared.JoinStep());
     }
 
     /// <summary>The loaded tensors of one OMoE adapter version.</summary>
@@ -93,6 +93,14 @@ namespace AdapterServe.Adapters.Kinds.Omoe
             }
         }
 
-        public void Complete() => tally.Flush();
+        private bool _completed;
+
+        /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
+        public void Complete()
+        {
+            if (_completed) return;
+            _completed = true;
+            tally.Leave();
+        }
     }
 }
