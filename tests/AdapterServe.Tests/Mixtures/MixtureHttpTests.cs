@@ -186,6 +186,17 @@ public sealed class MixtureHttpTests
         Assert.NotEqual(before.Logprobs, after.Logprobs);
         var (_, info) = await server.GetAsync("/v1/adapters/mix");
         Assert.Equal(1, (int)info!["version"]!);                                            // the mixer itself did not change
+
+        // Replacing the mixer itself (other routers, load_inplace): new requests get version 2.
+        (status, text) = await server.LoadLoraAdapterAsync("mix", WriteMixer(tmp, "rerouted", embedded: null, seed: 43), inplace: true);
+        Assert.True(status == 200, text);
+        (status, text) = await server.LoadLoraAdapterAsync("mix-rerouted", WriteMixer(tmp, "embedded-rerouted", swapped, seed: 43), inplace: false);
+        Assert.True(status == 200, text);
+        var rerouted = (await CompleteAsync(server, story)).Completion;
+        AssertClose((await CompleteAsync(server, story with { Model = "mix-rerouted" })).Completion, rerouted, "replaced mixer vs embedded copy");
+        Assert.NotEqual(after.Logprobs, rerouted.Logprobs);
+        (_, info) = await server.GetAsync("/v1/adapters/mix");
+        Assert.Equal(2, (int)info!["version"]!);
     }
 
     [Fact]
