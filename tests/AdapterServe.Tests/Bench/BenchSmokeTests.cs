@@ -104,8 +104,10 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var (rc, report, output, progress) = await RunTinyAsync("decode", "--repeats", "3");
         Assert.True(rc == 0, progress);
         AssertReport(report!, "decode",
-            ["decode.b1.tokens_per_s", "decode.b1.itl_ms_p50", "decode.b1.ttft_ms", "decode.b2.tokens_per_s", "decode.b2.itl_ms_p50", "decode.b2.ttft_ms"],
-            ["decode.b2/b1"]);
+            ["decode.b1.tokens_per_s", "decode.b1.itl_ms_p50", "decode.b1.ttft_ms", "decode.b2.tokens_per_s", "decode.b2.itl_ms_p50", "decode.b2.ttft_ms",
+             "decode.b1.floor_ms", "decode.b1.forward_ms", "decode.b1.tensors_per_step", "decode.b1.tensors_per_layer",
+             "decode.b2.floor_ms", "decode.b2.forward_ms", "decode.b2.tensors_per_step", "decode.b2.tensors_per_layer"],
+            ["decode.b2/b1", "decode.b1.overhead", "decode.b1.forward/floor", "decode.b2.overhead", "decode.b2.forward/floor"]);
         Assert.Contains("decode.b2.tokens_per_s", output);
         Assert.Equal(3, Runs(report!, "decode.b2.tokens_per_s").Length);   // the ratio (checked in AssertReport) is the median of 3 rounds
     }
