@@ -59,6 +59,15 @@ public sealed record TokenEvent(int Index, int TokenId, string Text, TokenLogpro
 /// <summary>A choice has finished. <c>Text</c> is any held-back text released at the end.</summary>
 public sealed record FinishEvent(int Index, FinishReason Reason, string Text, int PromptTokens, int CompletionTokens, string? Error = null) : GenerationEvent(Index);
 
+/// <summary>What the engine is doing, as of its last scheduling decision. Plain data, for gauges and gateways.</summary>
+/// <param name="KvCacheUsage">Share of KV-cache slots in use, 0..1.</param>
+/// <param name="RunningAdapters">Names of the adapters the running sequences use (distinct, ordinal order).</param>
+/// <param name="WaitingAdapters">Names of the adapters waiting sequences ask for.</param>
+public sealed record EngineLoad(int Running, int Waiting, double KvCacheUsage, IReadOnlyList<string> RunningAdapters, IReadOnlyList<string> WaitingAdapters)
+{
+    public static readonly EngineLoad Idle = new(0, 0, 0, [], []);
+}
+
 public sealed record ModelInfo(string Id, int ContextLength, int VocabSize, long CreatedUnixSeconds, bool IsDemo, string Description);
 
 /// <summary>The request could not be admitted because the waiting queue is full (HTTP 429).</summary>
@@ -87,6 +96,8 @@ public interface IGenerationEngine
     bool IsReady { get; }
     int RunningSequences { get; }
     int WaitingRequests { get; }
+    /// <summary>The engine's load as of its last scheduling decision.</summary>
+    EngineLoad Load { get; }
 
     /// <exception cref="QueueFullException"/>
     /// <exception cref="ContextLengthExceededException"/>

@@ -41,6 +41,8 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
     public Exception? LoadError => _loadError;
     public int RunningSequences => Volatile.Read(ref _runningSequences);
     public int WaitingRequests => Volatile.Read(ref _waitingRequests);
+    public EngineLoad Load => Volatile.Read(ref _load);
+    private EngineLoad _load = EngineLoad.Idle;
     public int ContextLength { get; }
     /// <summary>Live TorchSharp tensors of the engine thread after the last step (dispose-scope statistics are per thread). Must not grow.</summary>
     public long LiveTensors => Interlocked.Read(ref _liveTensors);
@@ -383,7 +385,15 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         Volatile.Write(ref _runningSequences, _running.Count);
         EngineMetrics.RequestsRunning.Set(_running.Count);
         EngineMetrics.RequestsWaiting.Set(WaitingRequests);
-        if (_cache is not null) EngineMetrics.KvCacheUsage.Set(1.0 - (double)_cache.FreeSlots / _cache.Slots);
+        double kvUsage = _cache is null ? 0 : 1.0 - (double)_cache.FreeSlots / _cache.Slots;
+        EngineMetrics.KvCacheUsage.Set(kvUsage);
+        Volatile.Write(ref _load, new EngineLoad(_running.Count, WaitingRequests, kvUsage, AdapterNames(_running), AdapterNames(_waiting)));
+    }
+
+    private static IReadOnlyList<string> AdapterNames(List<Sequence> sequences)
+    {
+        if (sequences.All(s => s.Owner.Request.Adapters.Count == 0)) return [];
+        return sequences.SelectMany(s => s.Owner.Request.Adapters.Select(a => a.Name)).Distinct().Order(StringComparer.Ordinal).ToList();
     }
 
     public static Device ParseDevice(string device) => device.ToLowerInvariant() switch

@@ -11,6 +11,9 @@ public sealed class CommandLineException(string message) : Exception(message);
 public static class CommandLineFlags
 {
     /// <summary>Flag → configuration path.</summary>
+    /// <summary>Flags that may stand alone, meaning <c>true</c>.</summary>
+    private static readonly HashSet<string> Switches = new(StringComparer.Ordinal) { "--gateway-metrics" };
+
     public static readonly IReadOnlyDictionary<string, string> Paths = new Dictionary<string, string>(StringComparer.Ordinal)
     {
         ["--model"] = "Engine:ModelPath",
@@ -27,6 +30,7 @@ public static class CommandLineFlags
         ["--log-format"] = "Server:LogFormat",
         ["--admin-key"] = "Server:AdminKey",
         ["--data-dir"] = "Server:DataDir",
+        ["--gateway-metrics"] = "Server:GatewayMetrics",
     };
 
     public static string[] Translate(IReadOnlyList<string> args)
@@ -53,6 +57,7 @@ public static class CommandLineFlags
             string value;
             if (eq >= 0) value = arg[(eq + 1)..];
             else if (i + 1 < args.Count && !args[i + 1].StartsWith("--", StringComparison.Ordinal)) value = args[++i];
+            else if (Switches.Contains(flag)) value = "true";
             else throw new CommandLineException($"The flag '{flag}' needs a value ({flag} <value> or {flag}=<value>).");
 
             if (flag == "--api-key")

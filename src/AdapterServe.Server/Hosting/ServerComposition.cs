@@ -64,9 +64,11 @@ public static class ServerComposition
         return services;
     }
 
+    /// <summary>Quiet default metrics, and the vLLM-named gateway series (<see cref="GatewayMetrics"/>).</summary>
     public static IServiceCollection AddServerMetrics(this IServiceCollection services)
     {
         ServerMetrics.SuppressDefaultNoise();
+        services.AddSingleton(sp => new GatewayMetrics(sp.GetRequiredService<IGenerationEngine>(), sp.GetRequiredService<IOptions<AdapterServe.Adapters.ResidencyOptions>>()));
         return services;
     }
 
@@ -89,10 +91,19 @@ public static class ServerComposition
         return app;
     }
 
-    /// <summary><c>/metrics</c> in the Prometheus text format; open like <c>/health</c>.</summary>
+    /// <summary>
+    /// <c>/metrics</c> in the Prometheus text format, open like <c>/health</c>: prometheus-net's <c>adapterserve_*</c> and
+    /// process series, then, with <c>--gateway-metrics</c>, the vLLM-named gateway series (<see cref="GatewayMetrics"/>).
+    /// </summary>
     public static WebApplication MapServerMetrics(this WebApplication app)
     {
-        app.MapMetrics("/metrics").WithTags("Operations").WithSummary("Prometheus metrics (adapterserve_*)");
+        bool gatewaySeries = app.Services.GetRequiredService<IOptions<ServerOptions>>().Value.GatewayMetrics;
+        app.MapGet("/metrics", async (HttpContext http, GatewayMetrics gateway) =>
+        {
+            http.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+            await Metrics.DefaultRegistry.CollectAndExportAsTextAsync(http.Response.Body, http.RequestAborted);
+            if (gatewaySeries) await http.Response.WriteAsync(gateway.Text(), http.RequestAborted);
+        }).WithTags("Operations").WithSummary("Prometheus metrics (adapterserve_*, and vllm:* for inference gateways)").ExcludeFromDescription();
         return app;
     }
 }

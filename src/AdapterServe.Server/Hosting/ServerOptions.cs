@@ -27,6 +27,12 @@ public sealed class ServerOptions
     /// <summary>Folder for server state (adapter store).</summary>
     public string? DataDir { get; set; }
 
+    /// <summary>
+    /// Also write vLLM's <c>vllm:*</c> gauges on <c>/metrics</c>, for the Gateway API Inference Extension's endpoint picker
+    /// (<c>--gateway-metrics</c>). Off by default: Prometheus's own lint (<c>promtool check metrics</c>) reserves ':' for recording rules.
+    /// </summary>
+    public bool GatewayMetrics { get; set; }
+
     /// <summary>The configured keys, comma-separated entries split and trimmed.</summary>
     public IReadOnlyList<string> EffectiveApiKeys =>
         ApiKeys.SelectMany(k => k.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)).ToList();

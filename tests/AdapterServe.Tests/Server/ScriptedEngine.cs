@@ -21,6 +21,7 @@ internal sealed class ScriptedEngine : IGenerationEngine
     public bool IsReady { get; set; } = true;
     public int RunningSequences => 0;
     public int WaitingRequests => 0;
+    public EngineLoad Load { get; set; } = EngineLoad.Idle;
 
     /// <summary>Answers a submitted request (may throw like the engine's Submit does).</summary>
     public Func<GenerationRequest, CancellationToken, ChannelReader<GenerationEvent>> Script { get; set; } = (r, _) => Emit(r, "ok");
