@@ -1,4 +1,5 @@
 using AdapterServe.Server.Adapters;
+using AdapterServe.Server.Dashboard;
 using AdapterServe.Server.Hosting;
 using Microsoft.Extensions.Options;
 
@@ -18,6 +19,7 @@ try
     app.UseServerPipeline();
     app.MapHealth();
     app.MapServerMetrics();
+    app.MapDashboard();
     app.MapOpenAIApi();
     app.MapAdapterEndpoints();
     app.MapApiDocs();
