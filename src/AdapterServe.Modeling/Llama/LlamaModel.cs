@@ -15,7 +15,7 @@ public sealed class Linear(Tensor weight, Tensor? bias, int layer, Projection pr
     {
         var y = F.linear(x, Weight);                                     // [N, d_out]
         if (hook is not null) y = hook.Apply(layer, projection, x, y, Weight);
-        return Bias is null ? y : y.add_(Bias);
+        return Bias is null ? y : TorchScalars.AddInPlace(y, Bias);
     }
 }
 
@@ -131,8 +131,8 @@ public sealed class LlamaModel : IDisposable
         {
             var layer = Layers[l];
             var attnOut = Attention(l, layer.SelfAttn, layer.InputLayernorm.Forward(hidden), layout, cache, hook);
-            hidden = hidden + attnOut;
-            hidden = hidden + layer.Mlp.Forward(layer.PostAttentionLayernorm.Forward(hidden), hook);
+            hidden = TorchScalars.Add(hidden, attnOut);
+            hidden = TorchScalars.Add(hidden, layer.Mlp.Forward(layer.PostAttentionLayernorm.Forward(hidden), hook));
         }
         var rows = Norm.Forward(hidden.index_select(0, layout.LogitRows));  // [rows, hidden]
         return F.linear(rows, LmHead).to_type(ScalarType.Float32).MoveToOuterDisposeScope();   // [rows, vocab]

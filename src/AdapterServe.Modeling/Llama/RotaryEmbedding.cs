@@ -75,7 +75,7 @@ public sealed class RotaryEmbedding : IDisposable
         var x1 = x.narrow(-1, 0, half);
         var x2 = x.narrow(-1, half, half);
         var rotated = cat([x2.neg(), x1], -1);                   // rotate_half(x)
-        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+        return TorchScalars.Add(x * cos, rotated * sin).MoveToOuterDisposeScope();
     }
 
     public void Dispose() { _cos.Dispose(); _sin.Dispose(); }
