@@ -1,4 +1,5 @@
 using System.Text.Json.Serialization;
+using AdapterServe.Engine;
 
 namespace AdapterServe.Server.OpenAI;
 
@@ -63,4 +64,8 @@ public sealed class ApiException(int statusCode, string type, string? code, stri
 
     public static ApiException GenerationFailed(string message) =>
         new(StatusCodes.Status500InternalServerError, "server_error", "generation_failed", null, message);
+
+    /// <summary>A forward step failed for this request's sequence; <paramref name="message"/> carries the error id of the server log line.</summary>
+    public static ApiException EngineStepFailed(string message) =>
+        new(StatusCodes.Status500InternalServerError, "server_error", EngineErrorCodes.StepFailed, null, message);
 }
