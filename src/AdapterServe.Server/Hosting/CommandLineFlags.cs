@@ -27,6 +27,7 @@ public static class CommandLineFlags
         ["--log-format"] = "Server:LogFormat",
         ["--admin-key"] = "Server:AdminKey",
         ["--data-dir"] = "Server:DataDir",
+        ["--drain-timeout"] = "Server:DrainTimeoutSeconds",
     };
 
     public static string[] Translate(IReadOnlyList<string> args)
