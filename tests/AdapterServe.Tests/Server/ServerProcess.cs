@@ -81,10 +81,13 @@ public sealed partial class ServerProcess : IAsyncDisposable
     private static string DotnetHost() =>
         Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } host && File.Exists(host) ? host : "dotnet";
 
-    /// <summary>Sends SIGTERM, as a container runtime or systemd stops a service (<see cref="Process.Kill()"/> would be SIGKILL).</summary>
-    public async Task TerminateAsync()
+    /// <summary>
+    /// Sends SIGTERM, as a container runtime or systemd stops a service, or <c>INT</c> as Ctrl+C does
+    /// (<see cref="Process.Kill()"/> would be SIGKILL).
+    /// </summary>
+    public async Task SignalAsync(string signal = "TERM")
     {
-        using var kill = Process.Start(new ProcessStartInfo("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]) { UseShellExecute = false })!;
+        using var kill = Process.Start(new ProcessStartInfo("kill", ["-" + signal, _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]) { UseShellExecute = false })!;
         await kill.WaitForExitAsync(TestContext.Current.CancellationToken);
         Assert.Equal(0, kill.ExitCode);
     }

@@ -64,7 +64,7 @@ public sealed class ShutdownTests
         await using var stream = await OpenStream.StartAsync(server.Client, LongRequest(maxTokens, stream: true));
         await stream.ReadAsync(3);
 
-        await server.TerminateAsync();
+        await server.SignalAsync("TERM");
 
         var (status, health) = await Http.GetAsync(server.Client, "/health");
         var deadline = DateTime.UtcNow.AddSeconds(30);
@@ -96,14 +96,14 @@ public sealed class ShutdownTests
     }
 
     [Fact]
-    public async Task Past_the_drain_timeout_a_running_stream_ends_with_an_error_chunk_a_running_request_with_503_and_the_process_exits_0()
+    public async Task Ctrl_c_past_the_drain_timeout_ends_a_running_stream_with_an_error_chunk_a_running_request_with_503_and_the_process_exits_0()
     {
         await using var server = await ServerProcess.StartAsync("--drain-timeout", "1");
         await using var stream = await OpenStream.StartAsync(server.Client, LongRequest(2000, stream: true));
         var whole = server.Client.PostAsync("/v1/completions", Json(LongRequest(2000, stream: false)), TestContext.Current.CancellationToken);
         await stream.ReadAsync(3);
 
-        await server.TerminateAsync();
+        await server.SignalAsync("INT");
 
         await stream.ReadToEndAsync();
         var chunks = Http.Chunks(stream.Data);
