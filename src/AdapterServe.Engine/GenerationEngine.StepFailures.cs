@@ -47,7 +47,13 @@ public sealed partial class GenerationEngine
         var culprits = new List<(PlannedStep Part, Exception Error)>();
         if (step.Count == 1) culprits.Add((step[0], first!));
         else Bisect(step, culprits);
-        FailCulprits(step.Count, culprits);
+        if (culprits.Count > 0)
+        {
+            FailCulprits(step.Count, culprits);
+            return;
+        }
+        StepsRetriedOk.Inc();      // every part ran when split: nothing to blame
+        _logger.LogWarning(first, "Engine step of {Count} sequences failed twice and ran when split", step.Count);
     }
 
     /// <summary>

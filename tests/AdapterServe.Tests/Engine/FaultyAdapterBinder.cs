@@ -4,12 +4,12 @@ using static TorchSharp.torch;
 
 namespace AdapterServe.Tests.Engine;
 
-public enum Fault { None, Once, Always }
+public enum Fault { None, Once, Twice, Always }
 
 /// <summary>
 /// An adapter port with one adapter, <see cref="Name"/>, that leaves every output as the base computes it, but makes the
 /// forward pass throw (in the last layer's down projection, after every layer wrote its keys/values) in any step that
-/// holds a sequence on it, once that adapter has decoded <c>cleanDecodeSteps</c> tokens: never, once, or every time.
+/// holds a sequence on it, once that adapter has decoded <c>cleanDecodeSteps</c> tokens: never, once, twice, or every time.
 /// Runs on the engine thread, as the engine calls it.
 /// </summary>
 public sealed class FaultyAdapterBinder(Fault fault, int cleanDecodeSteps, int layers) : IAdapterBinder
@@ -44,6 +44,7 @@ public sealed class FaultyAdapterBinder(Fault fault, int cleanDecodeSteps, int l
         {
             Fault.Always => armed,
             Fault.Once => armed && _throws == 0,
+            Fault.Twice => armed && _throws < 2,
             _ => false,
         };
         if (throws)

@@ -134,6 +134,23 @@ public sealed partial class StepFailureTests
     }
 
     [Fact]
+    public async Task A_step_that_throws_twice_and_then_runs_when_split_fails_nothing_and_every_sequence_equals_a_clean_run()
+    {
+        var others = Others();
+        var (clean, cleanFaulty) = await RunAsync(new FaultyAdapterBinder(Fault.None, CleanDecodeSteps, TinyModel.Config.NumHiddenLayers), others, Faulty());
+        var before = await FailureCountsAsync();
+        var binder = new FaultyAdapterBinder(Fault.Twice, CleanDecodeSteps, TinyModel.Config.NumHiddenLayers);
+
+        var (faulted, faulty) = await RunAsync(binder, others, Faulty());
+
+        Assert.Equal(2, binder.Throws);
+        Assert.True(binder.LargestFailingBatch > 1, "the fault should hit a step shared with other sequences");
+        AssertOthersSame(clean, faulted);
+        AssertSame(cleanFaulty[0], faulty[0]);
+        await AssertCountedAsync(before, "retried_ok");
+    }
+
+    [Fact]
     public async Task Two_failing_sequences_in_one_batch_are_both_found_by_splitting_it_and_the_rest_equal_a_clean_run()
     {
         var others = Others();
