@@ -32,6 +32,8 @@ public sealed partial class StepFailureHttpTests
     {
         var (factory, client, logs) = await StartAsync();
         await using var _ = factory;
+        const string isolated = """adapterserve_engine_step_failures_total{outcome="isolated"}""", failed = """adapterserve_engine_step_failures_total{outcome="failed"}""";
+        var before = await Metrics.ReadAsync(client);
         var healthy = Http.PostAsync(client, "/v1/completions", """{"model":"tiny","prompt":[3,4,5],"max_tokens":30,"temperature":0,"ignore_eos":true}""");
 
         var (status, body) = await Http.PostAsync(client, "/v1/completions", $$"""{"model":"{{FaultyAdapterBinder.Name}}","prompt":[11,12,13],"max_tokens":30,"temperature":0,"ignore_eos":true}""");
@@ -46,6 +48,8 @@ public sealed partial class StepFailureHttpTests
         var (healthyStatus, healthyBody) = await healthy;
         Assert.Equal(200, healthyStatus);
         Assert.Equal("length", (string?)healthyBody!["choices"]![0]!["finish_reason"]);
+        var after = await Metrics.ReadAsync(client);   // isolated when the healthy request shared the failing step, failed when it did not
+        Assert.Equal(1, after.Value(isolated) + after.Value(failed) - before.Value(isolated) - before.Value(failed));
     }
 
     [Fact]
