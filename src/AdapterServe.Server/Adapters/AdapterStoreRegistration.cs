@@ -11,8 +11,11 @@ public static class AdapterStoreRegistration
     /// <summary>Top-level configuration key filled by the command-line flag <c>--admin-key KEY</c>.</summary>
     public const string AdminKeyFlag = "admin-key";
 
+    /// <summary>The documented setting of the admin key (<see cref="Hosting.ServerOptions.AdminKey"/>).</summary>
+    public const string ServerAdminKey = Hosting.ServerOptions.Section + ":" + nameof(Hosting.ServerOptions.AdminKey);
+
     /// <summary>
-    /// Registers the adapter store (options from the <c>Adapters</c> section plus <c>--admin-key</c>), its registry,
+    /// Registers the adapter store (options from the <c>Adapters</c> section plus <c>Server:AdminKey</c> / <c>--admin-key</c>), its registry,
     /// and a hosted service that opens the store at start and deletes replaced versions once unused. Needs an
     /// <see cref="IAdapterResidency"/> and the base <see cref="ModelConfig"/> in the container (or
     /// <paramref name="baseModel"/> to find it).
@@ -24,7 +27,9 @@ public static class AdapterStoreRegistration
             .Bind(configuration.GetSection(AdapterStoreOptions.SectionName))
             .PostConfigure(o =>
             {
-                if (configuration[AdminKeyFlag] is { Length: > 0 } key) o.AdminKeys = [.. o.AdminKeys, key];
+                // Server:AdminKey (ADAPTERSERVE_Server__AdminKey, appsettings) and the --admin-key flag's top-level key.
+                foreach (string path in new[] { ServerAdminKey, AdminKeyFlag })
+                    if (configuration[path] is { Length: > 0 } key && !o.AdminKeys.Contains(key)) o.AdminKeys = [.. o.AdminKeys, key];
             })
             .ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<AdapterStoreOptions>, AdapterStoreOptionsValidation>());
