@@ -27,6 +27,9 @@ public static class CommandLineFlags
         ["--log-format"] = "Server:LogFormat",
         ["--admin-key"] = "Server:AdminKey",
         ["--data-dir"] = "Server:DataDir",
+        ["--rate-limit-rpm"] = "Server:RateLimit:RequestsPerMinute",
+        ["--rate-limit-burst"] = "Server:RateLimit:Burst",
+        ["--max-prompt-bytes"] = "Server:Limits:MaxPromptBytes",
     };
 
     public static string[] Translate(IReadOnlyList<string> args)

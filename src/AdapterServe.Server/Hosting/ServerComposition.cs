@@ -30,6 +30,8 @@ public static class ServerComposition
         builder.Services.AddSingleton<IValidateOptions<EngineOptions>, EngineOptionsValidator>();
         builder.Services.AddOptions<ServerOptions>().Bind(builder.Configuration.GetSection(ServerOptions.Section)).ValidateOnStart();
         builder.Services.AddOptions<EngineOptions>().Bind(builder.Configuration.GetSection(EngineSection)).ValidateOnStart();
+        builder.Services.AddRequestLimits(builder.Configuration);
+        builder.Services.AddRequestRateLimits(builder.Configuration);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             var server = kestrel.ApplicationServices.GetRequiredService<IOptions<ServerOptions>>().Value;
@@ -57,7 +59,7 @@ public static class ServerComposition
         return builder;
     }
 
-    /// <summary>The OpenAI wire format for responses, and the seam for more <c>/v1/models</c> entries (<see cref="IModelCardSource"/>).</summary>
+    /// <summary>The OpenAI wire format (<see cref="ApiJson"/>) for the responses the endpoints write.</summary>
     public static IServiceCollection AddOpenAIApi(this IServiceCollection services)
     {
         services.ConfigureHttpJsonOptions(o => ApiJson.Configure(o.SerializerOptions));
@@ -70,12 +72,13 @@ public static class ServerComposition
         return services;
     }
 
-    /// <summary>Request log (outermost, sees the final status), OpenAI-shaped bodies for framework errors, exception → error mapping.</summary>
+    /// <summary>Request log (outermost, sees the final status), OpenAI-shaped bodies for framework errors, exception → error mapping, the per-client rate limit.</summary>
     public static WebApplication UseServerPipeline(this WebApplication app)
     {
         app.UseMiddleware<RequestLog>();
         app.UseStatusCodePages(ErrorResponses.StatusCodePage);
         app.UseMiddleware<ErrorResponses>();
+        app.UseRequestRateLimits();
         return app;
     }
 
