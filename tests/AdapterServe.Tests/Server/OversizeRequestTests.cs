@@ -37,8 +37,28 @@ public sealed class OversizeRequestTests
         return (factory, client);
     }
 
-    private static string TenMegabytePrompt(int seed) =>
-        new JsonObject { ["model"] = "tiny", ["prompt"] = string.Concat(Enumerable.Repeat($"once upon a time {seed} ", TenMegabytes / 20)), ["max_tokens"] = 1 }.ToJsonString();
+    /// <summary>
+    /// A completion request whose prompt is 10 MB of story text, built once into a plain array: the test's own
+    /// string building and JSON writing would otherwise leave large arrays in the shared pools and blur the measurement.
+    /// </summary>
+    private static readonly byte[] TenMegabytePrompt = Build();
+
+    private static byte[] Build()
+    {
+        byte[] head = "{\"model\":\"tiny\",\"max_tokens\":1,\"prompt\":\""u8.ToArray(), tail = "\"}"u8.ToArray(), words = "once upon a time "u8.ToArray();
+        var body = new byte[head.Length + TenMegabytes + tail.Length];
+        head.CopyTo(body, 0);
+        for (int i = 0; i < TenMegabytes; i++) body[head.Length + i] = words[i % words.Length];
+        tail.CopyTo(body, head.Length + TenMegabytes);
+        return body;
+    }
+
+    private static ByteArrayContent Json(byte[] body)
+    {
+        var content = new ByteArrayContent(body);
+        content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+        return content;
+    }
 
     /// <summary>Managed heap after full, compacting collections (large objects included).</summary>
     private static long SettledHeap()
@@ -60,9 +80,9 @@ public sealed class OversizeRequestTests
         await using var _ = factory;
         using var __ = client;
 
-        async Task PostOneAsync(int seed)
+        async Task PostOneAsync()
         {
-            using var content = new StringContent(TenMegabytePrompt(seed), Encoding.UTF8, "application/json");
+            using var content = Json(TenMegabytePrompt);
             using var response = await client.PostAsync("/v1/completions", content, TestContext.Current.CancellationToken);
             var body = JsonNode.Parse(await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
             Assert.True((int)response.StatusCode == 413, $"{(int)response.StatusCode} {body?.ToJsonString()}");
@@ -71,11 +91,11 @@ public sealed class OversizeRequestTests
             Assert.Equal("prompt", (string?)error["param"]);
         }
 
-        for (int i = 0; i < 2; i++) await PostOneAsync(i);     // warm-up: JIT, buffer pools
+        for (int i = 0; i < 2; i++) await PostOneAsync();     // warm-up: JIT, buffer pools
         long heapBefore = SettledHeap();
         long workingSetBefore = Process.GetCurrentProcess().WorkingSet64;
 
-        for (int i = 0; i < 16; i++) await PostOneAsync(100 + i);
+        for (int i = 0; i < 16; i++) await PostOneAsync();
 
         long heapGrowth = SettledHeap() - heapBefore;
         long workingSetGrowth = Process.GetCurrentProcess().WorkingSet64 - workingSetBefore;
@@ -110,7 +130,7 @@ public sealed class OversizeRequestTests
         Assert.Equal("request_too_large", (string?)error["code"]);
 
         // A 10 MB body with the default limits (8 MiB) is refused on its declared length without being read.
-        using var big = new StringContent(TenMegabytePrompt(1), Encoding.UTF8, "application/json");
+        using var big = Json(TenMegabytePrompt);
         var (defaultFactory, defaultClient) = await StartKestrelAsync([]);
         await using var ___ = defaultFactory;
         using var ____ = defaultClient;
