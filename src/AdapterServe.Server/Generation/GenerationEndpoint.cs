@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Text.RegularExpressions;
 using AdapterServe.Engine;
 using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -135,8 +136,14 @@ internal static class GenerationEndpoint
         FinishReason.Stop => "stop",
         FinishReason.Length => "length",
         FinishReason.Cancelled => throw ApiException.GenerationFailed($"Choice {f.Index} was cancelled by the engine before it finished (is the server shutting down?)."),
-        _ => throw ApiException.GenerationFailed($"Generation of choice {f.Index} failed: {f.Error ?? "unknown engine error"}."),
+        _ => throw ApiException.GenerationFailed($"Generation of choice {f.Index} failed: {WithoutServerPaths(f.Error ?? "unknown engine error")}."),
     };
+
+    /// <summary>An absolute file path (two or more segments, or a drive-letter path): what an engine error may say about a model or adapter file.</summary>
+    private static readonly Regex AbsolutePath = new(@"(?<![\w.~:-])(?:/[^\s/'"";:,()]+){2,}/?|\b[A-Za-z]:\\[^\s'"";,()]+", RegexOptions.CultureInvariant);
+
+    /// <summary>The engine's error text for the client, with the server's file paths (an adapter or model file named in a load failure) left out.</summary>
+    public static string WithoutServerPaths(string message) => AbsolutePath.Replace(message, "<server path>");
 
     public static long UnixNow() => DateTimeOffset.UtcNow.ToUnixTimeSeconds();
 }

@@ -223,6 +223,36 @@ public sealed class LimitsTests
         Assert.Equal(30, engine.Submitted.Count);
     }
 
+    [Theory]
+    [InlineData("adapter 'zara' failed to load: /var/lib/adapterserve/adapters/zara/v3/adapter_model.safetensors: header too long", "/var/lib", "header too long")]
+    [InlineData("C:\\models\\llama\\model.safetensors: weight 'lm_head' is missing", "C:\\models", "weight 'lm_head' is missing")]
+    [InlineData("CUDA out of memory", null, "CUDA out of memory")]
+    public async Task Engine_errors_reach_the_client_without_server_paths(string engineError, string? path, string kept)
+    {
+        var engine = new ScriptedEngine
+        {
+            Script = (r, _) =>
+            {
+                var c = System.Threading.Channels.Channel.CreateUnbounded<GenerationEvent>();
+                c.Writer.TryWrite(new FinishEvent(0, FinishReason.Error, "", r.PromptTokens.Count, 0, engineError));
+                c.Writer.TryComplete();
+                return c.Reader;
+            },
+        };
+        await using var server = Server(engine);
+
+        var (status, response) = await Http.PostAsync(server.CreateClient(), C, Completion("hi"));
+
+        Assert.Equal(500, status);
+        string message = (string)Http.Error(response)["message"]!;
+        Assert.Contains(kept, message);
+        if (path is not null)
+        {
+            Assert.DoesNotContain(path, message);
+            Assert.Contains("<server path>", message);
+        }
+    }
+
     /// <summary>The scripted byte tokenizer, counting every call that tokenizes or renders a prompt.</summary>
     private sealed class CountingTokenizer : ITextTokenizer
     {
