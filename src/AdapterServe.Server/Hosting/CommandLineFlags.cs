@@ -67,8 +67,8 @@ public static class CommandLineFlags
             else
             {
                 result.Add($"--{path}={value}");
-                // The adapter store (Adapters room) reads its admin key from the top-level "admin-key" and its folder
-                // from Adapters:DataDirectory: the same flags reach it.
+                // The adapter store (Adapters room) reads its admin key from Server:AdminKey or the top-level "admin-key"
+                // and its folder from Adapters:DataDirectory: the same flags reach it.
                 if (flag == "--admin-key") result.Add($"--admin-key={value}");
                 if (flag == "--data-dir") result.Add($"--Adapters:DataDirectory={value}");
             }
