@@ -100,7 +100,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
             if (id < 0 || id >= Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(request), $"token id {id} is outside the vocabulary (0..{Config.VocabSize - 1})");
         if (request.PromptTokens.Count >= ContextLength)
             throw new ContextLengthExceededException($"The prompt has {request.PromptTokens.Count} tokens; this model's context length is {ContextLength}.");
-        if (request.PromptTokens.Count + request.Sampling.MaxTokens > ContextLength)
+        if ((long)request.PromptTokens.Count + request.Sampling.MaxTokens > ContextLength)     // long: max_tokens near int.MaxValue must not wrap
             throw new ContextLengthExceededException($"The prompt ({request.PromptTokens.Count} tokens) plus max_tokens ({request.Sampling.MaxTokens}) exceeds this model's context length of {ContextLength}.");
         if (request.N > _options.MaxBatch)
             throw new ArgumentOutOfRangeException(nameof(request), $"n ({request.N}) exceeds the batch size ({_options.MaxBatch})");
@@ -409,21 +409,11 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         return sequences.SelectMany(s => s.Owner.Request.Adapters.Select(a => a.Name)).Distinct().Order(StringComparer.Ordinal).ToList();
     }
 
-    public static Device ParseDevice(string device) => device.ToLowerInvariant() switch
-    {
-        "cpu" => CPU,
-        var d when d.StartsWith("cuda", StringComparison.Ordinal) => cuda.is_available() ? new Device(d) : throw new ArgumentException($"device '{device}' requested but CUDA is not available in this build (build with -p:TorchSharpBackend=cuda on a GPU machine)"),
-        _ => throw new ArgumentException($"unknown device '{device}' (use cpu or cuda[:N])"),
-    };
+    /// <summary>See <see cref="ComputeTarget.ParseDevice"/> (the one parser of <c>--device</c>).</summary>
+    public static Device ParseDevice(string device) => ComputeTarget.ParseDevice(device);
 
-    public static ScalarType ParseDtype(string dtype, Device device) => dtype.ToLowerInvariant() switch
-    {
-        "float32" or "fp32" or "f32" => ScalarType.Float32,
-        "bfloat16" or "bf16" => ScalarType.BFloat16,
-        "float16" or "fp16" or "f16" when device.type == DeviceType.CUDA => ScalarType.Float16,
-        "float16" or "fp16" or "f16" => throw new ArgumentException("float16 is only supported on cuda (on this CPU it is ~250x slower than float32); use float32 or bfloat16"),
-        _ => throw new ArgumentException($"unknown dtype '{dtype}' (use float32, bfloat16, or float16 on cuda)"),
-    };
+    /// <summary>See <see cref="ComputeTarget.ParseDtype"/> (the one parser of <c>--dtype</c>).</summary>
+    public static ScalarType ParseDtype(string dtype, Device device) => ComputeTarget.ParseDtype(dtype, device);
 
     public async ValueTask DisposeAsync()
     {
