@@ -84,13 +84,6 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         };
     }
 
-    /// <summary>
-    /// The frozen base weight <c>W0</c> of one projection, for adapters computed from it at load (KaSA's SVD).
-    /// Read-only; safe to read from the adapter loader thread once <see cref="IsReady"/>.
-    /// </summary>
-    public Tensor BaseWeight(int layer, Projection projection) =>
-        (_model ?? throw new InvalidOperationException("the base model is not loaded yet")).ProjectionOf(layer, projection).Weight;
-
     public ChannelReader<GenerationEvent> Submit(GenerationRequest request, CancellationToken cancellationToken)
     {
         if (_stopping) throw new ObjectDisposedException(nameof(GenerationEngine));
@@ -141,6 +134,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
             var dtype = ParseDtype(_options.Dtype, device);
             _model = LlamaModel.Load(_modelDirectory, dtype, device, ContextLength);
             _cache = new KvCache(Config, _options.MaxBatch, ContextLength, dtype, device);
+            _adapters?.ModelReady(new ModelBaseWeights(_model));
             _logger.LogInformation("Loaded {ModelId} ({Architecture}, {Layers} layers, hidden {Hidden}) as {Dtype} on {Device} in {LoadSeconds:F2}s: {WeightBytes} weight bytes, KV cache {KvBytes} bytes ({Slots} slots x {Context} positions)",
                 Model.Id, Config.Architecture, Config.NumHiddenLayers, Config.HiddenSize, dtype, device, sw.Elapsed.TotalSeconds, _model.ParameterBytes, _cache.Bytes, _cache.Slots, ContextLength);
             _ready = true;
@@ -238,7 +232,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
     {
         long started = Stopwatch.GetTimestamp();
         if (_adapters is not null)   // sequences on the same adapters side by side: one contiguous segment per adapter
-            step = [.. step.OrderBy(s => s.Owner.AdapterState is { } b ? _adapters.GroupKey(b) : "", StringComparer.Ordinal)];
+            step = [.. step.OrderBy(s => s.Owner.AdapterState?.GroupKey ?? "", StringComparer.Ordinal)];
         using var scope = NewDisposeScope();
         RunContained(Plan(step));
         EngineMetrics.StepSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
@@ -270,7 +264,8 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         var hook = BuildHook(part, batch);
         Tensor logits;
         try { logits = _model!.Forward(batch, _cache!, hook); }                      // [rows, vocab]
-        finally { (hook as IDisposable)?.Dispose(); }
+        catch { hook?.Abandon(); throw; }
+        hook?.Complete();
         bool wantLogprobs = part.Any(p => p.Sequence.Owner.Request.Sampling.Logprobs is not null || p.Sequence.Owner.Request.PromptLogprobs);
         var logprobs = wantLogprobs ? logits.log_softmax(-1) : null;              // [rows, vocab]
         return new StepOutput(batch, logits.cpu(), logprobs?.cpu());
@@ -308,7 +303,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         EngineMetrics.LiveTensors.Set(live);
     }
 
-    private IProjectionHook? BuildHook(IReadOnlyList<PlannedStep> part, ForwardBatch batch)
+    private IAdapterStepHook? BuildHook(IReadOnlyList<PlannedStep> part, ForwardBatch batch)
     {
         if (_adapters is null || part.All(p => p.Sequence.Owner.AdapterState is null)) return null;
         var segments = new List<StepSegment>(part.Count);

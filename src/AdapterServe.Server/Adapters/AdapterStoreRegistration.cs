@@ -47,6 +47,7 @@ public static class AdapterStoreRegistration
             .ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<AdapterStoreOptions>, AdapterStoreOptionsValidation>());
         services.TryAddSingleton<AdapterRegistry>();
+        services.TryAddSingleton(sp => AdapterKinds.BuiltIn.With(sp.GetServices<IAdapterKindHandler>()));   // plus AddAdapterKind<T>()
         services.TryAddSingleton(sp => new AdapterStore(
             sp.GetRequiredService<IOptions<AdapterStoreOptions>>().Value,
             baseModel?.Invoke(sp) ?? sp.GetRequiredService<ModelConfig>(),
@@ -54,7 +55,8 @@ public static class AdapterStoreRegistration
             sp.GetRequiredService<AdapterRegistry>(),
             sp.GetService<ILogger<AdapterStore>>(),
             sp.GetService<TimeProvider>(),
-            sp.GetService<IGenerationEngine>()?.Model.Id));
+            sp.GetService<IGenerationEngine>()?.Model.Id,
+            sp.GetRequiredService<AdapterKinds>()));
         services.AddHostedService<AdapterStoreHost>();
         return services;
     }

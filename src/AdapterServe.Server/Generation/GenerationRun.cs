@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using AdapterServe.Engine;
 using AdapterServe.Server.Hosting;
+using AdapterServe.Server.OpenAI;
 
 namespace AdapterServe.Server.Generation;
 
