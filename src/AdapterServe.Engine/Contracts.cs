@@ -56,8 +56,18 @@ public sealed record PromptLogprobsEvent(int Index, IReadOnlyList<TokenLogprob?>
 /// </summary>
 public sealed record TokenEvent(int Index, int TokenId, string Text, TokenLogprob? Logprob) : GenerationEvent(Index);
 
-/// <summary>A choice has finished. <c>Text</c> is any held-back text released at the end.</summary>
-public sealed record FinishEvent(int Index, FinishReason Reason, string Text, int PromptTokens, int CompletionTokens, string? Error = null) : GenerationEvent(Index);
+/// <summary>
+/// A choice has finished. <c>Text</c> is any held-back text released at the end. With <see cref="FinishReason.Error"/>,
+/// <c>Error</c> says what failed and <c>ErrorCode</c>, when set, is one of <see cref="EngineErrorCodes"/>.
+/// </summary>
+public sealed record FinishEvent(int Index, FinishReason Reason, string Text, int PromptTokens, int CompletionTokens, string? Error = null, string? ErrorCode = null) : GenerationEvent(Index);
+
+/// <summary>Machine-readable causes of a <see cref="FinishReason.Error"/>, passed on to clients as the OpenAI error <c>code</c>.</summary>
+public static class EngineErrorCodes
+{
+    /// <summary>A forward step failed for this sequence, alone or in every batch that held it; the message carries the error id of the server log line.</summary>
+    public const string StepFailed = "engine_step_failed";
+}
 
 /// <summary>What the engine is doing, as of its last scheduling decision. Plain data, for gauges and gateways.</summary>
 /// <param name="KvCacheUsage">Share of KV-cache slots in use, 0..1.</param>

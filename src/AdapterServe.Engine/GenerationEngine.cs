@@ -14,7 +14,7 @@ namespace AdapterServe.Engine;
 /// Continuous batching over one resident model. A dedicated thread owns every tensor and loops
 /// schedule → execute → update; requests join and leave the batch between steps.
 /// </summary>
-public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
+public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposable
 {
     private readonly EngineOptions _options;
     private readonly ILogger _logger;
@@ -170,8 +170,8 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
             }
             catch (Exception e)
             {
-                _logger.LogError(e, "Engine step failed; failing the {Count} sequences of the batch", _running.Count);
-                foreach (var s in _running.ToList()) Finish(s, FinishReason.Error, error: e.Message);
+                // Outside a forward pass (scheduling, sampling, detokenizing): the state of the batch is unknown, so it all ends.
+                FailAll(e);
             }
         }
         foreach (var s in _running.Concat(_waiting).ToList()) Finish(s, FinishReason.Cancelled);
@@ -240,37 +240,51 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         if (_adapters is not null)   // sequences on the same adapters side by side: one contiguous segment per adapter
             step = [.. step.OrderBy(s => s.Owner.AdapterState is { } b ? _adapters.GroupKey(b) : "", StringComparer.Ordinal)];
         using var scope = NewDisposeScope();
+        RunContained(Plan(step));
+        EngineMetrics.StepSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
+    }
+
+    /// <summary>The tokens each sequence feeds this step (a decode token or a prompt chunk), fixed once so that a retried or split step feeds the same.</summary>
+    private List<PlannedStep> Plan(List<Sequence> step)
+    {
         int budget = _options.MaxTokensPerStep;
-        var steps = new List<SequenceStep>(step.Count);
-        var chunks = new int[step.Count];
+        var plan = new List<PlannedStep>(step.Count);
         for (int i = 0; i < step.Count; i++)
         {
             var s = step[i];
             int count = s.Status == SequenceStatus.Decoding ? 1 : Math.Max(1, Math.Min(s.Tokens.Count - s.Computed, budget - (step.Count - i - 1)));
             budget -= count;
-            chunks[i] = count;
             bool allLogits = s.Status == SequenceStatus.Prefilling && s.Owner.Request.PromptLogprobs;
-            steps.Add(new SequenceStep(s.Slot, s.Computed, s.Tokens.GetRange(s.Computed, count), allLogits));
+            plan.Add(new PlannedStep(s, new SequenceStep(s.Slot, s.Computed, s.Tokens.GetRange(s.Computed, count), allLogits)));
         }
-        var batch = new ForwardBatch(steps);
-        var hook = BuildHook(step, batch);
+        return plan;
+    }
+
+    /// <summary>
+    /// The forward pass of <paramref name="part"/> and its logits on the CPU. Changes nothing of the sequences: its only
+    /// lasting effect is the keys/values it writes at the positions it feeds, which a later attempt overwrites.
+    /// </summary>
+    private StepOutput Forward(IReadOnlyList<PlannedStep> part)
+    {
+        var batch = new ForwardBatch(part.Select(p => p.Step).ToList());
+        var hook = BuildHook(part, batch);
         Tensor logits;
         try { logits = _model!.Forward(batch, _cache!, hook); }                      // [rows, vocab]
         finally { (hook as IDisposable)?.Dispose(); }
-        EngineMetrics.BatchSize.Observe(step.Count);
-        EngineMetrics.StepTokens.Observe(batch.TokenCount);
-
-        bool wantLogprobs = step.Any(s => s.Owner.Request.Sampling.Logprobs is not null || s.Owner.Request.PromptLogprobs);
+        bool wantLogprobs = part.Any(p => p.Sequence.Owner.Request.Sampling.Logprobs is not null || p.Sequence.Owner.Request.PromptLogprobs);
         var logprobs = wantLogprobs ? logits.log_softmax(-1) : null;              // [rows, vocab]
-        var rowLogits = logits.cpu();
-        var rowLogprobs = logprobs?.cpu();
+        return new StepOutput(batch, logits.cpu(), logprobs?.cpu());
+    }
 
+    /// <summary>Advances the sequences of <paramref name="part"/> by the output of its forward pass: prompt progress, sampling, events.</summary>
+    private void Commit(IReadOnlyList<PlannedStep> part, StepOutput output)
+    {
+        EngineMetrics.BatchSize.Observe(part.Count);
+        EngineMetrics.StepTokens.Observe(output.Batch.TokenCount);
         int row = 0;
-        for (int i = 0; i < step.Count; i++)
+        foreach (var (s, st) in part)
         {
-            var s = step[i];
-            var st = steps[i];
-            if (st.AllLogits) RecordPromptLogprobs(s, st, rowLogprobs!, row);
+            if (st.AllLogits) RecordPromptLogprobs(s, st, output.Logprobs!, row);
             int lastRow = row + (st.AllLogits ? st.TokenCount : 1) - 1;
             row = lastRow + 1;
             s.Computed += st.TokenCount;
@@ -281,11 +295,10 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
                 s.Status = SequenceStatus.Decoding;
                 if (s.PromptLogprobs is not null) s.Owner.Emit(new PromptLogprobsEvent(s.Index, s.PromptLogprobs));
             }
-            int token = s.Sampler.Sample(RowSpan(rowLogits, lastRow));
-            var lp = s.Owner.Request.Sampling.Logprobs is int k ? TokenLogprobOf(rowLogprobs!, lastRow, token, k) : null;
+            int token = s.Sampler.Sample(RowSpan(output.Logits, lastRow));
+            var lp = s.Owner.Request.Sampling.Logprobs is int k ? TokenLogprobOf(output.Logprobs!, lastRow, token, k) : null;
             AcceptToken(s, token, lp);
         }
-        EngineMetrics.StepSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
     }
 
     private void RecordLiveTensors()
@@ -295,12 +308,12 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         EngineMetrics.LiveTensors.Set(live);
     }
 
-    private IProjectionHook? BuildHook(List<Sequence> step, ForwardBatch batch)
+    private IProjectionHook? BuildHook(IReadOnlyList<PlannedStep> part, ForwardBatch batch)
     {
-        if (_adapters is null || step.All(s => s.Owner.AdapterState is null)) return null;
-        var segments = new List<StepSegment>(step.Count);
-        for (int i = 0; i < step.Count; i++)
-            segments.Add(new StepSegment(batch.TokenStarts[i], batch.Sequences[i].TokenCount, step[i].Owner.AdapterState));
+        if (_adapters is null || part.All(p => p.Sequence.Owner.AdapterState is null)) return null;
+        var segments = new List<StepSegment>(part.Count);
+        for (int i = 0; i < part.Count; i++)
+            segments.Add(new StepSegment(batch.TokenStarts[i], batch.Sequences[i].TokenCount, part[i].Sequence.Owner.AdapterState));
         return _adapters.BuildHook(segments);
     }
 
@@ -351,7 +364,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         else if (s.Generated >= p.MaxTokens || s.Tokens.Count >= ContextLength) Finish(s, FinishReason.Length);
     }
 
-    private void Finish(Sequence s, FinishReason reason, string? error = null)
+    private void Finish(Sequence s, FinishReason reason, string? error = null, string? errorCode = null)
     {
         if (s.Status == SequenceStatus.Finished) return;
         var owner = s.Owner;
@@ -368,7 +381,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         }
         s.Status = SequenceStatus.Finished;
         string tail = reason is FinishReason.Stop or FinishReason.Length ? s.Text.Flush() : "";
-        owner.Emit(new FinishEvent(s.Index, reason, tail, s.PromptLength, s.Generated, error));
+        owner.Emit(new FinishEvent(s.Index, reason, tail, s.PromptLength, s.Generated, error, errorCode));
         EngineMetrics.RequestsFinished.WithLabels(owner.ModelLabel, reason.ToString().ToLowerInvariant()).Inc();
         EngineMetrics.E2eLatency.WithLabels(owner.ModelLabel).Observe(Stopwatch.GetElapsedTime(owner.ArrivalTimestamp).TotalSeconds);
         if (--owner.OpenChoices == 0)

@@ -9,6 +9,7 @@ try
     var builder = WebApplication.CreateBuilder(flags);
     builder.AddServerConfiguration(flags);
     builder.AddServerLogging();
+    builder.Services.AddGracefulShutdown();
     builder.Services.AddGenerationEngine();
     builder.Services.AddAdapterServing(builder.Configuration);
     builder.Services.AddOpenAIApi();

@@ -111,23 +111,18 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
             var xg = g.Rows(x);                                                      // [n_g, d_in]
             if (xg.dtype != w.A.dtype) xg = xg.to(w.A.dtype);
             var delta = linear(linear(xg, w.A), w.B);                                // [n_g, R] → [n_g, d_out]
-            if (w.Bias is not null) delta = delta.add(w.Bias);                       // + s·bias, [d_out] broadcast
+            if (w.Bias is not null) delta = TorchScalars.Add(delta, w.Bias);         // + s·bias, [d_out] broadcast
 
             if (w.IsDora)
             {
                 // Only reachable for a DoRA adapter alone on its sequences: these rows have no other contribution.
                 var rowScale = w.DoraRowScale(g.Scale, baseWeight);                  // [d_out] = m / ‖W0 + scale·ΔW‖_row
-                using var alpha = g.Scale.ToScalar();                               // held: TorchSharp does not keep Scalar arguments alive
-                var merged = g.Rows(baseOutput).to(w.A.dtype).add(delta, alpha);     // [n_g, d_out] = x W0ᵀ + scale·x ΔWᵀ
+                var merged = TorchScalars.Add(g.Rows(baseOutput).to(w.A.dtype), delta, g.Scale); // [n_g, d_out] = x W0ᵀ + scale·x ΔWᵀ
                 g.SetRows(y, merged.mul(rowScale).to(y.dtype));                      // [n_g, d_out] rows rescaled
             }
             else
             {
-                if (g.Scale != 1f)
-                {
-                    using var scale = g.Scale.ToScalar();                            // held across the native call (see TokenGroup.One)
-                    delta = delta.mul_(scale);                                       // [n_g, d_out]
-                }
+                if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);  // [n_g, d_out]
                 g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
             }
         }
@@ -170,13 +165,6 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
     /// <summary>The tokens of the step that one (adapter, scale) applies to.</summary>
     private sealed class TokenGroup : IDisposable
     {
-        /// <summary>
-        /// TorchSharp passes a Scalar's handle to native code without keeping the managed object alive, so an implicitly
-        /// converted temporary (<c>index_add_(…, 1)</c>) can be finalized mid-call: a rare libtorch assert under GC
-        /// pressure (seen in the soak). Constants live in a static field instead.
-        /// </summary>
-        private static readonly Scalar One = 1.0f.ToScalar();
-
         private readonly long _start;
         private readonly long _count;
         private readonly Tensor? _index; // [n_g] int64 token rows, null when they are one contiguous range
@@ -205,8 +193,8 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
         /// <summary><c>y[rows] += delta</c>.</summary>
         public void AddRows(Tensor y, Tensor delta)
         {
-            if (_index is null) y.narrow(0, _start, _count).add_(delta);
-            else y.index_add_(0, _index, delta, One);
+            if (_index is null) TorchScalars.AddInPlace(y.narrow(0, _start, _count), delta);
+            else TorchScalars.IndexAddInPlace(y, 0, _index, delta);
         }
 
         /// <summary><c>y[rows] = values</c>.</summary>

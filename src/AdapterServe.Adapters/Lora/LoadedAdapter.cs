@@ -162,7 +162,7 @@ public sealed class LoadedAdapter : IDisposable
         // delta B·A is applied as is; a merge into a fan_in_fan_out base would transpose ΔW.
         var a = Read("lora_A.weight", r, dIn);                                           // [r, d_in]
         var b = Read("lora_B.weight", dOut, r);                                          // [d_out, r]
-        var bias = spec.HasBias ? Read("lora_B.bias", dOut).mul(spec.Scaling) : null;    // [d_out], s·bias
+        var bias = spec.HasBias ? TorchScalars.Mul(Read("lora_B.bias", dOut), spec.Scaling) : null;    // [d_out], s·bias
         var magnitude = spec.HasMagnitude
             ? ReadAny(["lora_magnitude_vector", "lora_magnitude_vector.weight"], [dOut])  // [d_out]
               ?? throw new AdapterValidationException($"{Describe(record)}: {WeightsFileName} has no tensor '{spec.TensorPrefix}.lora_magnitude_vector'")
@@ -177,7 +177,7 @@ public sealed class LoadedAdapter : IDisposable
         else
         {
             servedA = a;                                                                 // [r, d_in]
-            servedB = b.mul(spec.Scaling);                                               // [d_out, r] = s·B
+            servedB = TorchScalars.Mul(b, spec.Scaling);                                         // [d_out, r] = s·B
         }
         var rowScale = magnitude is null ? null : LoraWeights.ComputeDoraRowScale(magnitude, servedA, servedB, 1f, baseWeight); // [d_out]
 

@@ -34,7 +34,7 @@ internal static class ChatCompletionEndpoints
         var record = GenerationRecord.For(http);
         var plan = Plan(request, engine, engineOptions.Value, record);
         var answer = new ChatAnswer(plan, "chatcmpl-" + Guid.NewGuid().ToString("N"), GenerationEndpoint.UnixNow(), record);
-        var run = GenerationRun.Start(engine, plan, answer.Id, http.RequestAborted);
+        var run = GenerationRun.Start(engine, plan, answer.Id, http.RequestAborted, http.RequestServices.GetRequiredService<ServerDrain>().Expired);
         record.ModelAccepted = true;
         if (plan.Stream)
         {

@@ -32,7 +32,7 @@ internal static class CompletionEndpoints
         var record = GenerationRecord.For(http);
         var plan = Plan(request, engine, engineOptions.Value, record);
         var answer = new CompletionAnswer(plan, engine.Tokenizer, "cmpl-" + Guid.NewGuid().ToString("N"), GenerationEndpoint.UnixNow(), record);
-        var run = GenerationRun.Start(engine, plan, answer.Id, http.RequestAborted);
+        var run = GenerationRun.Start(engine, plan, answer.Id, http.RequestAborted, http.RequestServices.GetRequiredService<ServerDrain>().Expired);
         record.ModelAccepted = true;
         if (plan.Stream)
         {

@@ -83,6 +83,7 @@ internal static class GenerationEndpoint
         FinishReason.Stop => "stop",
         FinishReason.Length => "length",
         FinishReason.Cancelled => throw ApiException.GenerationFailed($"Choice {f.Index} was cancelled by the engine before it finished (is the server shutting down?)."),
+        _ when f.ErrorCode == EngineErrorCodes.StepFailed => throw ApiException.EngineStepFailed($"Generation of choice {f.Index} failed: {f.Error}."),
         _ => throw ApiException.GenerationFailed($"Generation of choice {f.Index} failed: {f.Error ?? "unknown engine error"}."),
     };
 

@@ -8,6 +8,8 @@ namespace AdapterServe.Server.Generation;
 /// <summary>
 /// The engine requests of one HTTP request (one per prompt) with their event streams merged. Cancelling the HTTP
 /// request (client gone) cancels them; disposing before they finished (an error while answering) cancels them too.
+/// When the shutdown drain times out (<c>drainExpired</c>), the events end with a 503 <c>server_shutting_down</c> error
+/// after those already received, and the engine requests are cancelled.
 /// </summary>
 internal sealed class GenerationRun : IAsyncDisposable
 {
@@ -16,6 +18,7 @@ internal sealed class GenerationRun : IAsyncDisposable
     private readonly Channel<(int Prompt, GenerationEvent Event)> _events =
         Channel.CreateUnbounded<(int, GenerationEvent)>(new UnboundedChannelOptions { SingleReader = true });
     private bool _completed;
+    private CancellationTokenRegistration _drainExpired;
 
     private GenerationRun(GenerationPlan plan, CancellationToken requestAborted)
     {
@@ -24,7 +27,7 @@ internal sealed class GenerationRun : IAsyncDisposable
     }
 
     /// <summary>Submits every prompt; engine refusals (queue full, unknown adapter, …) become OpenAI errors.</summary>
-    public static GenerationRun Start(IGenerationEngine engine, GenerationPlan plan, string requestId, CancellationToken requestAborted)
+    public static GenerationRun Start(IGenerationEngine engine, GenerationPlan plan, string requestId, CancellationToken requestAborted, CancellationToken drainExpired = default)
     {
         var run = new GenerationRun(plan, requestAborted);
         var readers = new List<ChannelReader<GenerationEvent>>(plan.Prompts.Count);
@@ -51,7 +54,15 @@ internal sealed class GenerationRun : IAsyncDisposable
         }
         run._openReaders = readers.Count;
         for (int p = 0; p < readers.Count; p++) run.Forward(p, readers[p]);
+        run._drainExpired = drainExpired.Register(run.CutOff);
         return run;
+    }
+
+    /// <summary>The shutdown drain timed out: end the events with the error (they are read up to it), then stop the engine requests.</summary>
+    private void CutOff()
+    {
+        _events.Writer.TryComplete(ApiException.ShuttingDown("The server is shutting down and its drain timeout passed before this generation finished; retry it."));
+        _cancel.Cancel();
     }
 
     private int _openReaders;
@@ -106,6 +117,7 @@ internal sealed class GenerationRun : IAsyncDisposable
 
     public ValueTask DisposeAsync()
     {
+        _drainExpired.Dispose();     // waits for a running CutOff, so it never meets a disposed source
         if (!_completed) _cancel.Cancel();
         _cancel.Dispose();
         return ValueTask.CompletedTask;

@@ -32,6 +32,7 @@ public static class CommandLineFlags
         ["--data-dir"] = "Server:DataDir",
         ["--allowed-adapter-paths"] = "Server:AllowedAdapterPaths",
         ["--gateway-metrics"] = "Server:GatewayMetrics",
+        ["--drain-timeout"] = "Server:DrainTimeoutSeconds",
     };
 
     public static string[] Translate(IReadOnlyList<string> args)

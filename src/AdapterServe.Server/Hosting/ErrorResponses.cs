@@ -24,7 +24,9 @@ internal sealed class ErrorResponses(RequestDelegate next, ILogger<ErrorResponse
         catch (Exception e)
         {
             var error = Map(e);
-            if (error.StatusCode >= 500) logger.LogError(e, "{Method} {Path} failed", http.Request.Method, http.Request.Path.Value);
+            // 503 is a state the server is in (loading, draining for shutdown), not a failure to log with its stack.
+            if (error.StatusCode >= 500 && error.StatusCode != StatusCodes.Status503ServiceUnavailable)
+                logger.LogError(e, "{Method} {Path} failed", http.Request.Method, http.Request.Path.Value);
             if (http.Response.HasStarted)
             {
                 logger.LogWarning("{Method} {Path}: {Message} (after the response started; closing the connection)", http.Request.Method, http.Request.Path.Value, error.Message);

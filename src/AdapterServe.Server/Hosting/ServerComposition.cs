@@ -72,12 +72,16 @@ public static class ServerComposition
         return services;
     }
 
-    /// <summary>Request log (outermost, sees the final status), OpenAI-shaped bodies for framework errors, exception → error mapping.</summary>
+    /// <summary>
+    /// Request log (outermost, sees the final status), OpenAI-shaped bodies for framework errors, exception → error mapping,
+    /// and the shutdown drain's gate on generation requests.
+    /// </summary>
     public static WebApplication UseServerPipeline(this WebApplication app)
     {
         app.UseMiddleware<RequestLog>();
         app.UseStatusCodePages(ErrorResponses.StatusCodePage);
         app.UseMiddleware<ErrorResponses>();
+        app.UseMiddleware<DrainGate>();
         return app;
     }
 

@@ -33,6 +33,9 @@ public sealed class ServerOptions
     /// </summary>
     public bool GatewayMetrics { get; set; }
 
+    /// <summary>On SIGTERM or Ctrl+C, how long running generations may go on before they end with an error (<c>--drain-timeout</c>).</summary>
+    public int DrainTimeoutSeconds { get; set; } = 30;
+
     /// <summary>The configured keys, comma-separated entries split and trimmed.</summary>
     public IReadOnlyList<string> EffectiveApiKeys =>
         ApiKeys.SelectMany(k => k.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)).ToList();
@@ -52,6 +55,8 @@ internal sealed class ServerOptionsValidator : IValidateOptions<ServerOptions>
         for (int i = 0; i < o.ApiKeys.Count; i++)
             if (string.IsNullOrWhiteSpace(o.ApiKeys[i]) || o.ApiKeys[i].Split(',').Any(k => k.Trim().Length == 0))
                 errors.Add($"Server:ApiKeys:{i} (--api-key) holds an empty key.");
+        if (o.DrainTimeoutSeconds is < 0 or > ServerDrain.MaxTimeoutSeconds)
+            errors.Add($"Server:DrainTimeoutSeconds (--drain-timeout) must be between 0 and {ServerDrain.MaxTimeoutSeconds} seconds, got {o.DrainTimeoutSeconds}.");
         if (o.AdminKey is { } admin && string.IsNullOrWhiteSpace(admin))
             errors.Add("Server:AdminKey (--admin-key) must not be blank.");
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);

@@ -1,4 +1,5 @@
 using System.Text.Json.Serialization;
+using AdapterServe.Engine;
 
 namespace AdapterServe.Server.OpenAI;
 
@@ -61,6 +62,14 @@ public sealed class ApiException(int statusCode, string type, string? code, stri
         new(StatusCodes.Status503ServiceUnavailable, "service_unavailable", "model_loading", null,
             "The model is still loading; retry when GET /health answers 200.");
 
+    /// <summary>The server is draining for shutdown (503): refused before it started, or cut off at the drain timeout.</summary>
+    public static ApiException ShuttingDown(string message) =>
+        new(StatusCodes.Status503ServiceUnavailable, "service_unavailable", "server_shutting_down", null, message);
+
     public static ApiException GenerationFailed(string message) =>
         new(StatusCodes.Status500InternalServerError, "server_error", "generation_failed", null, message);
+
+    /// <summary>A forward step failed for this request's sequence; <paramref name="message"/> carries the error id of the server log line.</summary>
+    public static ApiException EngineStepFailed(string message) =>
+        new(StatusCodes.Status500InternalServerError, "server_error", EngineErrorCodes.StepFailed, null, message);
 }
