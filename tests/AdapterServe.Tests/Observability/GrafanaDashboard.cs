@@ -41,7 +41,8 @@ public sealed partial class GrafanaDashboard
         var variables = (json["templating"]?["list"] as JsonArray ?? [])
             .Select(v =>
             {
-                string query = (string?)v!["query"]?["query"] ?? (string)v["query"]!;
+                // Grafana keeps a variable's query as a string (the classic form) or as an object with a "query" string.
+                string query = v!["query"] is JsonObject editor ? (string)editor["query"]! : (string)v["query"]!;
                 var m = LabelValues().Match(query);
                 if (!m.Success) throw new InvalidDataException($"variable {(string?)v["name"]}: '{query}' is not label_values(selector, label)");
                 return new Variable((string)v["name"]!, m.Groups["selector"].Value.Trim(), m.Groups["label"].Value.Trim(), (string?)v["allValue"]);
