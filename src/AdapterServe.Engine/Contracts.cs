@@ -132,6 +132,6 @@ public sealed class EngineOptions
     public int MaxQueue { get; set; } = 256;
     /// <summary>Most tokens (prefill + decode) in one forward step.</summary>
     public int MaxTokensPerStep { get; set; } = 2048;
-    /// <summary>Longest sequence (prompt + completion); 0 = the model's max_position_embeddings, capped at 4096.</summary>
+    /// <summary>Longest sequence (prompt + completion); 0 = the model's max_position_embeddings, capped at 2048.</summary>
     public int MaxContext { get; set; }
 }

@@ -84,13 +84,6 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         };
     }
 
-    /// <summary>
-    /// The frozen base weight <c>W0</c> of one projection, for adapters computed from it at load (KaSA's SVD).
-    /// Read-only; safe to read from the adapter loader thread once <see cref="IsReady"/>.
-    /// </summary>
-    public Tensor BaseWeight(int layer, Projection projection) =>
-        (_model ?? throw new InvalidOperationException("the base model is not loaded yet")).ProjectionOf(layer, projection).Weight;
-
     public ChannelReader<GenerationEvent> Submit(GenerationRequest request, CancellationToken cancellationToken)
     {
         if (_stopping) throw new ObjectDisposedException(nameof(GenerationEngine));
@@ -100,7 +93,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
             if (id < 0 || id >= Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(request), $"token id {id} is outside the vocabulary (0..{Config.VocabSize - 1})");
         if (request.PromptTokens.Count >= ContextLength)
             throw new ContextLengthExceededException($"The prompt has {request.PromptTokens.Count} tokens; this model's context length is {ContextLength}.");
-        if (request.PromptTokens.Count + request.Sampling.MaxTokens > ContextLength)
+        if ((long)request.PromptTokens.Count + request.Sampling.MaxTokens > ContextLength)     // long: max_tokens near int.MaxValue must not wrap
             throw new ContextLengthExceededException($"The prompt ({request.PromptTokens.Count} tokens) plus max_tokens ({request.Sampling.MaxTokens}) exceeds this model's context length of {ContextLength}.");
         if (request.N > _options.MaxBatch)
             throw new ArgumentOutOfRangeException(nameof(request), $"n ({request.N}) exceeds the batch size ({_options.MaxBatch})");
@@ -141,6 +134,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
             var dtype = ParseDtype(_options.Dtype, device);
             _model = LlamaModel.Load(_modelDirectory, dtype, device, ContextLength);
             _cache = new KvCache(Config, _options.MaxBatch, ContextLength, dtype, device);
+            _adapters?.ModelReady(new ModelBaseWeights(_model));
             _logger.LogInformation("Loaded {ModelId} ({Architecture}, {Layers} layers, hidden {Hidden}) as {Dtype} on {Device} in {LoadSeconds:F2}s: {WeightBytes} weight bytes, KV cache {KvBytes} bytes ({Slots} slots x {Context} positions)",
                 Model.Id, Config.Architecture, Config.NumHiddenLayers, Config.HiddenSize, dtype, device, sw.Elapsed.TotalSeconds, _model.ParameterBytes, _cache.Bytes, _cache.Slots, ContextLength);
             _ready = true;
@@ -238,7 +232,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
     {
         long started = Stopwatch.GetTimestamp();
         if (_adapters is not null)   // sequences on the same adapters side by side: one contiguous segment per adapter
-            step = [.. step.OrderBy(s => s.Owner.AdapterState is { } b ? _adapters.GroupKey(b) : "", StringComparer.Ordinal)];
+            step = [.. step.OrderBy(s => s.Owner.AdapterState?.GroupKey ?? "", StringComparer.Ordinal)];
         using var scope = NewDisposeScope();
         RunContained(Plan(step));
         EngineMetrics.StepSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
@@ -270,7 +264,8 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         var hook = BuildHook(part, batch);
         Tensor logits;
         try { logits = _model!.Forward(batch, _cache!, hook); }                      // [rows, vocab]
-        finally { (hook as IDisposable)?.Dispose(); }
+        catch { hook?.Abandon(); throw; }
+        hook?.Complete();
         bool wantLogprobs = part.Any(p => p.Sequence.Owner.Request.Sampling.Logprobs is not null || p.Sequence.Owner.Request.PromptLogprobs);
         var logprobs = wantLogprobs ? logits.log_softmax(-1) : null;              // [rows, vocab]
         return new StepOutput(batch, logits.cpu(), logprobs?.cpu());
@@ -308,7 +303,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         EngineMetrics.LiveTensors.Set(live);
     }
 
-    private IProjectionHook? BuildHook(IReadOnlyList<PlannedStep> part, ForwardBatch batch)
+    private IAdapterStepHook? BuildHook(IReadOnlyList<PlannedStep> part, ForwardBatch batch)
     {
         if (_adapters is null || part.All(p => p.Sequence.Owner.AdapterState is null)) return null;
         var segments = new List<StepSegment>(part.Count);
@@ -409,21 +404,11 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         return sequences.SelectMany(s => s.Owner.Request.Adapters.Select(a => a.Name)).Distinct().Order(StringComparer.Ordinal).ToList();
     }
 
-    public static Device ParseDevice(string device) => device.ToLowerInvariant() switch
-    {
-        "cpu" => CPU,
-        var d when d.StartsWith("cuda", StringComparison.Ordinal) => cuda.is_available() ? new Device(d) : throw new ArgumentException($"device '{device}' requested but CUDA is not available in this build (build with -p:TorchSharpBackend=cuda on a GPU machine)"),
-        _ => throw new ArgumentException($"unknown device '{device}' (use cpu or cuda[:N])"),
-    };
+    /// <summary>See <see cref="ComputeTarget.ParseDevice"/> (the one parser of <c>--device</c>).</summary>
+    public static Device ParseDevice(string device) => ComputeTarget.ParseDevice(device);
 
-    public static ScalarType ParseDtype(string dtype, Device device) => dtype.ToLowerInvariant() switch
-    {
-        "float32" or "fp32" or "f32" => ScalarType.Float32,
-        "bfloat16" or "bf16" => ScalarType.BFloat16,
-        "float16" or "fp16" or "f16" when device.type == DeviceType.CUDA => ScalarType.Float16,
-        "float16" or "fp16" or "f16" => throw new ArgumentException("float16 is only supported on cuda (on this CPU it is ~250x slower than float32); use float32 or bfloat16"),
-        _ => throw new ArgumentException($"unknown dtype '{dtype}' (use float32, bfloat16, or float16 on cuda)"),
-    };
+    /// <summary>See <see cref="ComputeTarget.ParseDtype"/> (the one parser of <c>--dtype</c>).</summary>
+    public static ScalarType ParseDtype(string dtype, Device device) => ComputeTarget.ParseDtype(dtype, device);
 
     public async ValueTask DisposeAsync()
     {

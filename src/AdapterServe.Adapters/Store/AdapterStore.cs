@@ -26,16 +26,19 @@ public sealed class AdapterStore
     private readonly string? _baseModelId;
     private readonly IReadOnlyList<string> _allowedPaths;
     private readonly ModelConfig _baseModel;
+    private readonly AdapterKinds _kinds;
     private readonly IAdapterResidency _residency;
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
     private readonly SemaphoreSlim _writes = new(1, 1);
     private readonly Dictionary<(string Name, int Version), DateTimeOffset> _retired = [];
 
+    /// <param name="kinds">The adapter kinds accepted (default: <see cref="AdapterKinds.BuiltIn"/>).</param>
     /// <param name="baseModelId">The served id of the base model: names the per-base store folder, and no adapter may take it.</param>
     public AdapterStore(AdapterStoreOptions options, ModelConfig baseModel, IAdapterResidency residency, AdapterRegistry registry,
-        ILogger<AdapterStore>? logger = null, TimeProvider? time = null, string? baseModelId = null)
+        ILogger<AdapterStore>? logger = null, TimeProvider? time = null, string? baseModelId = null, AdapterKinds? kinds = null)
     {
+        _kinds = kinds ?? AdapterKinds.BuiltIn;
         if (options.Problems() is { Count: > 0 } problems) throw new ArgumentException(string.Join("; ", problems), nameof(options));
         _options = options;
         _baseModel = baseModel;
@@ -66,7 +69,7 @@ public sealed class AdapterStore
     public long MaxUploadBytes => _options.MaxUploadBytes;
 
     /// <summary>A fresh staging folder for one incoming adapter; dispose it when done (commit moves what it keeps).</summary>
-    public AdapterStaging BeginStaging() => new(TmpDirectory);
+    public AdapterStaging BeginStaging() => new(TmpDirectory, _kinds);
 
     /// <summary>Refuses early (409) a new adapter whose name is taken, before its files are received.</summary>
     public void EnsureCanCreate(string name, bool replace)
@@ -132,7 +135,7 @@ public sealed class AdapterStore
         finally { _writes.Release(); }
 
         _logger.LogInformation("Adapter {Name} v{Version} stored ({Kind}, {Modules} modules, {Bytes} bytes, {Hash}) from {Source}",
-            name, commit.Record.Version, description.Kind, description.Modules.Count, description.WeightBytes, commit.Record.ContentHash, source);
+            name, commit.Record.Version, description.Kind, description.ModuleSummaries.Count, description.WeightBytes, commit.Record.ContentHash, source);
         if (commit.Replaced is not null)
         {
             _residency.Forget(name);
@@ -368,17 +371,35 @@ public sealed class AdapterStore
 
     private (AdapterDescription, IReadOnlyList<StoredFile>) Prepare(string peftDirectory, string versionStaging)
     {
-        var description = AdapterValidator.Validate(peftDirectory, _baseModel, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation));
+        var description = AdapterValidator.Validate(peftDirectory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation));
+        var layout = description.Handler.Files;
+        RefuseUnplaced(peftDirectory, layout, description.Kind);
+        var names = layout.Find(peftDirectory);
         Directory.CreateDirectory(versionStaging);
-        string[] names = [PeftLoraConfig.FileName, AdapterValidator.WeightsFileName];
+        var folders = new SortedSet<string>(StringComparer.Ordinal);
         foreach (var file in names)
         {
             string target = Path.Combine(versionStaging, file);
+            string folder = Path.GetDirectoryName(target)!;
+            if (folder != versionStaging && folders.Add(folder)) Directory.CreateDirectory(folder);
             File.Move(Path.Combine(peftDirectory, file), target);
             DurableFiles.FlushFile(target);
         }
+        foreach (var folder in folders.Reverse()) DurableFiles.FlushDirectory(folder);     // nested folders (a mixer's experts), deepest first
         var (_, files) = ContentHash.Compute(versionStaging, names);
         return (description, files);
+    }
+
+    /// <summary>Refuses a received file in a subfolder that the adapter's kind does not place (it would be dropped silently).</summary>
+    private static void RefuseUnplaced(string peftDirectory, AdapterFiles layout, AdapterKind kind)
+    {
+        foreach (var path in Directory.EnumerateFiles(peftDirectory, "*", SearchOption.AllDirectories))
+        {
+            string relative = Path.GetRelativePath(peftDirectory, path).Replace(Path.DirectorySeparatorChar, '/');
+            if (relative.Contains('/') && !layout.Places(relative))
+                throw new AdapterValidationException(
+                    $"'{relative}' is not a file of a {kind} adapter (its files: {string.Join(", ", layout.Patterns.Select(p => p.Pattern))})", "unexpected_adapter_file");
+        }
     }
 
     private void Open()
@@ -422,7 +443,7 @@ public sealed class AdapterStore
                     throw new InvalidDataException($"manifest says '{manifest.Name}' v{manifest.Version}");
                 if (manifest.BaseModel != expectedBase)
                     throw new InvalidDataException($"it was stored for another base model ({manifest.BaseModel}, this one is {expectedBase})");
-                var description = AdapterValidator.Validate(directory, _baseModel, new AdapterValidationOptions(ScanWeights: false, _options.KasaTruncation));
+                var description = AdapterValidator.Validate(directory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: false, _options.KasaTruncation));
                 Registry.Publish(new AdapterRecord(name, current, directory, description, manifest.ContentHash, manifest.Source, manifest.CreatedAt, manifest.UpdatedAt));
             }
             catch (Exception e) when (e is AdapterValidationException or InvalidDataException or IOException)

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using AdapterServe.Engine;
+using AdapterServe.Server.Hosting;
 using AdapterServe.Server.OpenAI;
 
 namespace AdapterServe.Server.Generation;
@@ -105,15 +106,8 @@ internal sealed class GenerationRun : IAsyncDisposable
         _completed = true;
     }
 
-    public static Exception Translate(Exception e, GenerationPlan plan) => e switch
-    {
-        ApiException => e,
-        QueueFullException q => ApiException.QueueFull(q.Message),
-        ContextLengthExceededException c => ApiException.CompletionTooLong(plan.MaxTokensParam, c.Message),
-        AdapterNotFoundException a when a.AdapterName == plan.ModelAdapter => ApiException.ModelNotFound("model", plan.Model),
-        AdapterNotFoundException a => ApiException.ModelNotFound("adapters", a.AdapterName),
-        _ => e,
-    };
+    /// <summary>Engine refusals as OpenAI errors naming this request's fields; anything else unchanged (the error middleware logs it as a 500).</summary>
+    private static Exception Translate(Exception e, GenerationPlan plan) => ApiErrors.Known(e, plan) ?? e;
 
     public ValueTask DisposeAsync()
     {

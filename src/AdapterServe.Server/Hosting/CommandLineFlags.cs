@@ -33,6 +33,9 @@ public static class CommandLineFlags
         ["--allowed-adapter-paths"] = "Server:AllowedAdapterPaths",
         ["--gateway-metrics"] = "Server:GatewayMetrics",
         ["--drain-timeout"] = "Server:DrainTimeoutSeconds",
+        ["--rate-limit-rpm"] = "Server:RateLimit:RequestsPerMinute",
+        ["--rate-limit-burst"] = "Server:RateLimit:Burst",
+        ["--max-prompt-bytes"] = "Server:Limits:MaxPromptBytes",
     };
 
     public static string[] Translate(IReadOnlyList<string> args)
@@ -71,8 +74,8 @@ public static class CommandLineFlags
             else
             {
                 result.Add($"--{path}={value}");
-                // The adapter store (Adapters room) reads its admin key from the top-level "admin-key": the same flag reaches it.
-                // It reads Server:DataDir itself (the data root; each base model's store is a folder in it).
+                // The adapter store (Adapters room) reads its admin key from Server:AdminKey or the top-level "admin-key":
+                // the same flag reaches it. It reads Server:DataDir itself (the data root; each base model's store is a folder in it).
                 if (flag == "--admin-key") result.Add($"--admin-key={value}");
             }
         }

@@ -30,6 +30,8 @@ public static class ServerComposition
         builder.Services.AddSingleton<IValidateOptions<EngineOptions>, EngineOptionsValidator>();
         builder.Services.AddOptions<ServerOptions>().Bind(builder.Configuration.GetSection(ServerOptions.Section)).ValidateOnStart();
         builder.Services.AddOptions<EngineOptions>().Bind(builder.Configuration.GetSection(EngineSection)).ValidateOnStart();
+        builder.Services.AddRequestLimits(builder.Configuration);
+        builder.Services.AddRequestRateLimits(builder.Configuration);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             var server = kestrel.ApplicationServices.GetRequiredService<IOptions<ServerOptions>>().Value;
@@ -57,7 +59,7 @@ public static class ServerComposition
         return builder;
     }
 
-    /// <summary>The OpenAI wire format for responses, and the seam for more <c>/v1/models</c> entries (<see cref="IModelCardSource"/>).</summary>
+    /// <summary>The OpenAI wire format (<see cref="ApiJson"/>) for the responses the endpoints write.</summary>
     public static IServiceCollection AddOpenAIApi(this IServiceCollection services)
     {
         services.ConfigureHttpJsonOptions(o => ApiJson.Configure(o.SerializerOptions));
@@ -74,7 +76,7 @@ public static class ServerComposition
 
     /// <summary>
     /// Request log (outermost, sees the final status), OpenAI-shaped bodies for framework errors, exception → error mapping,
-    /// and the shutdown drain's gate on generation requests.
+    /// the shutdown drain's gate on generation requests, and the per-client rate limit.
     /// </summary>
     public static WebApplication UseServerPipeline(this WebApplication app)
     {
@@ -82,6 +84,7 @@ public static class ServerComposition
         app.UseStatusCodePages(ErrorResponses.StatusCodePage);
         app.UseMiddleware<ErrorResponses>();
         app.UseMiddleware<DrainGate>();
+        app.UseRequestRateLimits();
         return app;
     }
 

@@ -77,17 +77,8 @@ internal sealed class EngineOptionsValidator : IValidateOptions<EngineOptions>
         }
         if (o.ServedModelName is { } served && (served.Length == 0 || served.Contains(':') || served.Any(char.IsWhiteSpace)))
             errors.Add($"Engine:ServedModelName (--served-model-name) must be non-empty without ':' or spaces, got '{served}'.");
-        string device = o.Device?.ToLowerInvariant() ?? "";
-        bool cuda = device == "cuda" || (device.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(device[5..], out int ordinal) && ordinal >= 0);
-        if (device != "cpu" && !cuda)
-            errors.Add($"Engine:Device (--device) must be 'cpu', 'cuda' or 'cuda:N', got '{o.Device}'.");
-        switch (o.Dtype?.ToLowerInvariant())
-        {
-            case "float32" or "bfloat16": break;
-            case "float16" when cuda: break;
-            case "float16": errors.Add("Engine:Dtype (--dtype) float16 needs --device cuda; on the CPU use float32 or bfloat16."); break;
-            default: errors.Add($"Engine:Dtype (--dtype) must be float32, bfloat16 or float16, got '{o.Dtype}'."); break;
-        }
+        if (ComputeTarget.DeviceProblem(o.Device) is { } device) errors.Add($"Engine:Device (--device) {device}.");
+        if (ComputeTarget.DtypeProblem(o.Dtype, o.Device) is { } dtype) errors.Add($"Engine:Dtype (--dtype) {dtype}.");
         if (o.MaxBatch < 1) errors.Add($"Engine:MaxBatch (--max-batch) must be at least 1, got {o.MaxBatch}.");
         if (o.MaxQueue < 1) errors.Add($"Engine:MaxQueue (--max-queue) must be at least 1, got {o.MaxQueue}.");
         if (o.MaxTokensPerStep < 1) errors.Add($"Engine:MaxTokensPerStep (--max-tokens-per-step) must be at least 1, got {o.MaxTokensPerStep}.");

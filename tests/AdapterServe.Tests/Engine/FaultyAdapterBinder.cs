@@ -16,7 +16,10 @@ public sealed class FaultyAdapterBinder(Fault fault, int cleanDecodeSteps, int l
 {
     public const string Name = "faulty";
 
-    private sealed class Binding;
+    private sealed class Binding : AdapterBinding
+    {
+        public override string GroupKey => Name;
+    }
 
     private int _decodeHooks;
     private int _throws;
@@ -27,14 +30,14 @@ public sealed class FaultyAdapterBinder(Fault fault, int cleanDecodeSteps, int l
     /// <summary>Most sequences in a step made to throw (above 1: the fault hit a mixed batch).</summary>
     public int LargestFailingBatch => Volatile.Read(ref _largestFailingBatch);
 
-    public object Bind(IReadOnlyList<AdapterRef> adapters) =>
+    public AdapterBinding Bind(IReadOnlyList<AdapterRef> adapters) =>
         adapters.FirstOrDefault(a => a.Name != Name) is { } unknown ? throw new AdapterNotFoundException(unknown.Name) : new Binding();
 
-    public bool IsReady(object binding) => true;
-    public void Release(object binding) { }
-    public string GroupKey(object binding) => Name;
+    public void ModelReady(IBaseWeights baseWeights) { }
+    public bool IsReady(AdapterBinding binding) => true;
+    public void Release(AdapterBinding binding) { }
 
-    public IProjectionHook? BuildHook(IReadOnlyList<StepSegment> segments)
+    public IAdapterStepHook? BuildHook(IReadOnlyList<StepSegment> segments)
     {
         var faulty = segments.Where(s => s.Binding is Binding).ToList();
         if (faulty.Count == 0) return null;
@@ -55,8 +58,11 @@ public sealed class FaultyAdapterBinder(Fault fault, int cleanDecodeSteps, int l
         return new Hook(throws, layers - 1);
     }
 
-    private sealed class Hook(bool throws, int lastLayer) : IProjectionHook
+    private sealed class Hook(bool throws, int lastLayer) : IAdapterStepHook
     {
+        public void Complete() { }
+        public void Abandon() { }
+
         public Tensor Apply(int layer, Projection projection, Tensor x, Tensor baseOutput, Tensor baseWeight) =>
             throws && layer == lastLayer && projection == Projection.Down
                 ? throw new InvalidOperationException("injected fault in the forward pass")

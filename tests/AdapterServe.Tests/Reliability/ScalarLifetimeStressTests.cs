@@ -188,12 +188,10 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
         public static async Task<StressEngine> StartAsync(string modelDir, ConcurrentQueue<string> errors)
         {
             var config = ModelConfig.Load(Path.Combine(modelDir, "config.json"));
-            GenerationEngine? engine = null;
-            var cache = new AdapterResidencyCache(new ResidencyOptions { MaxDeviceAdapters = Kinds.Length },
-                (layer, p) => engine!.BaseWeight(layer, p), CPU, ScalarType.Float32);
+            var cache = new AdapterResidencyCache(new ResidencyOptions { MaxDeviceAdapters = Kinds.Length }, baseWeights: null, CPU, ScalarType.Float32);
             var registry = new AdapterRegistry();
             var loggers = LoggerFactory.Create(b => b.AddProvider(new ErrorLog(errors)));
-            engine = GenerationEngine.Start(new EngineOptions { ModelPath = modelDir, MaxBatch = 8, MaxContext = 128 }, loggers,
+            var engine = GenerationEngine.Start(new EngineOptions { ModelPath = modelDir, MaxBatch = 8, MaxContext = 128 }, loggers,
                 new RegistryAdapterBinder(registry, cache));
             while (!engine.IsReady)
             {
