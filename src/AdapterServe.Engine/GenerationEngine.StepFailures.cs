@@ -19,9 +19,9 @@ namespace AdapterServe.Engine;
 /// </remarks>
 public sealed partial class GenerationEngine
 {
-    private static readonly Counter.Child StepsRetriedOk = EngineMetrics.StepFailures.WithLabels("retried_ok");
-    private static readonly Counter.Child StepsIsolated = EngineMetrics.StepFailures.WithLabels("isolated");
-    private static readonly Counter.Child StepsFailed = EngineMetrics.StepFailures.WithLabels("failed");
+    private static Counter.Child StepsRetriedOk => EngineMetrics.StepsRetriedOk;
+    private static Counter.Child StepsIsolated => EngineMetrics.StepsIsolated;
+    private static Counter.Child StepsFailed => EngineMetrics.StepsFailed;
 
     /// <summary>One sequence's share of a step: the tokens it feeds at its past length.</summary>
     private readonly record struct PlannedStep(Sequence Sequence, SequenceStep Step);
