@@ -76,7 +76,7 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
         }
         catch
         {
-            foreach (var e in executors) e.Complete();
+            foreach (var e in executors) e.Abandon();
             foreach (var g in _groups) g?.Dispose();
             throw;
         }
@@ -123,7 +123,22 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
         }
     }
 
-    public void Dispose() => Complete();
+    /// <summary>The forward pass threw: the step's index tensors are freed and no kind's end-of-step work runs (the step is retried or split). Idempotent.</summary>
+    public void Abandon()
+    {
+        if (_completed) return;
+        _completed = true;
+        try
+        {
+            foreach (var executor in _executors) executor.Abandon();
+        }
+        finally
+        {
+            foreach (var g in _groups) g.Dispose();
+        }
+    }
+
+    public void Dispose() => Abandon();
 
     private static List<(LoadedAdapter Adapter, float Scale)> MergeDuplicates(AdapterSegment segment)
     {

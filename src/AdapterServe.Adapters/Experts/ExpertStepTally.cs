@@ -29,11 +29,23 @@ public sealed class ExpertStepTally : IDisposable
 
     internal void Join() => _holders++;
 
-    /// <summary>One holder of the step is done (its executor completed); the last one flushes the step's counts in one copy.</summary>
+    private bool _abandoned;
+
+    /// <summary>One holder of the step is done (its executor completed); the last one flushes the step's counts in one copy (or drops them if a holder abandoned the step).</summary>
     public void Leave()
     {
         if (_holders <= 0) return;
-        if (--_holders == 0) Flush();
+        if (--_holders > 0) return;
+        if (_abandoned) Discard(); else Flush();
+        _abandoned = false;
+    }
+
+    /// <summary>One holder leaves a step whose forward threw: nothing recorded in this step is counted, and no host copy is made.</summary>
+    public void Abandon()
+    {
+        if (_holders <= 0) { Discard(); return; }
+        _abandoned = true;
+        Leave();
     }
 
     /// <summary>Sites recorded since the last flush.</summary>

@@ -43,8 +43,9 @@ public sealed record AdapterFiles(IReadOnlyList<AdapterFilePattern> Patterns)
 
     /// <summary>
     /// The files of this layout present in <paramref name="directory"/> (relative, '/'-separated, ordinal order).
-    /// Only the folders a pattern names are listed (never a whole tree) and folder links are not entered; whatever sits
-    /// at a file's path is listed (a link, a folder, a FIFO): callers that read files from outside check each one.
+    /// Only the folders a pattern names are searched (never a whole tree). Whatever sits at a file's path is listed (a
+    /// link, a folder, a FIFO), and a folder link on a pattern's way is listed in place of the files beneath it (never
+    /// entered): callers that read files from outside check each entry and refuse what is not a regular file.
     /// </summary>
     public IReadOnlyList<string> Find(string directory)
     {
@@ -53,11 +54,6 @@ public sealed record AdapterFiles(IReadOnlyList<AdapterFilePattern> Patterns)
             Expand(directory, pattern.Segments, 0, "", found);
         return [.. found];
     }
-
-    /// <summary>Required files missing from <paramref name="directory"/>.</summary>
-    public IEnumerable<string> Missing(string directory) =>
-        Patterns.Where(p => p.Required && !p.Pattern.Contains('*') && !File.Exists(Path.Combine(directory, p.Pattern)))
-            .Select(p => p.Pattern);
 
     private static void Expand(string directory, IReadOnlyList<string> segments, int index, string prefix, SortedSet<string> found)
     {
@@ -73,7 +69,11 @@ public sealed record AdapterFiles(IReadOnlyList<AdapterFilePattern> Patterns)
             {
                 if (File.Exists(path) || Directory.Exists(path) || new FileInfo(path).LinkTarget is not null) found.Add(relative);
             }
-            else if (Directory.Exists(path) && new DirectoryInfo(path).LinkTarget is null)
+            else if (new DirectoryInfo(path).LinkTarget is not null)
+            {
+                found.Add(relative);    // a linked folder: listed so that a reader refuses it, not skipped
+            }
+            else if (Directory.Exists(path))
             {
                 Expand(path, segments, index + 1, relative + "/", found);
             }

@@ -49,6 +49,7 @@ public sealed class AdapterKinds
     public IReadOnlyList<string> Find(string directory) =>
         [.. Handlers.SelectMany(h => h.Files.Find(directory)).Distinct().Order(StringComparer.Ordinal)];
 
-    /// <summary>Every file pattern of every kind, for messages.</summary>
-    public string DescribeFiles() => string.Join(", ", Handlers.SelectMany(h => h.Files.Patterns).Select(p => p.Pattern).Distinct());
+    /// <summary>Every file pattern of every kind (only those at the adapter folder's top when <paramref name="topOnly"/>), for messages.</summary>
+    public string DescribeFiles(bool topOnly = false) => string.Join(", ",
+        Handlers.SelectMany(h => h.Files.Patterns).Select(p => p.Pattern).Where(p => !topOnly || !p.Contains('/')).Distinct());
 }

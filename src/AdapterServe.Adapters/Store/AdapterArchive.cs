@@ -13,8 +13,8 @@ public sealed record ArchiveLimits(int MaxEntries, long MaxUncompressedBytes);
 /// segments (zip-slip), no symbolic or hard links, no devices, no duplicate names, at most
 /// <see cref="ArchiveLimits.MaxEntries"/> entries and <see cref="ArchiveLimits.MaxUncompressedBytes"/> bytes.
 /// Only files some kind places (<see cref="AdapterKinds.Places"/>, nested folders included) are written to disk;
-/// other files at the adapter folder's top (a README) are left behind, and a nested file no kind places is refused
-/// rather than silently dropped.
+/// other files at the adapter folder's top (a README) and macOS Finder metadata (<c>__MACOSX/</c>, <c>.DS_Store</c>) are
+/// left behind, and any other nested file no kind places is refused rather than silently dropped.
 /// </summary>
 public static class AdapterArchive
 {
@@ -119,7 +119,7 @@ public static class AdapterArchive
                 throw TooLarge(limits);
             if (!Placed(segments, kinds))
             {
-                if (segments.Count <= 2) continue;   // a file at the adapter folder's top that no kind uses (README.md): left behind
+                if (segments.Count <= 2 || IsFinderMetadata(segments)) continue;   // README.md at the adapter folder's top, macOS Finder litter: left behind
                 throw Invalid($"archive entry '{shown}' is in a folder no adapter kind uses (adapter files: {kinds.DescribeFiles()}); " +
                     "refusing rather than dropping it", "archive_unplaced_entry");
             }
@@ -145,6 +145,10 @@ public static class AdapterArchive
     private static bool Placed(List<string> segments, AdapterKinds kinds) =>
         kinds.Places(segments) || (segments.Count > 1 && kinds.Places(segments[1..]))
         || (segments.Count <= 2 && segments[^1] == AdapterValidator.PickleFileName);
+
+    /// <summary>What macOS's Finder adds to a zip it makes: <c>__MACOSX/</c> (AppleDouble copies) and <c>.DS_Store</c> files.</summary>
+    private static bool IsFinderMetadata(List<string> segments) =>
+        segments[0] == "__MACOSX" || segments[^1] == ".DS_Store";
 
     /// <summary>The path's segments, refusing absolute paths, drive letters, '..' and NUL; '.' and empty segments dropped.</summary>
     private static List<string> SafeSegments(string rawName, string shown)

@@ -36,7 +36,8 @@ public sealed class AdapterStaging : IDisposable
     public FileStream CreateReceivedFile(string fileName)
     {
         if (!IsAdapterFile(fileName))
-            throw new AdapterValidationException($"'{fileName}' is not an adapter file (expected one of: {_kinds.DescribeFiles()})", "unexpected_part");
+            throw new AdapterValidationException($"'{fileName}' is not an adapter file (expected one of: {_kinds.DescribeFiles(topOnly: true)}; " +
+                "send an adapter with nested folders as one archive)", "unexpected_part");
         string path = Path.Combine(ReceivedDirectory, fileName);
         if (File.Exists(path)) throw new AdapterValidationException($"'{fileName}' was sent twice", "duplicate_part");
         return new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);

@@ -105,6 +105,45 @@ public sealed class AdapterFilesTests : IDisposable
     }
 
     [Fact]
+    public async Task A_macOS_Finder_zip_of_a_nested_adapter_is_stored_without_the_Finder_metadata()
+    {
+        string source = _temp.Sub("gain");
+        ScaledIdentityKind.Write(source, Gains());
+        byte[] zip = TestArchives.Zip([
+            .. FilesOf(source).Select(f => ("gain-adapter/" + f.Name, f.Bytes)),
+            ("gain-adapter/gains/layer0/.DS_Store", [0, 0, 0, 1]),
+            ("__MACOSX/gain-adapter/gains/layer0/._gain.safetensors", [0, 5, 22, 7]),
+            ("__MACOSX/gain-adapter/._adapter_config.json", [0, 5, 22, 7])]);
+
+        var record = (await UploadArchive(NewStore(WithGains), "gain", zip)).Record;
+
+        Assert.Equal(["adapter_config.json", "gains/layer0/gain.safetensors", "gains/layer1/gain.safetensors", "manifest.json"],
+            FilesOf(record.Directory).Select(f => f.Name));
+    }
+
+    [Fact]
+    public async Task Path_registration_copies_nested_files_and_refuses_a_linked_kind_folder_instead_of_skipping_it()
+    {
+        string source = _temp.Sub("gain");
+        ScaledIdentityKind.Write(source, Gains());
+        var store = NewStore(WithGains);
+
+        var record = (await store.RegisterPathAsync("gain", source, replace: false, TestContext.Current.CancellationToken)).Record;
+        Assert.Equal(FilesOf(source), FilesOf(record.Directory).Where(f => f.Name != AdapterManifest.FileName));
+
+        string linked = _temp.Sub("linked");
+        ScaledIdentityKind.Write(linked, Gains());
+        string layer1 = Path.Combine(linked, "gains", "layer1");
+        Directory.Move(layer1, _temp.Sub("elsewhere"));
+        Directory.CreateSymbolicLink(layer1, Path.Combine(linked, "gains", "layer0"));   // a link inside the folder: still not entered
+
+        var e = await Assert.ThrowsAsync<AdapterValidationException>(() => store.RegisterPathAsync("linked", linked, replace: false, TestContext.Current.CancellationToken));
+        Assert.Equal("adapter_path_not_regular", e.Code);
+        Assert.Contains("'gains/layer1'", e.Message);
+        Assert.False(store.Registry.TryResolve("linked", out _));
+    }
+
+    [Fact]
     public async Task A_file_of_another_kind_inside_an_adapter_is_refused_when_the_kind_is_known()
     {
         string gains = _temp.Sub("gain");

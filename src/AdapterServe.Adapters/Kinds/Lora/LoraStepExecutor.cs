@@ -46,4 +46,6 @@ internal sealed class LoraStepExecutor(IReadOnlyList<AdapterTokenGroup> groups) 
     }
 
     public void Complete() { }
+
+    public void Abandon() { }
 }

@@ -136,5 +136,13 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
             _completed = true;
             tally.Leave();
         }
+
+        /// <summary>The forward threw: leaves the step's shared tally without counting (the step's counts are dropped, not copied).</summary>
+        public void Abandon()
+        {
+            if (_completed) return;
+            _completed = true;
+            tally.Abandon();
+        }
     }
 }
