@@ -26,7 +26,7 @@ public sealed record AdapterCase(
     IReadOnlyList<int>? TargetBatches = null)
 {
     /// <summary>Name (and cache folder) of the i-th distinct adapter; cases with the same kind, rank and targets share them.</summary>
-    public string AdapterName(int index) =>
+    public string AdapterName(int index) => Kind != AdapterKind.Lora ? $"{Name}-{index}" :      // mixtures: the case name carries E and K
         $"{Kind.ToString().ToLowerInvariant()}-r{Rank}-{(Targets.Count == ProjectionNames.All.Length ? "all" : string.Join("+", Targets.Select(t => t.ShortName().Replace("_proj", ""))))}-{index}";
 }
 
@@ -42,6 +42,11 @@ public static class AdapterCases
         new("lora-r16-x4", AdapterKind.Lora, 16, All, 4, PeftLoraWriter.Write, ComparedTo: "lora-r16"),
         new("lora-r16-x16", AdapterKind.Lora, 16, All, 16, PeftLoraWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 0.85), TargetBatches: [32]),
         new("lora-r16-x32", AdapterKind.Lora, 16, All, 32, PeftLoraWriter.Write, ComparedTo: "lora-r16"),
+        // Mixtures (issue 10): 6 embedded r16 LoRA experts, top-3 per token; 4 r16 OMoE experts, dense. Ratio also to one r16 LoRA.
+        new("mixer-top3-of-6", AdapterKind.LoraMixer, 16, All, 1,
+            (dir, model, c, seed) => MixtureWriters.WriteLoraMixer(dir, model, experts: 6, topK: 3, c.Rank, c.Targets, seed), ComparedTo: "lora-r16"),
+        new("omoe-4", AdapterKind.Omoe, 16, All, 1,
+            (dir, model, c, seed) => MixtureWriters.WriteOmoe(dir, model, experts: 4, c.Rank, c.Targets, seed), ComparedTo: "lora-r16"),
     ];
 
     /// <summary>The table, or the named subset of it (<c>--cases</c>).</summary>

@@ -54,6 +54,18 @@ public static class AdapterEndpoints
             .Produces<ErrorResponse>(StatusCodes.Status413PayloadTooLarge)
             .Produces<ErrorResponse>(StatusCodes.Status415UnsupportedMediaType);
 
+        admin.MapPost("/mixers", CreateMixer)
+            .WithName("CreateMixer")
+            .WithSummary("Create a LoRA-Mixer over registered LoRAs (admin)")
+            .WithDescription("multipart/form-data: 'name'; 'experts' (registered LoRA names: repeat the part, or a JSON array, or comma-separated); 'top_k'; optional 'renormalize' (true/false) and 'target_modules'; the file 'mixer_model.safetensors' (one router per routed module, base_model.model.<module>.router.weight [E, d_in], optional router.bias [E]). Stored, versioned and served like any adapter (kind lora_mixer); ?replace=true stores a new version of an existing adapter, else 409. 400 names the field.")
+            .Produces<AdapterInfo>(StatusCodes.Status201Created)
+            .Produces<AdapterInfo>()
+            .Produces<ErrorResponse>(StatusCodes.Status400BadRequest)
+            .Produces<ErrorResponse>(StatusCodes.Status401Unauthorized)
+            .Produces<ErrorResponse>(StatusCodes.Status409Conflict)
+            .Produces<ErrorResponse>(StatusCodes.Status413PayloadTooLarge)
+            .Produces<ErrorResponse>(StatusCodes.Status415UnsupportedMediaType);
+
         admin.MapDelete("/adapters/{name}", Delete)
             .WithName("DeleteAdapter")
             .WithSummary("Delete an adapter and all its versions (admin)")
@@ -127,6 +139,15 @@ public static class AdapterEndpoints
     private static async Task<IResult> Upload(HttpContext http, AdapterStore store, IAdapterResidency residency, [FromQuery] bool? replace, CancellationToken cancellationToken)
     {
         var commit = await AdapterUpload.ReceiveAsync(http, store, replace ?? false, cancellationToken);
+        var info = AdapterInfo.From(commit.Record, residency.Status(commit.Record.Name), withModules: true);
+        if (commit.Replaced is not null) return Json(info);
+        http.Response.Headers.Location = $"/v1/adapters/{Uri.EscapeDataString(commit.Record.Name)}";
+        return Json(info, StatusCodes.Status201Created);
+    }
+
+    private static async Task<IResult> CreateMixer(HttpContext http, AdapterStore store, IAdapterResidency residency, [FromQuery] bool? replace, CancellationToken cancellationToken)
+    {
+        var commit = await MixerUpload.ReceiveAsync(http, store, replace ?? false, cancellationToken);
         var info = AdapterInfo.From(commit.Record, residency.Status(commit.Record.Name), withModules: true);
         if (commit.Replaced is not null) return Json(info);
         http.Response.Headers.Location = $"/v1/adapters/{Uri.EscapeDataString(commit.Record.Name)}";

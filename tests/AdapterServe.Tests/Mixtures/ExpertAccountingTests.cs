@@ -212,4 +212,27 @@ public class ExpertAccountingTests
         Assert.Equal([2L, 2L, 2L], usage.Snapshot("omoe")!.Modules.Single().Experts.Select(e => e.Selections));
         Assert.NotSame(first, usage.JoinStep());                                 // the next step gets a fresh tally
     }
+
+    [Fact]
+    public void A_step_abandoned_by_one_mixture_kind_counts_nothing_for_any_kind_and_the_next_step_counts_again()
+    {
+        var usage = NewUsage();
+        var mixer = new ExpertSite("mixer", 0, Projection.Q, ["a", "b"]);
+        var omoe = new ExpertSite("omoe", 0, Projection.Q, ExpertSite.Indexed(3));
+        var first = usage.JoinStep();
+        var second = usage.JoinStep();
+        first.RecordTopK(mixer, tensor(new long[] { 0, 1, 1 }, ScalarType.Int64).view(3, 1));   // [N=3, K=1]
+        second.RecordAll(omoe, 2);
+        first.Abandon();                                                         // the forward threw (AdapterBatch.Abandon)
+        second.Abandon();
+        Assert.Null(usage.Snapshot("mixer"));
+        Assert.Null(usage.Snapshot("omoe"));
+        Assert.Equal(0, first.PendingSites);                                     // the step's device counts were freed
+
+        var retry = usage.JoinStep();                                            // the retried step
+        Assert.NotSame(first, retry);
+        retry.RecordTopK(mixer, tensor(new long[] { 1 }, ScalarType.Int64).view(1, 1));
+        retry.Leave();
+        Assert.Equal([0L, 1L], usage.Snapshot("mixer")!.Modules.Single().Experts.Select(e => e.Selections));
+    }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Net.Http.Headers;
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using AdapterServe.Bench.Adapters;
 using AdapterServe.Modeling;
@@ -330,5 +331,80 @@ public sealed class MixtureHttpTests
         string output = process.StandardOutput.ReadToEnd() + process.StandardError.ReadToEnd();
         process.WaitForExit();
         Assert.True(process.ExitCode == 0, "promtool check metrics: " + output);
+    }
+
+    /// <summary>POST /v1/mixers with text fields and, unless null, the router file.</summary>
+    static async Task<(int Status, JsonNode? Body)> CreateMixerAsync(AdapterServer server, IEnumerable<(string Field, string Value)> fields, byte[]? routers,
+        bool replace = false, bool admin = true)
+    {
+        var form = new MultipartFormDataContent();
+        foreach (var (field, value) in fields) form.Add(new StringContent(value), field);
+        if (routers is not null) form.Add(new ByteArrayContent(routers), "mixer_model.safetensors", "mixer_model.safetensors");
+        using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/mixers" + (replace ? "?replace=true" : "")) { Content = form };
+        if (admin) request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", AdapterServer.AdminKey);
+        using var response = await server.Client.SendAsync(request, TestContext.Current.CancellationToken);
+        string text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        return ((int)response.StatusCode, text.Length > 0 ? JsonNode.Parse(text) : null);
+    }
+
+    [Fact]
+    public async Task A_mixer_created_from_registered_loras_and_a_router_file_serves_like_the_same_mixer_uploaded_as_a_folder()
+    {
+        await using var server = await AdapterServer.StartAsync();
+        using var tmp = new TempDir();
+        for (int i = 0; i < ExpertNames.Length; i++) await server.UploadOkAsync(ExpertNames[i], TinyAdapters.Lora(seed: 900 + i));
+        string folder = WriteMixer(tmp, "folder", embedded: null);
+        var (status, body) = await UploadFilesAsync(server, "mix-folder", FilesOf(folder));
+        Assert.True(status == 201, $"{status} {body?.ToJsonString()}");
+        byte[] routers = File.ReadAllBytes(Path.Combine(folder, "mixer_model.safetensors"));
+        string targets = string.Join(",", ProjectionNames.All.Select(p => p.ShortName()));
+        (string, string)[] fields = [("name", "mix-form"), ("experts", JsonSerializer.Serialize(ExpertNames)), ("top_k", "2"), ("target_modules", targets)];
+
+        (status, body) = await CreateMixerAsync(server, fields, routers);
+        Assert.True(status == 201, $"{status} {body?.ToJsonString()}");
+        Assert.Equal("lora_mixer", (string?)body!["kind"]);
+        Assert.Equal(ExpertNames, body["experts"]!.AsArray().Select(e => (string)e!));
+        Assert.Equal(ExpertNames, body["depends_on"]!.AsArray().Select(e => (string)e!));
+        Assert.Equal(2, (int)body["top_k"]!);
+        Assert.Equal(1, (int)body["version"]!);
+
+        var fromFolder = (await CompleteAsync(server, new GreedyRequest("mix-folder", "Once upon a time", 8))).Completion;
+        var fromForm = (await CompleteAsync(server, new GreedyRequest("mix-form", "Once upon a time", 8))).Completion;
+        var baseStory = await server.CompleteAsync(new GreedyRequest(AdapterServer.Base, "Once upon a time", 8));
+        Assert.NotEqual(baseStory.Logprobs, fromForm.Logprobs);
+        AssertClose(fromFolder, fromForm, "mixer from /v1/mixers vs the same mixer uploaded as a folder", tolerance: 1e-6);
+
+        // Referenced like any mixer: its experts cannot be deleted.
+        var (deleteStatus, deleteBody) = await server.DeleteAsync(ExpertNames[0]);
+        Assert.Equal(409, deleteStatus);
+        Assert.Contains("mix-form", deleteBody!.ToJsonString());
+
+        // Refusals name the field; nothing is stored.
+        async Task Refused(int expectedStatus, string? param, IEnumerable<(string, string)> form, byte[]? file, bool admin = true)
+        {
+            var (s, b) = await CreateMixerAsync(server, form, file, admin: admin);
+            Assert.True(s == expectedStatus, $"{s} {b?.ToJsonString()}");
+            if (param is not null) Assert.Equal(param, (string?)b!["error"]!["param"]);
+        }
+        (string, string)[] named = [("name", "mix-bad")];
+        await Refused(400, "experts", [.. named, ("top_k", "2")], routers);
+        await Refused(400, "top_k", [.. named, ("experts", "e-zara,e-forest,e-sea"), ("top_k", "two")], routers);
+        await Refused(400, "renormalize", [.. named, ("experts", "e-zara,e-forest,e-sea"), ("renormalize", "maybe")], routers);
+        await Refused(400, "mixer_model.safetensors", [.. named, ("experts", "e-zara,e-forest,e-sea")], null);
+        await Refused(400, "name", [("experts", "e-zara")], routers);
+        await Refused(400, null, [.. named, ("experts", "e-zara,e-forest,e-nobody"), ("top_k", "2")], routers);
+        await Refused(400, null, [.. named, ("experts", "e-zara,e-forest"), ("top_k", "2")], routers);   // 3 routers, 2 experts
+        await Refused(401, null, fields, routers, admin: false);
+        await Refused(409, null, fields, routers);                                                        // the name exists
+        var (_, list) = await server.GetAsync("/v1/adapters");
+        Assert.DoesNotContain(list!["data"]!.AsArray(), a => (string?)a!["id"] == "mix-bad");
+
+        // ?replace=true: a new version with other routers, served to new requests.
+        string other = WriteMixer(tmp, "other", embedded: null, seed: 77);
+        (status, body) = await CreateMixerAsync(server, fields, File.ReadAllBytes(Path.Combine(other, "mixer_model.safetensors")), replace: true);
+        Assert.True(status == 200, $"{status} {body?.ToJsonString()}");
+        Assert.Equal(2, (int)body!["version"]!);
+        var replaced = (await CompleteAsync(server, new GreedyRequest("mix-form", "Once upon a time", 8))).Completion;
+        Assert.NotEqual(fromForm.Logprobs, replaced.Logprobs);
     }
 }
