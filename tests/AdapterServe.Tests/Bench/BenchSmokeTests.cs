@@ -148,7 +148,7 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
     {
         var (rc, report, output, progress) = await RunTinyAsync("adapters");
         Assert.True(rc == 0, progress);
-        string[] single = ["lora-r8", "lora-r16", "lora-r64"];
+        string[] single = ["lora-r8", "lora-r16", "lora-r64", "mixer-top3-of-6", "omoe-4"];
         var figures = new List<string>();
         var ratios = new List<string>();
         foreach (int b in new[] { 1, 4 })
@@ -158,6 +158,7 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
             {
                 figures.AddRange([$"adapters.{c}.b{b}.tokens_per_s", $"adapters.{c}.b{b}.itl_ms_p50"]);
                 ratios.Add($"adapters.{c}.b{b}/base");
+                if (c is "mixer-top3-of-6" or "omoe-4") ratios.Add($"adapters.{c}.b{b}/lora-r16");   // mixtures also against one r16 LoRA
             }
         }
         figures.AddRange(["adapters.lora-r16-x4.b4.tokens_per_s", "adapters.lora-r16-x4.b4.itl_ms_p50"]);
@@ -175,8 +176,8 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var notes = report["notes"]!.AsArray().Select(n => n!.GetValue<string>()).ToList();
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x16 skipped: 16 distinct adapters need a batch of at least 16", StringComparison.Ordinal));
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x32 skipped", StringComparison.Ordinal));
-        // r8-0, r16-0..3 and r64-0 all stay resident: more slots than --quick's 4.
-        Assert.Contains("device cache raised from 4 to 6: the run uses 6 distinct adapters, all kept resident", notes);
+        // r8-0, r16-0..3, r64-0 and the two mixtures all stay resident: more slots than --quick's 4.
+        Assert.Contains("device cache raised from 4 to 8: the run uses 8 distinct adapters, all kept resident", notes);
         Assert.Contains("adapters.lora-r16-x4.b4/lora-r16", output);
     }
 
