@@ -27,7 +27,7 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
     /// Fewest stackable groups for which the slot path is used: a group costs 4–5 calls on the per-group path
     /// (rows, two linears, add, scale), the slot path 8–10 in all, so it pays from three groups on.
     /// </summary>
-    internal static readonly int MinSlotGroups = Environment.GetEnvironmentVariable("ADAPTERSERVE_MIN_SLOT_GROUPS") is { } v ? int.Parse(v, System.Globalization.CultureInfo.InvariantCulture) : 3;
+    internal const int MinSlotGroups = 3;
 
     private readonly (AdapterTokenGroup Group, LoraModules Modules)[] _groups;   // the per-group path
     private readonly SlotStep? _slots;
