@@ -41,20 +41,20 @@ public class AdapterSlotTests
         var segments = new List<AdapterSegment> { AdapterSegment.Base(0, 1) };
         var rowWeights = new List<Func<int, Projection, Tensor>> { (l, p) => model.Weight(l, p) };
         Tensor Merged(int i, int l, Projection p, double scale) =>
-            sources[i].Targets(l, p) ? sources[i].B(l, p).matmul(sources[i].A(l, p)) * (sources[i].Spec(l, p).Scaling * scale) : zeros_like(model.Weight(l, p));
+            sources[i].Targets(l, p) ? TorchScalars.Mul(sources[i].B(l, p).matmul(sources[i].A(l, p)), sources[i].Spec(l, p).Scaling * scale) : zeros_like(model.Weight(l, p));
         int row = 1;
         for (int i = 0; i < 16; i++)
         {
             int n = 1 + i % 3, adapter = i;
             segments.Add(AdapterSegment.Single(row, n, loaded[i]));
-            for (int k = 0; k < n; k++) rowWeights.Add((l, p) => model.Weight(l, p) + Merged(adapter, l, p, 1.0));
+            for (int k = 0; k < n; k++) rowWeights.Add((l, p) => TorchScalars.Add(model.Weight(l, p), Merged(adapter, l, p, 1.0)));
             row += n;
         }
         segments.Add(AdapterSegment.Single(row, 2, loaded[0], 0.5f));
-        rowWeights.AddRange(Enumerable.Repeat<Func<int, Projection, Tensor>>((l, p) => model.Weight(l, p) + Merged(0, l, p, 0.5), 2));
+        rowWeights.AddRange(Enumerable.Repeat<Func<int, Projection, Tensor>>((l, p) => TorchScalars.Add(model.Weight(l, p), Merged(0, l, p, 0.5)), 2));
         row += 2;
         segments.Add(new AdapterSegment(row, 1, [(loaded[3], 0.7f), (loaded[9], 0.3f)]));
-        rowWeights.Add((l, p) => model.Weight(l, p) + Merged(3, l, p, 0.7) + Merged(9, l, p, 0.3));
+        rowWeights.Add((l, p) => TorchScalars.Add(TorchScalars.Add(model.Weight(l, p), Merged(3, l, p, 0.7)), Merged(9, l, p, 0.3)));
         row += 1;
         segments.Add(AdapterSegment.Base(row, 1));
         rowWeights.Add((l, p) => model.Weight(l, p));

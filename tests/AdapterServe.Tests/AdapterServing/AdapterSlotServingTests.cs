@@ -38,7 +38,7 @@ public class AdapterSlotServingTests
             var a = T(prefix + ".lora_A.weight");
             var b = T(prefix + ".lora_B.weight");
             double r = a.shape[0], s = rs ? alpha / Math.Sqrt(r) : alpha / r;
-            return y + x.matmul((s * b.matmul(a)).t());
+            return TorchScalars.Add(y, x.matmul(TorchScalars.Mul(b.matmul(a), s).t()));   // no implicit Scalars (issue 8)
         };
     }
 
