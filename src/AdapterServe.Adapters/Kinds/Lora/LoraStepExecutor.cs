@@ -188,7 +188,7 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
             if (delta.dtype != y.dtype) delta = delta.to(y.dtype);
             if (identity) TorchScalars.AddInPlace(y, delta);
             else if (_rows is null) TorchScalars.AddInPlace(y.narrow(0, 0, rowCount), delta);
-            else y.index_add_(0, _rows, delta, TorchScalars.One);
+            else TorchScalars.IndexAddInPlace(y, 0, _rows, delta);
         }
 
         public void Dispose()
