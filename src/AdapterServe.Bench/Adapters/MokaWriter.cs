@@ -9,13 +9,18 @@ namespace AdapterServe.Bench.Adapters;
 
 /// <summary>
 /// Writes a MoKA directory (methods.md §3, the project's format) with random weights for any model size: every target
-/// projection of every layer gets <c>components</c> Kronecker components, all of PEFT's LoKr split of that layer
-/// (<see cref="LokrFactorization.Factorize"/>), listed per projection in <c>component_pattern</c> (layers of different
-/// shapes need their own lists), random gate logits, scaling 1. Each component's delta is about a tenth of the input's
-/// size; the softmax gate averages them.
+/// projection of every layer gets <c>components</c> Kronecker components <c>kron(A [f_out, D_in/f_in], B [D_out/f_out, f_in])</c>
+/// with the small factors <c>f = factorization(d, 4)</c> (4 when it divides d), listed per projection in
+/// <c>component_pattern</c> (layers of different shapes need their own lists), random gate logits, scaling 1.
+/// Such a component costs <c>f·(d_in + d_out)</c> multiply-adds per token (rank up to 16 each), so four of them cost
+/// what a rank-16 LoRA costs, and equal shapes are served as one stacked term. Each component's delta is about a
+/// tenth of the input's size; the softmax gate averages them.
 /// </summary>
 public static class MokaWriter
 {
+    /// <summary>The factor <c>factorization</c> aims for on the small side of each component.</summary>
+    public const int SmallFactor = 4;
+
     /// <summary><see cref="AdapterCase.Rank"/> is the number of components for MoKA cases.</summary>
     public static void Write(string directory, ModelConfig model, AdapterCase adapterCase, int seed) =>
         Write(directory, model, adapterCase.Rank, adapterCase.Targets, seed);
@@ -30,9 +35,15 @@ public static class MokaWriter
         KroneckerShape ShapeOf(Projection p)
         {
             var (inDim, outDim) = shapes.ProjectionShape(p);
-            var (ma, mb) = LokrFactorization.Factorize(outDim);
-            var (na, nb) = LokrFactorization.Factorize(inDim);
-            return new KroneckerShape(ma, na, mb, nb);
+            var (outSmall, outLarge) = Split(outDim);
+            var (inSmall, inLarge) = Split(inDim);
+            return new KroneckerShape(outSmall, inLarge, outLarge, inSmall);
+        }
+
+        static (int Small, int Large) Split(int d)
+        {
+            var (m, n) = LokrFactorization.Factorize(d, SmallFactor);
+            return (Math.Min(m, n), Math.Max(m, n));
         }
 
         var pattern = new JsonObject();

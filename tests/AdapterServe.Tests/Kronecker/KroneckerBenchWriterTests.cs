@@ -39,9 +39,11 @@ public class KroneckerBenchWriterTests
         var (description, modules) = KroneckerTestFiles.Load(dir.Path, model);
         Assert.Equal(KroneckerKind.Moka, description.Kind);
         Assert.Equal(model.NumHiddenLayers * 4, description.Modules.Count);
-        // 64 = 8·8, 32 = 4·8, 172 = 4·43: four equal components are one stacked term.
-        Assert.Equal([new KroneckerShape(4, 8, 43, 8)], description.Modules.First(m => m.Projection == Projection.Up).Components.Distinct());
-        Assert.Equal([new KroneckerShape(4, 8, 8, 8)], description.Modules.First(m => m.Projection == Projection.K).Components.Distinct());
+        // Small factors near 4: 64 = 4·16, 32 = 4·8, 172 = 4·43; A [f_out, D_in/f_in], B [D_out/f_out, f_in]. Four equal
+        // components are one stacked term, costing 4·4·(d_in + d_out) per token like a rank-16 LoRA.
+        Assert.Equal([new KroneckerShape(4, 16, 43, 4)], description.Modules.First(m => m.Projection == Projection.Up).Components.Distinct());
+        Assert.Equal([new KroneckerShape(4, 16, 8, 4)], description.Modules.First(m => m.Projection == Projection.K).Components.Distinct());
+        Assert.All(modules.Values, w => Assert.True(w.Terms.Single().LeftFirst));
         Assert.All(modules.Values, w => Assert.Equal(4, w.Terms.Single().Count));
         foreach (var m in modules.Values) m.Dispose();
     }

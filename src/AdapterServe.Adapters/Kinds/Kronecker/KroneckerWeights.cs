@@ -127,8 +127,8 @@ public sealed class KroneckerWeights : IDisposable
 
 /// <summary>
 /// The k components of one projection that share a shape <c>[Ma, Na] ⊗ [Mb, Nb]</c>, stacked so that
-/// <c>Σ_i A_i X B_iᵀ</c> for every token is two GEMM calls (and, right-first with k &gt; 1, one reorder copy), in the
-/// cheaper order chosen at load:
+/// <c>Σ_i A_i X B_iᵀ</c> for all tokens is one GEMM and one batched GEMM (and, right first with k &gt; 1, one reorder
+/// copy), whatever k and the number of tokens, in the cheaper order chosen at load:
 /// <list type="bullet">
 /// <item>left first: <c>Left [Ma·k, Na]</c> (row <c>a·k + i</c> = <c>A_i[a]</c>), <c>Right [Mb, k·Nb]</c> (column
 /// <c>i·Nb + d</c> = <c>B_i[:, d]</c>); <c>U = Left @ X</c> is <c>[n, Ma, k·Nb]</c> without any reorder, then
@@ -189,15 +189,17 @@ public sealed class KroneckerTerm : IDisposable
         var (ma, na, mb, nb) = (Shape.Ma, Shape.Na, Shape.Mb, Shape.Nb);
         if (x.dtype != Left.dtype) x = x.to(Left.dtype);
         var xs = x.reshape(n, na, nb);                                             // [n, Na, Nb]
+        // The per-token product with a shared factor is a bmm over an expanded (stride-0) view of it: one native
+        // batched GEMM, where matmul's broadcasting would first fold and copy.
         if (LeftFirst)
         {
-            var u = Left.matmul(xs);                                               // [n, Ma·k, Nb]
-            if (Count > 1) u = u.reshape(n, ma, (long)Count * nb);                 // [n, Ma, k·Nb]
+            var u = Left.expand(n, Left.shape[0], na).bmm(xs);                     // [n, Ma·k, Nb], contiguous
+            if (Count > 1) u = u.view(n, ma, (long)Count * nb);                    // [n, Ma, k·Nb]: row a·k + i, column d
             return linear(u, Right);                                               // [n, Ma, Mb]
         }
         var t = linear(xs, Right);                                                 // [n, Na, k·Mb]
         if (Count > 1) t = t.view(n, na, Count, mb).permute(0, 2, 1, 3).reshape(n, (long)Count * na, mb); // [n, k·Na, Mb]
-        return Left.matmul(t);                                                     // [n, Ma, Mb]
+        return Left.expand(n, ma, Left.shape[1]).bmm(t);                           // [n, Ma, Mb]
     }
 
     internal KroneckerTerm To(Device device)
