@@ -30,8 +30,8 @@ public sealed class AdapterStaging : IDisposable
     /// <summary>Creates one loose PEFT file in <see cref="ReceivedDirectory"/>; refuses other names and a second copy.</summary>
     public FileStream CreateReceivedFile(string fileName)
     {
-        if (fileName is not (PeftLoraConfig.FileName or AdapterValidator.WeightsFileName))
-            throw new AdapterValidationException($"'{fileName}' is not a PEFT adapter file (expected {PeftLoraConfig.FileName} or {AdapterValidator.WeightsFileName})", "unexpected_part");
+        if (fileName is not (AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName))
+            throw new AdapterValidationException($"'{fileName}' is not a PEFT adapter file (expected {AdapterValidator.ConfigFileName} or {AdapterValidator.WeightsFileName})", "unexpected_part");
         string path = Path.Combine(ReceivedDirectory, fileName);
         if (File.Exists(path)) throw new AdapterValidationException($"'{fileName}' was sent twice", "duplicate_part");
         return new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
@@ -48,7 +48,7 @@ public sealed class AdapterStaging : IDisposable
     /// <summary>Copies the PEFT files of a folder on this machine (symbolic links are followed, content is copied).</summary>
     public void CopyFrom(string directory)
     {
-        foreach (var name in new[] { PeftLoraConfig.FileName, AdapterValidator.WeightsFileName, "adapter_model.bin" })
+        foreach (var name in new[] { AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName, "adapter_model.bin" })
         {
             string source = Path.Combine(directory, name);
             if (File.Exists(source)) File.Copy(source, Path.Combine(ReceivedDirectory, name));

@@ -20,15 +20,18 @@ public sealed class AdapterStore
     private const string VersionPrefix = "v";
     private readonly AdapterStoreOptions _options;
     private readonly ModelConfig _baseModel;
+    private readonly AdapterKinds _kinds;
     private readonly IAdapterResidency _residency;
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
     private readonly SemaphoreSlim _writes = new(1, 1);
     private readonly Dictionary<(string Name, int Version), DateTimeOffset> _retired = [];
 
+    /// <param name="kinds">The adapter kinds accepted (default: <see cref="AdapterKinds.BuiltIn"/>).</param>
     public AdapterStore(AdapterStoreOptions options, ModelConfig baseModel, IAdapterResidency residency, AdapterRegistry registry,
-        ILogger<AdapterStore>? logger = null, TimeProvider? time = null)
+        ILogger<AdapterStore>? logger = null, TimeProvider? time = null, AdapterKinds? kinds = null)
     {
+        _kinds = kinds ?? AdapterKinds.BuiltIn;
         if (options.Problems() is { Count: > 0 } problems) throw new ArgumentException(string.Join("; ", problems), nameof(options));
         _options = options;
         _baseModel = baseModel;
@@ -99,7 +102,7 @@ public sealed class AdapterStore
         finally { _writes.Release(); }
 
         _logger.LogInformation("Adapter {Name} v{Version} stored ({Kind}, {Modules} modules, {Bytes} bytes, {Hash}) from {Source}",
-            name, commit.Record.Version, description.Kind, description.Modules.Count, description.WeightBytes, commit.Record.ContentHash, source);
+            name, commit.Record.Version, description.Kind, description.ModuleSummaries.Count, description.WeightBytes, commit.Record.ContentHash, source);
         if (commit.Replaced is not null)
         {
             _residency.Forget(name);
@@ -194,9 +197,9 @@ public sealed class AdapterStore
 
     private (AdapterDescription, IReadOnlyList<StoredFile>) Prepare(string peftDirectory, string versionStaging)
     {
-        var description = AdapterValidator.Validate(peftDirectory, _baseModel, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation));
+        var description = AdapterValidator.Validate(peftDirectory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation));
         Directory.CreateDirectory(versionStaging);
-        string[] names = [PeftLoraConfig.FileName, AdapterValidator.WeightsFileName];
+        string[] names = [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName];
         foreach (var file in names)
         {
             string target = Path.Combine(versionStaging, file);
@@ -242,7 +245,7 @@ public sealed class AdapterStore
                 var manifest = AdapterManifest.Read(directory);
                 if (manifest.Name != name || manifest.Version != current)
                     throw new InvalidDataException($"manifest says '{manifest.Name}' v{manifest.Version}");
-                var description = AdapterValidator.Validate(directory, _baseModel, new AdapterValidationOptions(ScanWeights: false, _options.KasaTruncation));
+                var description = AdapterValidator.Validate(directory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: false, _options.KasaTruncation));
                 Registry.Publish(new AdapterRecord(name, current, directory, description, manifest.ContentHash, manifest.Source, manifest.CreatedAt, manifest.UpdatedAt));
             }
             catch (Exception e) when (e is AdapterValidationException or InvalidDataException or IOException)

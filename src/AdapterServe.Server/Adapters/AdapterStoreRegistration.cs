@@ -35,7 +35,8 @@ public static class AdapterStoreRegistration
             sp.GetRequiredService<IAdapterResidency>(),
             sp.GetRequiredService<AdapterRegistry>(),
             sp.GetService<ILogger<AdapterStore>>(),
-            sp.GetService<TimeProvider>()));
+            sp.GetService<TimeProvider>(),
+            sp.GetService<AdapterKinds>()));
         services.AddHostedService<AdapterStoreHost>();
         return services;
     }

@@ -53,8 +53,8 @@ internal static class AdapterUpload
                 name = await ReadTextAsync(section.Body, cancellationToken);
                 store.EnsureCanCreate(name, replace);
             }
-            else if (part is PeftLoraConfig.FileName or AdapterValidator.WeightsFileName
-                     || (part == "file" && fileName is PeftLoraConfig.FileName or AdapterValidator.WeightsFileName))
+            else if (part is AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName
+                     || (part == "file" && fileName is AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName))
             {
                 if (archive is not null) throw Conflicting();
                 string file = part == "file" ? fileName : part;
@@ -73,7 +73,7 @@ internal static class AdapterUpload
             else
             {
                 throw BadRequest(
-                    $"unexpected form part '{part}' (expected 'name', and 'file' or '{PeftLoraConfig.FileName}' + '{AdapterValidator.WeightsFileName}')",
+                    $"unexpected form part '{part}' (expected 'name', and 'file' or '{AdapterValidator.ConfigFileName}' + '{AdapterValidator.WeightsFileName}')",
                     "unexpected_part", part);
             }
         }
@@ -81,7 +81,7 @@ internal static class AdapterUpload
         if (name is null) throw BadRequest("the upload has no 'name' part", "missing_name", "name");
         if (archive is null && !loose)
             throw BadRequest(
-                $"the upload has no adapter files: send a 'file' part (.zip or .tar.gz) or '{PeftLoraConfig.FileName}' and '{AdapterValidator.WeightsFileName}' parts",
+                $"the upload has no adapter files: send a 'file' part (.zip or .tar.gz) or '{AdapterValidator.ConfigFileName}' and '{AdapterValidator.WeightsFileName}' parts",
                 "missing_adapter_files", "file");
         if (archive is not null) await Task.Run(() => staging.UseArchive(archive, store.ArchiveLimits), cancellationToken);
         return await store.CommitAsync(name, staging, replace, archive is not null ? "upload:archive" : "upload:files", cancellationToken);
