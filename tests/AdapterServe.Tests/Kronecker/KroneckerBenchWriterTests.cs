@@ -1,3 +1,4 @@
+using AdapterServe.Adapters;
 using AdapterServe.Adapters.Kinds.Kronecker;
 using AdapterServe.Bench.Adapters;
 using AdapterServe.Bench.Models;
@@ -37,7 +38,7 @@ public class KroneckerBenchWriterTests
         MokaWriter.Write(dir.Path, model, components: 4, [Projection.Q, Projection.K, Projection.Up, Projection.Down], seed: 4);
 
         var (description, modules) = KroneckerTestFiles.Load(dir.Path, model);
-        Assert.Equal(KroneckerKind.Moka, description.Kind);
+        Assert.Equal(AdapterKind.Moka, description.Kind);
         Assert.Equal(model.NumHiddenLayers * 4, description.Modules.Count);
         // Small factors near 4: 64 = 4·16, 32 = 4·8, 172 = 4·43; A [f_out, D_in/f_in], B [D_out/f_out, f_in]. Four equal
         // components are one stacked term, costing 4·4·(d_in + d_out) per token like a rank-16 LoRA.

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using AdapterServe.Adapters;
 using AdapterServe.Adapters.Kinds.Kronecker;
 using AdapterServe.Modeling;
 using Reference = AdapterServe.Tests.AdapterMath.Reference;
@@ -68,7 +69,7 @@ public sealed class KroneckerMathTests : IDisposable
         var adapter = KroneckerTestFiles.Lokr(Base, ProjectionNames.All, r: 2, alpha: 3, w1: w1, w2: w2);
         var (description, modules) = Load(adapter);
 
-        Assert.Equal(KroneckerKind.Lokr, description.Kind);
+        Assert.Equal(AdapterKind.Lokr, description.Kind);
         Assert.Equal(2 * 7, modules.Count);
         foreach (var ((layer, p), weights) in modules)
         {
@@ -132,7 +133,7 @@ public sealed class KroneckerMathTests : IDisposable
         var adapter = KroneckerTestFiles.Moka(Base, [Projection.Gate, Projection.Q], p => p == Projection.Gate ? gate : q, scaling: 0.75);
         var (description, modules) = Load(adapter);
 
-        Assert.Equal(KroneckerKind.Moka, description.Kind);
+        Assert.Equal(AdapterKind.Moka, description.Kind);
         var gateWeights = modules[(0, Projection.Gate)];
         Assert.Contains(gateWeights.Terms, t => t.Count == 2 && t.LeftFirst);
         Assert.Contains(gateWeights.Terms, t => t.Count == 2 && !t.LeftFirst);

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using AdapterServe.Adapters;
 using AdapterServe.Adapters.Kinds.Kronecker;
 using AdapterServe.Modeling;
 using AdapterServe.Modeling.Safetensors;
@@ -103,7 +104,7 @@ public static class KroneckerTestFiles
         var description = KroneckerValidator.Describe(config, file.Tensors.Values, baseModel);
         var modules = new Dictionary<(int, Projection), KroneckerWeights>();
         foreach (var spec in description.Modules)
-            modules[(spec.Layer, spec.Projection)] = KroneckerLoading.LoadModule(description.Kind, spec,
+            modules[(spec.Layer, spec.Projection)] = KroneckerLoading.LoadModule(description.IsMoka, spec,
                 key => file.Tensors.ContainsKey(key) ? file.Read(key, ScalarType.Float32, CPU) : null, CPU, dtype);
         return (description, modules);
     }

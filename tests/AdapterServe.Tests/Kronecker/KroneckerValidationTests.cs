@@ -40,7 +40,7 @@ public sealed class KroneckerValidationTests : IDisposable
     public void A_lokr_folder_as_peft_saves_it_is_described_with_its_factor_shapes()
     {
         var d = Describe(Lokr(FactorForm.LowRank));
-        Assert.Equal(KroneckerKind.Lokr, d.Kind);
+        Assert.Equal(AdapterKind.Lokr, d.Kind);
         Assert.Equal(["q_proj", "gate_proj"], d.TargetModules);
         Assert.All(d.Modules, m => Assert.Equal(2, m.W2Rank));
         Assert.Equal(new KroneckerShape(2, 2, 4, 4), d.Modules[0].Components[0]);

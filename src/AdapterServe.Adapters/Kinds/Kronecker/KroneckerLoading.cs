@@ -12,7 +12,7 @@ namespace AdapterServe.Adapters.Kinds.Kronecker;
 public static class KroneckerLoading
 {
     /// <param name="tensor">The stored tensor under a full key, or null when absent; only read.</param>
-    public static KroneckerWeights LoadModule(KroneckerKind kind, KroneckerModuleSpec spec, Func<string, Tensor?> tensor, Device device, ScalarType dtype)
+    public static KroneckerWeights LoadModule(bool moka, KroneckerModuleSpec spec, Func<string, Tensor?> tensor, Device device, ScalarType dtype)
     {
         using var inferenceOff = inference_mode(false);
         using var scope = NewDisposeScope();
@@ -33,7 +33,7 @@ public static class KroneckerLoading
                 : Read(name + "_a", [rows, rank.Value]).matmul(Read(name + "_b", [rank.Value, cols]));       // [rows, r] @ [r, cols]
 
         List<(Tensor A, Tensor B, double Coefficient)> components;
-        if (kind == KroneckerKind.Lokr)
+        if (!moka)
         {
             var s = spec.Components.Single();
             var w1 = Factor("lokr_w1", spec.W1Rank, s.Ma, s.Na);                                            // [out_l, in_m]

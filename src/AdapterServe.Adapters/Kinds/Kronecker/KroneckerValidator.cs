@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
+using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
 using AdapterServe.Modeling.Safetensors;
 
@@ -15,24 +16,25 @@ namespace AdapterServe.Adapters.Kinds.Kronecker;
 /// </summary>
 public static partial class KroneckerValidator
 {
-    public const string WeightsFileName = "adapter_model.safetensors";
-    public const string KeyPrefix = "base_model.model.";
+    public const string WeightsFileName = AdapterFiles.WeightsFileName;
+    public const string KeyPrefix = AdapterValidator.KeyPrefix;
 
     private static readonly SafetensorsDType[] ServedDTypes = [SafetensorsDType.F32, SafetensorsDType.F16, SafetensorsDType.BF16];
 
-    /// <summary>The kind a config's <c>peft_type</c> names, or null when it is neither LOKR nor MOKA.</summary>
-    public static KroneckerKind? KindOf(JsonObject config) =>
-        config["peft_type"] is JsonValue v && v.TryGetValue<string>(out var type)
-            ? type.ToUpperInvariant() switch { LokrConfig.PeftType => KroneckerKind.Lokr, MokaConfig.PeftType => KroneckerKind.Moka, _ => null }
-            : null;
+    /// <summary><see cref="AdapterKind.Lokr"/> or <see cref="AdapterKind.Moka"/>, from the config's <c>peft_type</c>.</summary>
+    public static AdapterKind KindOf(JsonObject config) =>
+        (config["peft_type"] is JsonValue v && v.TryGetValue<string>(out var type) ? type.ToUpperInvariant() : null) switch
+        {
+            LokrConfig.PeftType => AdapterKind.Lokr,
+            MokaConfig.PeftType => AdapterKind.Moka,
+            _ => throw new AdapterValidationException($"{PeftConfigReader.FileName}: peft_type must be {LokrConfig.PeftType} or {MokaConfig.PeftType} here", "invalid_adapter_config"),
+        };
 
     /// <summary>Parses <paramref name="config"/> (LOKR or MOKA) and checks <paramref name="entries"/> against it and the base.</summary>
-    public static KroneckerDescription Describe(JsonObject config, IEnumerable<SafetensorsEntry> entries, ModelConfig baseModel) => KindOf(config) switch
-    {
-        KroneckerKind.Lokr => DescribeLokr(LokrConfig.Parse(config), entries, baseModel),
-        KroneckerKind.Moka => DescribeMoka(MokaConfig.Parse(config), entries, baseModel),
-        _ => throw new AdapterValidationException($"{PeftConfigReader.FileName}: peft_type must be LOKR or MOKA here", "invalid_adapter_config"),
-    };
+    public static KroneckerDescription Describe(JsonObject config, IEnumerable<SafetensorsEntry> entries, ModelConfig baseModel) =>
+        KindOf(config) == AdapterKind.Lokr
+            ? DescribeLokr(LokrConfig.Parse(config), entries, baseModel)
+            : DescribeMoka(MokaConfig.Parse(config), entries, baseModel);
 
     public static KroneckerDescription DescribeLokr(LokrConfig config, IEnumerable<SafetensorsEntry> entries, ModelConfig baseModel)
     {
@@ -58,9 +60,9 @@ public static partial class KroneckerValidator
                     $"{WeightsFileName}: tensors '{w1.Name}' [{w1.Rows}, {w1.Cols}] and '{w2.Name}' [{w2.Rows}, {w2.Cols}] give kron [{shape.OutFeatures}, {shape.InFeatures}], " +
                     $"but {projection.ShortName()} of the base model is [{dOut}, {dIn}] (PEFT's factorization gives {peft})", "shape_mismatch");
             }
-            specs.Add(new KroneckerModuleSpec(layer, projection, prefix, config.ScalingFor(module), [shape], w1Rank, w2Rank));
+            specs.Add(new KroneckerModuleSpec(layer, projection, prefix, rank, config.ScalingFor(module), [shape], w1Rank, w2Rank));
         }
-        return new KroneckerDescription(KroneckerKind.Lokr, specs, bytes);
+        return new KroneckerDescription(AdapterKind.Lokr, specs, bytes);
     }
 
     public static KroneckerDescription DescribeMoka(MokaConfig config, IEnumerable<SafetensorsEntry> entries, ModelConfig baseModel)
@@ -97,9 +99,9 @@ public static partial class KroneckerValidator
                 CheckShape(parts, prefix, $"moka_B.{i}", [c.Mb, c.Nb], $"[mb, nb] of {field}[{i}]");
             }
             CheckShape(parts, prefix, "moka_gate", [count], $"one gate logit per component: {field} gives {count}");
-            specs.Add(new KroneckerModuleSpec(layer, projection, prefix, config.Scaling, components));
+            specs.Add(new KroneckerModuleSpec(layer, projection, prefix, 0, config.Scaling, components));
         }
-        return new KroneckerDescription(KroneckerKind.Moka, specs, bytes);
+        return new KroneckerDescription(AdapterKind.Moka, specs, bytes);
     }
 
     private sealed record Matrix(string Name, int Rows, int Cols);

@@ -1,4 +1,5 @@
 using System.Text.Json.Nodes;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Store;
 using static AdapterServe.Adapters.Kinds.Kronecker.PeftConfigReader;
 

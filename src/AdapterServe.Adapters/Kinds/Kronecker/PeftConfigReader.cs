@@ -1,5 +1,5 @@
-using System.Text.Json;
 using System.Text.Json.Nodes;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Store;
 
 namespace AdapterServe.Adapters.Kinds.Kronecker;
@@ -11,20 +11,6 @@ namespace AdapterServe.Adapters.Kinds.Kronecker;
 internal static class PeftConfigReader
 {
     public const string FileName = "adapter_config.json";
-
-    public static JsonObject Load(string path)
-    {
-        if (!File.Exists(path)) throw Invalid($"{FileName} is missing", "missing_adapter_config");
-        JsonNode? root;
-        try
-        {
-            using var stream = File.OpenRead(path);
-            if (stream.Length > 16 << 20) throw Invalid($"{FileName} is {stream.Length} bytes long (at most 16 MiB)");
-            root = JsonNode.Parse(stream, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
-        }
-        catch (JsonException e) { throw Invalid($"{FileName} is not valid JSON: {e.Message}"); }
-        return root as JsonObject ?? throw Invalid($"{FileName} must hold a JSON object");
-    }
 
     public static ModuleSelector? Selector(JsonObject o, string field) => o[field] switch
     {
