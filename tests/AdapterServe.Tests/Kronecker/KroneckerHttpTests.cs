@@ -68,6 +68,61 @@ public sealed class KroneckerHttpTests(ReferenceServer reference)
         viaExtension.AssertSameAs(expectedMoka, "MoKA through the adapters extension");
     }
 
+    [Fact]
+    public async Task Adapters_api_shows_kind_and_factor_shapes_and_resident_bytes_count_the_served_factors()
+    {
+        var lokr = Lokr(831);                       // r 2: w2 stored low-rank (2 < max(out_k, in_n) / 2)
+        var moka = Moka(832);
+        await using var server = await AdapterServer.StartAsync();
+        await server.UploadOkAsync("api-lokr", lokr);
+        await server.UploadOkAsync("api-moka", moka);
+
+        var (status, info) = await server.GetAsync("/v1/adapters/api-lokr");
+        Assert.Equal(200, status);
+        Assert.Equal("lokr", (string?)info!["kind"]);
+        Assert.Equal(2, (int?)info["rank"]);
+        var gate = info["modules"]!.AsArray().First(m => (string?)m!["module"] == "gate_proj")!;
+        Assert.Equal("[8, 8]", (string?)gate["w1"]);       // gate [128, 64]: 128 = 8·16, 64 = 8·8
+        Assert.Equal("[16, 8]", (string?)gate["w2"]);
+        Assert.Equal(2, (int?)gate["w2_rank"]);
+        Assert.Equal(2.0, (double?)gate["scaling"]);
+
+        (status, info) = await server.GetAsync("/v1/adapters/api-moka");
+        Assert.Equal("moka", (string?)info!["kind"]);
+        var q = info["modules"]!.AsArray().First(m => (string?)m!["module"] == "q_proj")!;
+        Assert.Equal("[[8, 8, 8, 8], [8, 8, 8, 8], [8, 8, 8, 8], [64, 1, 1, 64]]", (string?)q["components"]);
+        Assert.Equal(4, (int?)q["component_count"]);
+
+        // Resident bytes: float32 factors as served (low-rank w2 multiplied out; MoKA's gate folded away).
+        long Served(TestAdapter adapter) => 4 * adapter.Tensors.Sum(t => t.Name switch
+        {
+            var n when n.EndsWith("_gate", StringComparison.Ordinal) || n.EndsWith("_a", StringComparison.Ordinal) => 0,
+            var n when n.EndsWith("_b", StringComparison.Ordinal) => adapter.Tensors.Single(a => a.Name == n[..^1] + "a").Shape[0] * t.Shape[1],
+            _ => t.Shape[0] * t.Shape[1],
+        });
+        foreach (var (name, adapter) in new[] { ("api-lokr", lokr), ("api-moka", moka) })
+        {
+            await server.CompleteAsync(new GreedyRequest(name, "x", 1));
+            (_, info) = await server.GetAsync($"/v1/adapters/{name}");
+            Assert.Equal("device", (string?)info!["status"]);
+            Assert.Equal(Served(adapter), (long?)info["resident_bytes"]);
+        }
+    }
+
+    [Fact]
+    public async Task Replacing_a_lokr_with_a_moka_under_one_name_serves_the_moka_to_new_requests()
+    {
+        var lokr = Lokr(841);
+        var moka = Moka(842);
+        var expectedLokr = await reference.AloneAsync("swap-lokr", lokr, Story("swap-lokr"));
+        var expectedMoka = await reference.AloneAsync("swap-moka", moka, Story("swap-moka"));
+        await using var server = await AdapterServer.StartAsync();
+        await server.UploadOkAsync("swap", lokr);
+        (await server.CompleteAsync(Story("swap"))).AssertSameAs(expectedLokr, "before the swap");
+        await server.UploadOkAsync("swap", moka, replace: true);
+        (await server.CompleteAsync(Story("swap"))).AssertSameAs(expectedMoka, "after the swap");
+    }
+
     public static TheoryData<string> BadFiles() => new(["products", "missing", "gate", "nan", "inf", "conv2d", "tucker"]);
 
     [Theory]
