@@ -59,7 +59,7 @@ internal static class AdapterUpload
                 if (archive is not null) throw Conflicting();
                 string file = part == "file" ? fileName : part;
                 await using var output = staging.CreateReceivedFile(file);
-                received = await CopyAsync(section.Body, output, received, limit, cancellationToken);
+                received = await CopyAsync(section.Body, output, received, limit, store.WritePause, cancellationToken);
                 loose = true;
             }
             else if (part == "file")
@@ -68,7 +68,7 @@ internal static class AdapterUpload
                 if (loose) throw Conflicting();
                 archive = staging.NewUploadPath();
                 await using var output = new FileStream(archive, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
-                received = await CopyAsync(section.Body, output, received, limit, cancellationToken);
+                received = await CopyAsync(section.Body, output, received, limit, store.WritePause, cancellationToken);
             }
             else
             {
@@ -87,7 +87,7 @@ internal static class AdapterUpload
         return await store.CommitAsync(name, staging, replace, archive is not null ? "upload:archive" : "upload:files", cancellationToken);
     }
 
-    private static async Task<long> CopyAsync(Stream input, Stream output, long received, long limit, CancellationToken cancellationToken)
+    private static async Task<long> CopyAsync(Stream input, Stream output, long received, long limit, StoreWritePause pause, CancellationToken cancellationToken)
     {
         var buffer = new byte[1 << 16];
         int n;
@@ -96,6 +96,7 @@ internal static class AdapterUpload
             received += n;
             if (received > limit) throw TooLarge(limit, "the files sent so far exceed it");
             await output.WriteAsync(buffer.AsMemory(0, n), cancellationToken);
+            pause.At("receiving");
         }
         return received;
     }
