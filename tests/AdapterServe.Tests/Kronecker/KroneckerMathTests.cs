@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters;
 using AdapterServe.Adapters.Kinds.Kronecker;
+using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
 using Reference = AdapterServe.Tests.AdapterMath.Reference;
 using AdapterServe.Tests.AdapterStore;
@@ -182,5 +183,45 @@ public sealed class KroneckerMathTests : IDisposable
         Reference.AssertClose(Reference.Linear(x, deltaW), half.Delta(x), tolerance: 3e-2);
         foreach (var w in bf16.Values.Where(w => w != half)) w.Dispose();
         foreach (var w in modules.Values.Where(w => w != weights)) w.Dispose();
+    }
+
+    [Fact]
+    public void A_step_hook_serves_kronecker_groups_on_scattered_rows_next_to_the_base_and_a_merge()
+    {
+        using var scope = NewDisposeScope();
+        var lokrFiles = KroneckerTestFiles.Lokr(Base, [Projection.Up], r: 2, alpha: 4, w2: FactorForm.LowRank, seed: 5);
+        var mokaFiles = KroneckerTestFiles.Moka(Base, [Projection.Up], _ => [new KroneckerShape(3, 2, 4, 4), new KroneckerShape(12, 8, 1, 1)], scaling: 0.5, seed: 6);
+        using var lokr = Loaded("lokr", lokrFiles);
+        using var moka = Loaded("moka", mokaFiles);
+        // Rows 0-1 and 5-6 on the LoKr (one group, not contiguous), 2-3 on the base, 4 on 0.7·LoKr + 0.3·MoKA.
+        using var batch = new AdapterBatch([
+            AdapterSegment.Single(0, 2, lokr), AdapterSegment.Base(2, 2), new AdapterSegment(4, 1, [(lokr, 0.7f), (moka, 0.3f)]),
+            AdapterSegment.Single(5, 2, lokr),
+        ]);
+        var w0 = randn(12, 8);                                                                 // [d_out, d_in]
+        var x = randn(7, 8);                                                                   // [7, d_in]
+        var y = batch.Apply(1, Projection.Up, x, Reference.Linear(x, w0), w0);
+        batch.Complete();
+
+        var lokrW = LokrDelta(lokrFiles, 1, Projection.Up, 2.0);
+        var mokaW = MokaDelta(mokaFiles, 1, Projection.Up, 2, 0.5);
+        var expected = new[] { lokrW, lokrW, null, null, lokrW * 0.7 + mokaW * 0.3, lokrW, lokrW }
+            .Select((d, i) => Reference.Linear(x[i].unsqueeze(0), d is null ? w0 : w0 + d)).ToArray();
+        Reference.AssertClose(cat(expected, 0), y);
+    }
+
+    private LoadedAdapter Loaded(string name, TestAdapter adapter)
+    {
+        string dir = adapter.WriteTo(_temp.Sub($"k{_count++}"));
+        var description = AdapterValidator.Validate(dir, Base);
+        var now = DateTimeOffset.UnixEpoch;
+        var record = new AdapterRecord(name, 1, dir, description, "sha256:test", "test", now, now);
+        return LoadedAdapter.Load(record, new NoBaseWeights(), CPU, ScalarType.Float32);
+    }
+
+    /// <summary>Kronecker kinds never read the base weights.</summary>
+    private sealed class NoBaseWeights : IBaseWeights
+    {
+        public Tensor Weight(int layer, Projection projection) => throw new InvalidOperationException("not needed by Kronecker kinds");
     }
 }
