@@ -25,6 +25,7 @@ public sealed class BenchOptions
         adapters: --batches 1,16,32  --cases NAME,...  --device-cache 32  --max-tokens 64
         load:     --registered 1000  --device-cache 32  --load-samples 100  --distinct-files 64  --warmup N (2 x device cache)
         soak:     --generations 2000  --concurrency 8  --soak-adapters 8  --device-cache 4  --max-tokens 16
+                  --churn-cycles 1000 (unload + load + replace of an adapter, spread over the run)
         serve:    --url URL  --api-key KEY  --concurrency 32  --requests 200  --max-tokens 128  --adapters a,b,c
                   --model NAME  --distribution uniform|zipf:S  --prompt-words 32  --ignore-eos  --timeout-s 600
         """;
@@ -48,7 +49,7 @@ public sealed class BenchOptions
     public bool IgnoreEos { get; private set; }
 
     private int? _repeats, _warmup, _maxTokens, _promptTokens, _registered, _deviceCache, _loadSamples, _distinctFiles,
-        _generations, _concurrency, _soakAdapters, _requests, _promptWords;
+        _generations, _concurrency, _soakAdapters, _churnCycles, _requests, _promptWords;
     private IReadOnlyList<int>? _batches, _promptLengths;
     private double? _timeout;
 
@@ -80,6 +81,7 @@ public sealed class BenchOptions
     public int Generations => Pick(_generations, 2000, 20);
     public int Concurrency => Pick(_concurrency, Serve ? 32 : 8, 4);
     public int SoakAdapters => Pick(_soakAdapters, 8, 2);
+    public int ChurnCycles => Pick(_churnCycles, 1000, 4);
     public int Requests => Pick(_requests, 200, 8);
     public int PromptWords => Pick(_promptWords, 32, 8);
     public double TimeoutSeconds => _timeout ?? (Quick ? 120 : Serve ? 600 : 3600);
@@ -147,6 +149,7 @@ public sealed class BenchOptions
                 case "--generations": o._generations = Int(); break;
                 case "--concurrency": o._concurrency = Int(); break;
                 case "--soak-adapters": o._soakAdapters = Int(0); break;
+                case "--churn-cycles": o._churnCycles = Int(0); break;
                 case "--url": o.Url = Value(); break;
                 case "--api-key": o.ApiKey = Value(); break;
                 case "--model": o.ServedModel = Value(); break;
@@ -217,6 +220,7 @@ public sealed class BenchOptions
                 s["generations"] = Generations;
                 s["concurrency"] = Concurrency;
                 s["soak_adapters"] = SoakAdapters;
+                s["churn_cycles"] = ChurnCycles;
                 s["device_cache"] = DeviceCache;
                 s["prompt_tokens"] = PromptTokens;
                 break;

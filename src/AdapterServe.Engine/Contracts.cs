@@ -56,8 +56,27 @@ public sealed record PromptLogprobsEvent(int Index, IReadOnlyList<TokenLogprob?>
 /// </summary>
 public sealed record TokenEvent(int Index, int TokenId, string Text, TokenLogprob? Logprob) : GenerationEvent(Index);
 
-/// <summary>A choice has finished. <c>Text</c> is any held-back text released at the end.</summary>
-public sealed record FinishEvent(int Index, FinishReason Reason, string Text, int PromptTokens, int CompletionTokens, string? Error = null) : GenerationEvent(Index);
+/// <summary>
+/// A choice has finished. <c>Text</c> is any held-back text released at the end. With <see cref="FinishReason.Error"/>,
+/// <c>Error</c> says what failed and <c>ErrorCode</c>, when set, is one of <see cref="EngineErrorCodes"/>.
+/// </summary>
+public sealed record FinishEvent(int Index, FinishReason Reason, string Text, int PromptTokens, int CompletionTokens, string? Error = null, string? ErrorCode = null) : GenerationEvent(Index);
+
+/// <summary>Machine-readable causes of a <see cref="FinishReason.Error"/>, passed on to clients as the OpenAI error <c>code</c>.</summary>
+public static class EngineErrorCodes
+{
+    /// <summary>A forward step failed for this sequence, alone or in every batch that held it; the message carries the error id of the server log line.</summary>
+    public const string StepFailed = "engine_step_failed";
+}
+
+/// <summary>What the engine is doing, as of its last scheduling decision. Plain data, for gauges and gateways.</summary>
+/// <param name="KvCacheUsage">Share of KV-cache slots in use, 0..1.</param>
+/// <param name="RunningAdapters">Names of the adapters the running sequences use (distinct, ordinal order).</param>
+/// <param name="WaitingAdapters">Names of the adapters waiting sequences ask for.</param>
+public sealed record EngineLoad(int Running, int Waiting, double KvCacheUsage, IReadOnlyList<string> RunningAdapters, IReadOnlyList<string> WaitingAdapters)
+{
+    public static readonly EngineLoad Idle = new(0, 0, 0, [], []);
+}
 
 public sealed record ModelInfo(string Id, int ContextLength, int VocabSize, long CreatedUnixSeconds, bool IsDemo, string Description);
 
@@ -87,6 +106,8 @@ public interface IGenerationEngine
     bool IsReady { get; }
     int RunningSequences { get; }
     int WaitingRequests { get; }
+    /// <summary>The engine's load as of its last scheduling decision.</summary>
+    EngineLoad Load { get; }
 
     /// <exception cref="QueueFullException"/>
     /// <exception cref="ContextLengthExceededException"/>
@@ -111,6 +132,6 @@ public sealed class EngineOptions
     public int MaxQueue { get; set; } = 256;
     /// <summary>Most tokens (prefill + decode) in one forward step.</summary>
     public int MaxTokensPerStep { get; set; } = 2048;
-    /// <summary>Longest sequence (prompt + completion); 0 = the model's max_position_embeddings, capped at 4096.</summary>
+    /// <summary>Longest sequence (prompt + completion); 0 = the model's max_position_embeddings, capped at 2048.</summary>
     public int MaxContext { get; set; }
 }

@@ -11,6 +11,15 @@ internal static class EngineMetrics
 
     public static readonly Gauge LiveTensors = Metrics.CreateGauge("adapterserve_engine_live_tensors", "Live TorchSharp tensors owned by the engine thread after the last step (must stay flat).");
 
+    public static readonly Counter StepFailures = Metrics.CreateCounter("adapterserve_engine_step_failures_total",
+        "Forward steps that threw, by how they ended: retried_ok (the retry ran, or every part of the split step did), isolated (only the sequences that make it throw failed), failed (no sequence of the step could go on).",
+        "outcome");
+    // Created with the collector, so every outcome is exported at 0 from the engine's first step on (a dashboard panel or
+    // an alert on them has data before any step fails), not only once the failure path first runs.
+    public static readonly Counter.Child StepsRetriedOk = StepFailures.WithLabels("retried_ok");
+    public static readonly Counter.Child StepsIsolated = StepFailures.WithLabels("isolated");
+    public static readonly Counter.Child StepsFailed = StepFailures.WithLabels("failed");
+
     public static readonly Counter PromptTokens = Metrics.CreateCounter("adapterserve_prompt_tokens_total", "Prompt tokens prefilled.", "model");
     public static readonly Counter GenerationTokens = Metrics.CreateCounter("adapterserve_generation_tokens_total", "Tokens generated.", "model");
     public static readonly Counter RequestsFinished = Metrics.CreateCounter("adapterserve_request_success_total", "Finished sequences by finish reason.", "model", "finished_reason");

@@ -14,7 +14,7 @@ namespace AdapterServe.Engine;
 /// Continuous batching over one resident model. A dedicated thread owns every tensor and loops
 /// schedule → execute → update; requests join and leave the batch between steps.
 /// </summary>
-public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
+public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposable
 {
     private readonly EngineOptions _options;
     private readonly ILogger _logger;
@@ -41,6 +41,8 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
     public Exception? LoadError => _loadError;
     public int RunningSequences => Volatile.Read(ref _runningSequences);
     public int WaitingRequests => Volatile.Read(ref _waitingRequests);
+    public EngineLoad Load => Volatile.Read(ref _load);
+    private EngineLoad _load = EngineLoad.Idle;
     public int ContextLength { get; }
     /// <summary>Live TorchSharp tensors of the engine thread after the last step (dispose-scope statistics are per thread). Must not grow.</summary>
     public long LiveTensors => Interlocked.Read(ref _liveTensors);
@@ -91,7 +93,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
             if (id < 0 || id >= Config.VocabSize) throw new ArgumentOutOfRangeException(nameof(request), $"token id {id} is outside the vocabulary (0..{Config.VocabSize - 1})");
         if (request.PromptTokens.Count >= ContextLength)
             throw new ContextLengthExceededException($"The prompt has {request.PromptTokens.Count} tokens; this model's context length is {ContextLength}.");
-        if (request.PromptTokens.Count + request.Sampling.MaxTokens > ContextLength)
+        if ((long)request.PromptTokens.Count + request.Sampling.MaxTokens > ContextLength)     // long: max_tokens near int.MaxValue must not wrap
             throw new ContextLengthExceededException($"The prompt ({request.PromptTokens.Count} tokens) plus max_tokens ({request.Sampling.MaxTokens}) exceeds this model's context length of {ContextLength}.");
         if (request.N > _options.MaxBatch)
             throw new ArgumentOutOfRangeException(nameof(request), $"n ({request.N}) exceeds the batch size ({_options.MaxBatch})");
@@ -162,8 +164,8 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
             }
             catch (Exception e)
             {
-                _logger.LogError(e, "Engine step failed; failing the {Count} sequences of the batch", _running.Count);
-                foreach (var s in _running.ToList()) Finish(s, FinishReason.Error, error: e.Message);
+                // Outside a forward pass (scheduling, sampling, detokenizing): the state of the batch is unknown, so it all ends.
+                FailAll(e);
             }
         }
         foreach (var s in _running.Concat(_waiting).ToList()) Finish(s, FinishReason.Cancelled);
@@ -232,37 +234,52 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         if (_adapters is not null)   // sequences on the same adapters side by side: one contiguous segment per adapter
             step = [.. step.OrderBy(s => s.Owner.AdapterState?.GroupKey ?? "", StringComparer.Ordinal)];
         using var scope = NewDisposeScope();
+        RunContained(Plan(step));
+        EngineMetrics.StepSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
+    }
+
+    /// <summary>The tokens each sequence feeds this step (a decode token or a prompt chunk), fixed once so that a retried or split step feeds the same.</summary>
+    private List<PlannedStep> Plan(List<Sequence> step)
+    {
         int budget = _options.MaxTokensPerStep;
-        var steps = new List<SequenceStep>(step.Count);
-        var chunks = new int[step.Count];
+        var plan = new List<PlannedStep>(step.Count);
         for (int i = 0; i < step.Count; i++)
         {
             var s = step[i];
             int count = s.Status == SequenceStatus.Decoding ? 1 : Math.Max(1, Math.Min(s.Tokens.Count - s.Computed, budget - (step.Count - i - 1)));
             budget -= count;
-            chunks[i] = count;
             bool allLogits = s.Status == SequenceStatus.Prefilling && s.Owner.Request.PromptLogprobs;
-            steps.Add(new SequenceStep(s.Slot, s.Computed, s.Tokens.GetRange(s.Computed, count), allLogits));
+            plan.Add(new PlannedStep(s, new SequenceStep(s.Slot, s.Computed, s.Tokens.GetRange(s.Computed, count), allLogits)));
         }
-        var batch = new ForwardBatch(steps);
-        var hook = BuildHook(step, batch);
+        return plan;
+    }
+
+    /// <summary>
+    /// The forward pass of <paramref name="part"/> and its logits on the CPU. Changes nothing of the sequences: its only
+    /// lasting effect is the keys/values it writes at the positions it feeds, which a later attempt overwrites.
+    /// </summary>
+    private StepOutput Forward(IReadOnlyList<PlannedStep> part)
+    {
+        var batch = new ForwardBatch(part.Select(p => p.Step).ToList());
+        var hook = BuildHook(part, batch);
         Tensor logits;
         try { logits = _model!.Forward(batch, _cache!, hook); }                      // [rows, vocab]
-        finally { hook?.Complete(); }
-        EngineMetrics.BatchSize.Observe(step.Count);
-        EngineMetrics.StepTokens.Observe(batch.TokenCount);
-
-        bool wantLogprobs = step.Any(s => s.Owner.Request.Sampling.Logprobs is not null || s.Owner.Request.PromptLogprobs);
+        catch { hook?.Abandon(); throw; }
+        hook?.Complete();
+        bool wantLogprobs = part.Any(p => p.Sequence.Owner.Request.Sampling.Logprobs is not null || p.Sequence.Owner.Request.PromptLogprobs);
         var logprobs = wantLogprobs ? logits.log_softmax(-1) : null;              // [rows, vocab]
-        var rowLogits = logits.cpu();
-        var rowLogprobs = logprobs?.cpu();
+        return new StepOutput(batch, logits.cpu(), logprobs?.cpu());
+    }
 
+    /// <summary>Advances the sequences of <paramref name="part"/> by the output of its forward pass: prompt progress, sampling, events.</summary>
+    private void Commit(IReadOnlyList<PlannedStep> part, StepOutput output)
+    {
+        EngineMetrics.BatchSize.Observe(part.Count);
+        EngineMetrics.StepTokens.Observe(output.Batch.TokenCount);
         int row = 0;
-        for (int i = 0; i < step.Count; i++)
+        foreach (var (s, st) in part)
         {
-            var s = step[i];
-            var st = steps[i];
-            if (st.AllLogits) RecordPromptLogprobs(s, st, rowLogprobs!, row);
+            if (st.AllLogits) RecordPromptLogprobs(s, st, output.Logprobs!, row);
             int lastRow = row + (st.AllLogits ? st.TokenCount : 1) - 1;
             row = lastRow + 1;
             s.Computed += st.TokenCount;
@@ -273,11 +290,10 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
                 s.Status = SequenceStatus.Decoding;
                 if (s.PromptLogprobs is not null) s.Owner.Emit(new PromptLogprobsEvent(s.Index, s.PromptLogprobs));
             }
-            int token = s.Sampler.Sample(RowSpan(rowLogits, lastRow));
-            var lp = s.Owner.Request.Sampling.Logprobs is int k ? TokenLogprobOf(rowLogprobs!, lastRow, token, k) : null;
+            int token = s.Sampler.Sample(RowSpan(output.Logits, lastRow));
+            var lp = s.Owner.Request.Sampling.Logprobs is int k ? TokenLogprobOf(output.Logprobs!, lastRow, token, k) : null;
             AcceptToken(s, token, lp);
         }
-        EngineMetrics.StepSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
     }
 
     private void RecordLiveTensors()
@@ -287,12 +303,12 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         EngineMetrics.LiveTensors.Set(live);
     }
 
-    private IAdapterStepHook? BuildHook(List<Sequence> step, ForwardBatch batch)
+    private IAdapterStepHook? BuildHook(IReadOnlyList<PlannedStep> part, ForwardBatch batch)
     {
-        if (_adapters is null || step.All(s => s.Owner.AdapterState is null)) return null;
-        var segments = new List<StepSegment>(step.Count);
-        for (int i = 0; i < step.Count; i++)
-            segments.Add(new StepSegment(batch.TokenStarts[i], batch.Sequences[i].TokenCount, step[i].Owner.AdapterState));
+        if (_adapters is null || part.All(p => p.Sequence.Owner.AdapterState is null)) return null;
+        var segments = new List<StepSegment>(part.Count);
+        for (int i = 0; i < part.Count; i++)
+            segments.Add(new StepSegment(batch.TokenStarts[i], batch.Sequences[i].TokenCount, part[i].Sequence.Owner.AdapterState));
         return _adapters.BuildHook(segments);
     }
 
@@ -343,7 +359,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         else if (s.Generated >= p.MaxTokens || s.Tokens.Count >= ContextLength) Finish(s, FinishReason.Length);
     }
 
-    private void Finish(Sequence s, FinishReason reason, string? error = null)
+    private void Finish(Sequence s, FinishReason reason, string? error = null, string? errorCode = null)
     {
         if (s.Status == SequenceStatus.Finished) return;
         var owner = s.Owner;
@@ -360,7 +376,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         }
         s.Status = SequenceStatus.Finished;
         string tail = reason is FinishReason.Stop or FinishReason.Length ? s.Text.Flush() : "";
-        owner.Emit(new FinishEvent(s.Index, reason, tail, s.PromptLength, s.Generated, error));
+        owner.Emit(new FinishEvent(s.Index, reason, tail, s.PromptLength, s.Generated, error, errorCode));
         EngineMetrics.RequestsFinished.WithLabels(owner.ModelLabel, reason.ToString().ToLowerInvariant()).Inc();
         EngineMetrics.E2eLatency.WithLabels(owner.ModelLabel).Observe(Stopwatch.GetElapsedTime(owner.ArrivalTimestamp).TotalSeconds);
         if (--owner.OpenChoices == 0)
@@ -377,24 +393,22 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         Volatile.Write(ref _runningSequences, _running.Count);
         EngineMetrics.RequestsRunning.Set(_running.Count);
         EngineMetrics.RequestsWaiting.Set(WaitingRequests);
-        if (_cache is not null) EngineMetrics.KvCacheUsage.Set(1.0 - (double)_cache.FreeSlots / _cache.Slots);
+        double kvUsage = _cache is null ? 0 : 1.0 - (double)_cache.FreeSlots / _cache.Slots;
+        EngineMetrics.KvCacheUsage.Set(kvUsage);
+        Volatile.Write(ref _load, new EngineLoad(_running.Count, WaitingRequests, kvUsage, AdapterNames(_running), AdapterNames(_waiting)));
     }
 
-    public static Device ParseDevice(string device) => device.ToLowerInvariant() switch
+    private static IReadOnlyList<string> AdapterNames(List<Sequence> sequences)
     {
-        "cpu" => CPU,
-        var d when d.StartsWith("cuda", StringComparison.Ordinal) => cuda.is_available() ? new Device(d) : throw new ArgumentException($"device '{device}' requested but CUDA is not available in this build (build with -p:TorchSharpBackend=cuda on a GPU machine)"),
-        _ => throw new ArgumentException($"unknown device '{device}' (use cpu or cuda[:N])"),
-    };
+        if (sequences.All(s => s.Owner.Request.Adapters.Count == 0)) return [];
+        return sequences.SelectMany(s => s.Owner.Request.Adapters.Select(a => a.Name)).Distinct().Order(StringComparer.Ordinal).ToList();
+    }
 
-    public static ScalarType ParseDtype(string dtype, Device device) => dtype.ToLowerInvariant() switch
-    {
-        "float32" or "fp32" or "f32" => ScalarType.Float32,
-        "bfloat16" or "bf16" => ScalarType.BFloat16,
-        "float16" or "fp16" or "f16" when device.type == DeviceType.CUDA => ScalarType.Float16,
-        "float16" or "fp16" or "f16" => throw new ArgumentException("float16 is only supported on cuda (on this CPU it is ~250x slower than float32); use float32 or bfloat16"),
-        _ => throw new ArgumentException($"unknown dtype '{dtype}' (use float32, bfloat16, or float16 on cuda)"),
-    };
+    /// <summary>See <see cref="ComputeTarget.ParseDevice"/> (the one parser of <c>--device</c>).</summary>
+    public static Device ParseDevice(string device) => ComputeTarget.ParseDevice(device);
+
+    /// <summary>See <see cref="ComputeTarget.ParseDtype"/> (the one parser of <c>--dtype</c>).</summary>
+    public static ScalarType ParseDtype(string dtype, Device device) => ComputeTarget.ParseDtype(dtype, device);
 
     public async ValueTask DisposeAsync()
     {

@@ -20,13 +20,15 @@ public abstract class AdapterBinding
 public readonly record struct StepSegment(int TokenStart, int TokenCount, AdapterBinding? Binding);
 
 /// <summary>
-/// The projection hook of ONE forward step, built by the Adapters room. The engine calls <see cref="Complete"/> exactly
-/// once when the step ends (after the forward pass, or after it failed): per-step work lands there (e.g. expert
-/// counts), and the hook frees what it built for the step.
+/// The projection hook of ONE forward step, built by the Adapters room. The engine ends it exactly once: with
+/// <see cref="Complete"/> after a forward pass that ran (per-step work lands there, e.g. expert counts), or with
+/// <see cref="Abandon"/> after one that threw (the step is retried or split: nothing of it may count). Either frees
+/// what the hook built for the step.
 /// </summary>
 public interface IAdapterStepHook : IProjectionHook
 {
     void Complete();
+    void Abandon();
 }
 
 /// <summary>

@@ -42,8 +42,8 @@ public static class SyntheticModel
         var tensors = new List<KeyValuePair<string, Tensor>>();
         void Add(string name, Tensor t) => tensors.Add(new(name, t.to_type(dtype)));
         // Linear weights ~ N(0, 1/d_in) keep activations of a random model near unit scale.
-        Tensor LinearWeight(long outDim, long inDim) => randn([outDim, inDim], generator: generator) / Math.Sqrt(inDim);
-        Tensor NormWeight(long dim) => 1 + 0.1 * randn([dim], generator: generator);
+        Tensor LinearWeight(long outDim, long inDim) => TorchScalars.Div(randn([outDim, inDim], generator: generator), Math.Sqrt(inDim));
+        Tensor NormWeight(long dim) => TorchScalars.Add(TorchScalars.Mul(randn([dim], generator: generator), 0.1), 1.0);
 
         int h = config.HiddenSize, qOut = config.NumAttentionHeads * config.HeadDim, kvOut = config.NumKeyValueHeads * config.HeadDim;
         Add("model.embed_tokens.weight", randn([config.VocabSize, h], generator: generator));
@@ -57,7 +57,7 @@ public static class SyntheticModel
                 string name = ProjectionNames.ModulePath(i, p);
                 Add(name + ".weight", LinearWeight(outDim, inDim));
                 if (config.AttentionBias && p is Projection.Q or Projection.K or Projection.V)
-                    Add(name + ".bias", 0.1 * randn([outDim], generator: generator));
+                    Add(name + ".bias", TorchScalars.Mul(randn([outDim], generator: generator), 0.1));
             }
         }
         Add("model.norm.weight", NormWeight(h));

@@ -1,4 +1,5 @@
 using AdapterServe.Server.Adapters;
+using AdapterServe.Server.Dashboard;
 using AdapterServe.Server.Hosting;
 using Microsoft.Extensions.Options;
 
@@ -8,6 +9,7 @@ try
     var builder = WebApplication.CreateBuilder(flags);
     builder.AddServerConfiguration(flags);
     builder.AddServerLogging();
+    builder.Services.AddGracefulShutdown();
     builder.Services.AddGenerationEngine();
     builder.Services.AddAdapterServing(builder.Configuration);
     builder.Services.AddOpenAIApi();
@@ -18,6 +20,7 @@ try
     app.UseServerPipeline();
     app.MapHealth();
     app.MapServerMetrics();
+    app.MapDashboard();
     app.MapOpenAIApi();
     app.MapAdapterEndpoints();
     app.MapApiDocs();

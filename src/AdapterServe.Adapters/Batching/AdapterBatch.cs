@@ -123,7 +123,15 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
         }
     }
 
-    public void Dispose() => Complete();
+    /// <summary>The forward pass threw: the step's index tensors are freed and no kind's end-of-step work runs (the step is retried or split). Idempotent.</summary>
+    public void Abandon()
+    {
+        if (_completed) return;
+        _completed = true;
+        foreach (var g in _groups) g.Dispose();
+    }
+
+    public void Dispose() => Abandon();
 
     private static List<(LoadedAdapter Adapter, float Scale)> MergeDuplicates(AdapterSegment segment)
     {

@@ -47,7 +47,7 @@ public sealed class AdapterTokenGroup : IDisposable
     public void AddRows(Tensor y, Tensor delta)
     {
         if (_index is null) TorchScalars.AddInPlace(y.narrow(0, Start, Count), delta);
-        else y.index_add_(0, _index, delta, TorchScalars.One);
+        else TorchScalars.IndexAddInPlace(y, 0, _index, delta);
     }
 
     /// <summary><c>y[rows] = values</c>.</summary>

@@ -39,4 +39,15 @@ public sealed class AdapterKinds
     public AdapterKinds With(params IEnumerable<IAdapterKindHandler> handlers) => new(Handlers.Concat(handlers));
 
     public bool TryFind(string peftType, out IAdapterKindHandler handler) => _byPeftType.TryGetValue(peftType, out handler!);
+
+    /// <summary>Does some kind place a file at this relative path (segments)? Before the kind is known (an upload), this decides what is received.</summary>
+    public bool Places(IReadOnlyList<string> segments) => Handlers.Any(h => h.Files.Places(segments));
+
+    /// <summary>The files of every kind present in <paramref name="directory"/> (see <see cref="AdapterFiles.Find"/>).</summary>
+    public IReadOnlyList<string> Find(string directory) =>
+        [.. Handlers.SelectMany(h => h.Files.Find(directory)).Distinct().Order(StringComparer.Ordinal)];
+
+    /// <summary>Every file pattern of every kind (only those at the adapter folder's top when <paramref name="topOnly"/>), for messages.</summary>
+    public string DescribeFiles(bool topOnly = false) => string.Join(", ",
+        Handlers.SelectMany(h => h.Files.Patterns).Select(p => p.Pattern).Where(p => !topOnly || !p.Contains('/')).Distinct());
 }

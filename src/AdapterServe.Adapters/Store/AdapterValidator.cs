@@ -19,6 +19,8 @@ public static class AdapterValidator
 {
     public const string ConfigFileName = AdapterFiles.ConfigFileName;
     public const string WeightsFileName = AdapterFiles.WeightsFileName;
+    /// <summary>PyTorch pickle weights: never loaded, only recognised to say why an adapter is refused.</summary>
+    public const string PickleFileName = "adapter_model.bin";
     /// <summary>PEFT's prefix of every adapter tensor key.</summary>
     public const string KeyPrefix = "base_model.model.";
 

@@ -48,7 +48,15 @@ public sealed class AdapterRoom : IAsyncDisposable
 
     /// <summary>Publishes <paramref name="directory"/> under <paramref name="name"/> (version 1), validating the directory the first time it is seen.</summary>
     /// <exception cref="BenchException">The directory is not a valid adapter for the model.</exception>
-    public AdapterRecord Register(string name, string directory)
+    public AdapterRecord Register(string name, string directory) => Publish(name, directory, 1);
+
+    /// <summary>
+    /// Makes <paramref name="directory"/> version <paramref name="version"/> of <paramref name="name"/> (a load, or a replace
+    /// when the name exists), as the store does: running requests keep the version they leased; cached weights of versions
+    /// nobody uses are dropped.
+    /// </summary>
+    /// <exception cref="BenchException">The directory is not a valid adapter for the model.</exception>
+    public AdapterRecord Publish(string name, string directory, int version)
     {
         string dir = Path.GetFullPath(directory);
         if (!_validated.TryGetValue(dir, out var known))
@@ -56,7 +64,7 @@ public sealed class AdapterRoom : IAsyncDisposable
             try
             {
                 var description = AdapterValidator.Validate(dir, _model);
-                var (hash, _) = ContentHash.Compute(dir, [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName]);
+                var (hash, _) = ContentHash.Compute(dir, description.Handler.Files.Find(dir));
                 _validated[dir] = known = (description, hash);
             }
             catch (AdapterValidationException e)
@@ -65,9 +73,18 @@ public sealed class AdapterRoom : IAsyncDisposable
             }
         }
         var now = DateTimeOffset.UtcNow;
-        var record = new AdapterRecord(name, 1, dir, known.Description, known.Hash, "bench", now, now);
+        var record = new AdapterRecord(name, version, dir, known.Description, known.Hash, "bench", now, now);
+        bool replaced = Registry.TryResolve(name, out _);
         Registry.Publish(record);
+        if (replaced) Cache.Forget(name);
         return record;
+    }
+
+    /// <summary>Withdraws <paramref name="name"/> (an unload): new requests no longer find it, running ones finish on their lease.</summary>
+    public void Unregister(string name)
+    {
+        Registry.Remove(name);
+        Cache.Forget(name);
     }
 
     /// <summary>Disposes the cached adapter tensors; dispose the engine first.</summary>

@@ -51,8 +51,8 @@ public static class PeftLoraWriter
             {
                 var (inDim, outDim) = shapes.ProjectionShape(p);
                 string prefix = "base_model.model." + ProjectionNames.ModulePath(layer, p);
-                tensors.Add(new(prefix + ".lora_A.weight", randn([rank, inDim], generator: generator) / Math.Sqrt(inDim)));        // [r, d_in]
-                tensors.Add(new(prefix + ".lora_B.weight", randn([outDim, rank], generator: generator) * (0.1 / Math.Sqrt(rank)))); // [d_out, r]
+                tensors.Add(new(prefix + ".lora_A.weight", TorchScalars.Div(randn([rank, inDim], generator: generator), Math.Sqrt(inDim))));        // [r, d_in]
+                tensors.Add(new(prefix + ".lora_B.weight", TorchScalars.Mul(randn([outDim, rank], generator: generator), 0.1 / Math.Sqrt(rank)))); // [d_out, r]
             }
         SafetensorsWriter.Write(Path.Combine(directory, "adapter_model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
     }

@@ -12,15 +12,20 @@ internal sealed class AttentionLayout
     public required Tensor TokenIds { get; init; }     // [N] int64
     public required Tensor Positions { get; init; }    // [N] int64
     public required Tensor CacheRows { get; init; }    // [N] slot·slotLength + position
-    public required Tensor QueryRows { get; init; }    // [N] b·T + t in the padded query layout
+    public Tensor? QueryRows { get; init; }            // [N] b·T + t in the padded query layout; null when packed = padded
     public required Tensor KeyRows { get; init; }      // [B·S] slot·slotLength + j (clamped for padding)
-    public required Tensor LogitRows { get; init; }    // [rows]
-    public Tensor? Mask { get; init; }                 // [B, 1, T, S] bool, null when all keys visible
+    public Tensor? LogitRows { get; init; }            // [rows]; null when every packed row is a logit row, in order
+    /// <summary>
+    /// true = attend; null when every key is visible. Decode steps (T = 1): <c>[B, 1, 1, S]</c>, broadcast over the G query
+    /// heads of a KV head; otherwise <c>[B, 1, T·G, S]</c>, each query row repeated for the G heads of its group.
+    /// </summary>
+    public Tensor? Mask { get; init; }
     public long Batch { get; init; }
     public long MaxNewTokens { get; init; }
     public long MaxTotalLength { get; init; }
 
-    public static AttentionLayout Build(ForwardBatch batch, KvCache cache, Device device)
+    /// <param name="group">Query heads per KV head (G = H / KVH).</param>
+    public static AttentionLayout Build(ForwardBatch batch, KvCache cache, int group, Device device)
     {
         int n = batch.TokenCount, b = batch.Sequences.Count, t = batch.MaxNewTokens, s = batch.MaxTotalLength;
         var tokenIds = new long[n];
@@ -29,7 +34,7 @@ internal sealed class AttentionLayout
         var queryRows = new long[n];
         var keyRows = new long[b * s];
         var mask = new bool[b * t * s];
-        bool needMask = false;
+        bool needMask = false, padded = false;
         for (int i = 0; i < b; i++)
         {
             var seq = batch.Sequences[i];
@@ -37,6 +42,7 @@ internal sealed class AttentionLayout
                 throw new InvalidOperationException($"sequence in slot {seq.Slot} needs {seq.PastLength + seq.TokenCount} positions; the KV slot holds {cache.SlotLength}");
             long slotBase = (long)seq.Slot * cache.SlotLength;
             int start = batch.TokenStarts[i];
+            padded |= seq.TokenCount != t;
             for (int j = 0; j < seq.TokenCount; j++)
             {
                 int pos = seq.PastLength + j;
@@ -56,18 +62,32 @@ internal sealed class AttentionLayout
             }
         }
         var logitRows = batch.LogitRows().Select(r => (long)r).ToArray();
+        bool allRows = logitRows.Length == n;                                  // rows are ascending: all rows = identity
         return new AttentionLayout
         {
             TokenIds = tensor(tokenIds, device: device),
             Positions = tensor(positions, device: device),
             CacheRows = tensor(cacheRows, device: device),
-            QueryRows = tensor(queryRows, device: device),
+            QueryRows = padded ? tensor(queryRows, device: device) : null,
             KeyRows = tensor(keyRows, device: device),
-            LogitRows = tensor(logitRows, device: device),
-            Mask = needMask ? tensor(mask, device: device).view(b, 1, t, s) : null,
+            LogitRows = allRows ? null : tensor(logitRows, device: device),
+            Mask = !needMask ? null
+                : t == 1 ? tensor(mask, device: device).view(b, 1, 1, s)
+                : tensor(RepeatRows(mask, b * t, s, group), device: device).view(b, 1, t * group, s),
             Batch = b,
             MaxNewTokens = t,
             MaxTotalLength = s,
         };
+    }
+
+    /// <summary>Each of the <paramref name="rows"/> rows of <paramref name="mask"/> (<paramref name="width"/> wide) repeated <paramref name="times"/> times.</summary>
+    private static bool[] RepeatRows(bool[] mask, int rows, int width, int times)
+    {
+        if (times == 1) return mask;
+        var repeated = new bool[mask.Length * times];
+        for (int r = 0; r < rows; r++)
+            for (int g = 0; g < times; g++)
+                Array.Copy(mask, (long)r * width, repeated, ((long)r * times + g) * width, width);
+        return repeated;
     }
 }

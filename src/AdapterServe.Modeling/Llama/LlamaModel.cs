@@ -15,33 +15,93 @@ public sealed class Linear(Tensor weight, Tensor? bias, int layer, Projection pr
     {
         var y = F.linear(x, Weight);                                     // [N, d_out]
         if (hook is not null) y = hook.Apply(layer, projection, x, y, Weight);
-        return Bias is null ? y : y.add_(Bias);
+        return Bias is null ? y : TorchScalars.AddInPlace(y, Bias);
     }
 }
 
-/// <summary><c>model.layers.{i}.self_attn</c>: grouped-query attention with rotary embeddings.</summary>
-public sealed class LlamaAttention(Linear qProj, Linear kProj, Linear vProj, Linear oProj)
+/// <summary>
+/// Several frozen projections of the same input stored as one weight, rows stacked in order (q|k|v, gate|up): one GEMM
+/// instead of several. Each projection's weight is a row block of the fused one (a contiguous view), and the adapter hook
+/// still sees each projection alone, on its column block of the fused output (updated in place).
+/// </summary>
+public sealed class FusedLinear
 {
-    public Linear QProj { get; } = qProj;
-    public Linear KProj { get; } = kProj;
-    public Linear VProj { get; } = vProj;
+    private readonly int _layer;
+    private readonly (Projection Projection, long Offset, long Size)[] _parts;
+
+    /// <param name="weights">Each projection's <c>W0: [d_out_i, d_in]</c> and optional bias, in output order; copied into the fused weight.</param>
+    public FusedLinear(int layer, IReadOnlyList<(Projection Projection, Tensor Weight, Tensor? Bias)> weights)
+    {
+        _layer = layer;
+        Weight = cat(weights.Select(w => w.Weight).ToList(), 0);                                 // [Σ d_out_i, d_in]
+        bool anyBias = weights.Any(w => w.Bias is not null);
+        Bias = anyBias ? cat(weights.Select(w => w.Bias ?? zeros(w.Weight.shape[0], w.Weight.dtype, w.Weight.device)).ToList(), 0) : null;
+        _parts = new (Projection, long, long)[weights.Count];
+        long offset = 0;
+        for (int i = 0; i < weights.Count; i++)
+        {
+            long size = weights[i].Weight.shape[0];
+            _parts[i] = (weights[i].Projection, offset, size);
+            offset += size;
+        }
+    }
+
+    public Tensor Weight { get; }
+    public Tensor? Bias { get; }
+
+    /// <summary>The row block of <paramref name="projection"/>: its own <c>W0: [d_out, d_in]</c> (a view).</summary>
+    public Tensor WeightOf(Projection projection)
+    {
+        var part = _parts.Single(p => p.Projection == projection);
+        return Weight.narrow(0, part.Offset, part.Size);
+    }
+
+    /// <summary>Output column block of <paramref name="projection"/> in <paramref name="fused"/> <c>[N, Σ d_out_i]</c>.</summary>
+    public Tensor Slice(Tensor fused, Projection projection)
+    {
+        var part = _parts.Single(p => p.Projection == projection);
+        return fused.narrow(1, part.Offset, part.Size);
+    }
+
+    /// <returns><c>[N, Σ d_out_i]</c>: every projection's output side by side, each adapted by the hook.</returns>
+    public Tensor Forward(Tensor x, IProjectionHook? hook)
+    {
+        var y = F.linear(x, Weight);                                                             // [N, Σ d_out_i]
+        if (hook is not null)
+            foreach (var (projection, offset, size) in _parts)
+            {
+                var block = y.narrow(1, offset, size);                                           // [N, d_out_i], a view into y
+                var adapted = hook.Apply(_layer, projection, x, block, Weight.narrow(0, offset, size));
+                if (!ReferenceEquals(adapted, block)) block.copy_(adapted);
+            }
+        return Bias is null ? y : TorchScalars.AddInPlace(y, Bias);
+    }
+}
+
+/// <summary><c>model.layers.{i}.self_attn</c>: grouped-query attention with rotary embeddings; q|k|v fused.</summary>
+public sealed class LlamaAttention(FusedLinear qkvProj, Linear oProj)
+{
+    public FusedLinear QkvProj { get; } = qkvProj;
     public Linear OProj { get; } = oProj;
 }
 
-/// <summary><c>model.layers.{i}.mlp</c>: SwiGLU, <c>down(silu(gate(x)) · up(x))</c>.</summary>
-public sealed class LlamaMlp(Linear gateProj, Linear upProj, Linear downProj)
+/// <summary><c>model.layers.{i}.mlp</c>: SwiGLU, <c>down(silu(gate(x)) · up(x))</c>; gate|up fused.</summary>
+public sealed class LlamaMlp(FusedLinear gateUpProj, Linear downProj)
 {
-    public Linear GateProj { get; } = gateProj;
-    public Linear UpProj { get; } = upProj;
+    public FusedLinear GateUpProj { get; } = gateUpProj;
     public Linear DownProj { get; } = downProj;
 
     public Tensor Forward(Tensor x, IProjectionHook? hook)
     {
         using var scope = NewDisposeScope();
-        var h = F.silu(GateProj.Forward(x, hook)) * UpProj.Forward(x, hook);   // [N, intermediate]
+        var gateUp = GateUpProj.Forward(x, hook);                                                // [N, 2·intermediate]
+        var h = F.silu(GateUpProj.Slice(gateUp, Projection.Gate)).mul_(GateUpProj.Slice(gateUp, Projection.Up));   // [N, intermediate]
         return DownProj.Forward(h, hook).MoveToOuterDisposeScope();
     }
 }
+
+/// <summary>One projection's frozen weight <c>W0: [d_out, d_in]</c>.</summary>
+public sealed record ProjectionWeights(Tensor Weight);
 
 /// <summary><c>model.layers.{i}</c>.</summary>
 public sealed class LlamaDecoderLayer(RmsNorm inputLayernorm, LlamaAttention selfAttn, RmsNorm postAttentionLayernorm, LlamaMlp mlp)
@@ -90,8 +150,26 @@ public sealed class LlamaModel : IDisposable
                 return new Linear(Load(name + ".weight", outDim, inDim), bias ? Load(name + ".bias", outDim) : LoadOptional(name + ".bias", outDim), i, proj);
             }
             bool ab = config.AttentionBias;
-            var attn = new LlamaAttention(Proj(Projection.Q, qOut, h, ab), Proj(Projection.K, kvOut, h, ab), Proj(Projection.V, kvOut, h, ab), Proj(Projection.O, h, qOut, false));
-            var mlp = new LlamaMlp(Proj(Projection.Gate, config.IntermediateSize, h, false), Proj(Projection.Up, config.IntermediateSize, h, false), Proj(Projection.Down, h, config.IntermediateSize, false));
+            (Projection, Tensor, Tensor?) Part(Projection proj, long outDim, long inDim, bool bias)
+            {
+                string name = ProjectionNames.ModulePath(i, proj);
+                var b = bias || has(name + ".bias") ? load(name + ".bias", [outDim]) : null;
+                return (proj, load(name + ".weight", [outDim, inDim]), b);
+            }
+            FusedLinear Fused(params (Projection, Tensor Weight, Tensor? Bias)[] parts)
+            {
+                var fused = new FusedLinear(i, parts);
+                foreach (var part in parts) { part.Weight.Dispose(); part.Bias?.Dispose(); }
+                _owned.Add(fused.Weight);
+                if (fused.Bias is not null) _owned.Add(fused.Bias);
+                return fused;
+            }
+            var attn = new LlamaAttention(
+                Fused(Part(Projection.Q, qOut, h, ab), Part(Projection.K, kvOut, h, ab), Part(Projection.V, kvOut, h, ab)),
+                Proj(Projection.O, h, qOut, false));
+            var mlp = new LlamaMlp(
+                Fused(Part(Projection.Gate, config.IntermediateSize, h, false), Part(Projection.Up, config.IntermediateSize, h, false)),
+                Proj(Projection.Down, h, config.IntermediateSize, false));
             layers.Add(new LlamaDecoderLayer(
                 new RmsNorm(Load(p + "input_layernorm.weight", h), config.RmsNormEps), attn,
                 new RmsNorm(Load(p + "post_attention_layernorm.weight", h), config.RmsNormEps), mlp));
@@ -122,29 +200,34 @@ public sealed class LlamaModel : IDisposable
     /// One packed step. Embeds the new tokens, runs every layer (writing their keys/values into their sequences'
     /// KV slots) and returns float32 logits <c>[rows, vocab]</c> for <see cref="ForwardBatch.LogitRows"/>.
     /// </summary>
-    public Tensor Forward(ForwardBatch batch, KvCache cache, IProjectionHook? hook = null)
+    /// <param name="layers">Run only the first N layers (the bench's step profile); null = all.</param>
+    public Tensor Forward(ForwardBatch batch, KvCache cache, IProjectionHook? hook = null, int? layers = null)
     {
         using var scope = NewDisposeScope();
-        var layout = AttentionLayout.Build(batch, cache, Device);
-        var hidden = EmbedTokens.index_select(0, layout.TokenIds);          // [N, hidden]
-        for (int l = 0; l < Layers.Count; l++)
+        var layout = AttentionLayout.Build(batch, cache, Config.NumAttentionHeads / Config.NumKeyValueHeads, Device);
+        var rope = Rotary.At(layout.Positions);                                  // cos, signed sin [N, 1, D]: once per step
+        var hidden = EmbedTokens.index_select(0, layout.TokenIds);              // [N, hidden], a fresh tensor: updated in place
+        for (int l = 0; l < (layers ?? Layers.Count); l++)
         {
             var layer = Layers[l];
-            var attnOut = Attention(l, layer.SelfAttn, layer.InputLayernorm.Forward(hidden), layout, cache, hook);
-            hidden = hidden + attnOut;
-            hidden = hidden + layer.Mlp.Forward(layer.PostAttentionLayernorm.Forward(hidden), hook);
+            TorchScalars.AddInPlace(hidden, Attention(l, layer.SelfAttn, layer.InputLayernorm.Forward(hidden), layout, rope, cache, hook));
+            TorchScalars.AddInPlace(hidden, layer.Mlp.Forward(layer.PostAttentionLayernorm.Forward(hidden), hook));
         }
-        var rows = Norm.Forward(hidden.index_select(0, layout.LogitRows));  // [rows, hidden]
-        return F.linear(rows, LmHead).to_type(ScalarType.Float32).MoveToOuterDisposeScope();   // [rows, vocab]
+        var rows = Norm.Forward(layout.LogitRows is { } r ? hidden.index_select(0, r) : hidden);   // [rows, hidden]
+        var logits = F.linear(rows, LmHead);                                                      // [rows, vocab]
+        return (logits.dtype == ScalarType.Float32 ? logits : logits.to_type(ScalarType.Float32)).MoveToOuterDisposeScope();
     }
 
-    private Tensor Attention(int l, LlamaAttention attn, Tensor x, AttentionLayout layout, KvCache cache, IProjectionHook? hook)
+    private Tensor Attention(int l, LlamaAttention attn, Tensor x, AttentionLayout layout, RotaryEmbedding.Angles rope, KvCache cache, IProjectionHook? hook)
     {
-        int heads = Config.NumAttentionHeads, kvHeads = Config.NumKeyValueHeads, d = Config.HeadDim;
+        int heads = Config.NumAttentionHeads, kvHeads = Config.NumKeyValueHeads, d = Config.HeadDim, group = heads / kvHeads;
         long n = x.shape[0];
-        var q = Rotary.Apply(attn.QProj.Forward(x, hook).view(n, heads, d), layout.Positions);     // [N, H, D]
-        var k = Rotary.Apply(attn.KProj.Forward(x, hook).view(n, kvHeads, d), layout.Positions);   // [N, KVH, D]
-        var v = attn.VProj.Forward(x, hook).view(n, kvHeads, d);                                   // [N, KVH, D]
+        using var scope = NewDisposeScope();
+        var qkv = attn.QkvProj.Forward(x, hook);                                                  // [N, (H + 2·KVH)·D]
+        var qk = Rotary.Apply(qkv.narrow(1, 0, (heads + kvHeads) * d).view(n, heads + kvHeads, d), rope);   // [N, H + KVH, D], rotated together
+        var q = qk.narrow(1, 0, heads);                                                           // [N, H, D]
+        var k = qk.narrow(1, heads, kvHeads);                                                     // [N, KVH, D]
+        var v = qkv.narrow(1, (heads + kvHeads) * d, kvHeads * d).view(n, kvHeads, d);            // [N, KVH, D]
 
         var keys = cache.Keys(l);
         var values = cache.Values(l);
@@ -152,18 +235,28 @@ public sealed class LlamaModel : IDisposable
         values.index_copy_(0, layout.CacheRows, v);
 
         long b = layout.Batch, t = layout.MaxNewTokens, s = layout.MaxTotalLength;
-        // Padded per-sequence views: queries [B, H, T, D], keys/values [B, H, S, D] gathered from the slots.
-        var qPad = zeros([b * t, heads, d], q.dtype, q.device).index_copy_(0, layout.QueryRows, q).view(b, t, heads, d).permute(0, 2, 1, 3);
-        var kAll = keys.index_select(0, layout.KeyRows).view(b, s, kvHeads, d).permute(0, 2, 1, 3);
+        // Grouped-query attention without repeating K/V: the G = H/KVH query heads of each KV head are extra query rows,
+        // queries [B, KVH, T·G, D] against keys/values [B, KVH, S, D] gathered from the slots.
+        var kAll = keys.index_select(0, layout.KeyRows).view(b, s, kvHeads, d).permute(0, 2, 1, 3);   // [B, KVH, S, D]
         var vAll = values.index_select(0, layout.KeyRows).view(b, s, kvHeads, d).permute(0, 2, 1, 3);
-        if (heads != kvHeads)
+        Tensor packed;                                                                            // [N, H·D]
+        if (t == 1)
         {
-            kAll = kAll.repeat_interleave(heads / kvHeads, dim: 1);                                // [B, H, S, D]
-            vAll = vAll.repeat_interleave(heads / kvHeads, dim: 1);
+            // Decode: one query per sequence, already in batch order; no padding.
+            var o = ScaledDotProductAttention(q.reshape(b, kvHeads, group, d), kAll, vAll, layout.Mask);   // [B, KVH, G, D]
+            packed = o.reshape(n, heads * d);
         }
-        var o = ScaledDotProductAttention(qPad, kAll, vAll, layout.Mask);                          // [B, H, T, D]
-        var packed = o.permute(0, 2, 1, 3).reshape(b * t, heads * d).index_select(0, layout.QueryRows);   // [N, H·D]
-        return attn.OProj.Forward(packed, hook);
+        else
+        {
+            var qPad = layout.QueryRows is { } rows
+                ? zeros([b * t, heads, d], q.dtype, q.device).index_copy_(0, rows, q)             // [B·T, H, D] padded
+                : q;
+            var q5 = qPad.view(b, t, kvHeads, group, d).permute(0, 2, 1, 3, 4).reshape(b, kvHeads, t * group, d);   // [B, KVH, T·G, D]
+            var o = ScaledDotProductAttention(q5, kAll, vAll, layout.Mask);                       // [B, KVH, T·G, D]
+            var padded = o.view(b, kvHeads, t, group, d).permute(0, 2, 1, 3, 4).reshape(b * t, heads * d);   // [B·T, H·D]
+            packed = layout.QueryRows is { } r ? padded.index_select(0, r) : padded;
+        }
+        return attn.OProj.Forward(packed, hook).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -173,16 +266,31 @@ public sealed class LlamaModel : IDisposable
     public static Tensor ScaledDotProductAttention(Tensor q, Tensor k, Tensor v, Tensor? mask) =>
         F.scaled_dot_product_attention(q, k, v, mask);
 
-    /// <summary>The frozen projection of one layer (its weight is what adapters are validated and built against).</summary>
-    public Linear ProjectionOf(int layer, Projection projection)
+    /// <summary>The frozen weight <c>W0: [d_out, d_in]</c> and bias of one projection (what adapters are validated and built against; views into fused weights).</summary>
+    public ProjectionWeights ProjectionOf(int layer, Projection projection)
     {
         var l = Layers[layer];
         return projection switch
         {
-            Projection.Q => l.SelfAttn.QProj, Projection.K => l.SelfAttn.KProj, Projection.V => l.SelfAttn.VProj, Projection.O => l.SelfAttn.OProj,
-            Projection.Gate => l.Mlp.GateProj, Projection.Up => l.Mlp.UpProj, Projection.Down => l.Mlp.DownProj,
+            Projection.Q or Projection.K or Projection.V => new(l.SelfAttn.QkvProj.WeightOf(projection)),
+            Projection.O => new(l.SelfAttn.OProj.Weight),
+            Projection.Gate or Projection.Up => new(l.Mlp.GateUpProj.WeightOf(projection)),
+            Projection.Down => new(l.Mlp.DownProj.Weight),
             _ => throw new ArgumentOutOfRangeException(nameof(projection)),
         };
+    }
+
+    /// <summary>The GEMMs of one step, in order: each layer's q|k|v, o, gate|up and down weights, then the LM head.</summary>
+    public IEnumerable<Tensor> StepWeights()
+    {
+        foreach (var l in Layers)
+        {
+            yield return l.SelfAttn.QkvProj.Weight;
+            yield return l.SelfAttn.OProj.Weight;
+            yield return l.Mlp.GateUpProj.Weight;
+            yield return l.Mlp.DownProj.Weight;
+        }
+        yield return LmHead;
     }
 
     public long ParameterBytes => _owned.Sum(t => t.NumberOfElements * t.ElementSize);

@@ -7,15 +7,15 @@ namespace AdapterServe.Modeling.Llama;
 public sealed class RmsNorm(Tensor weight, double eps)
 {
     public Tensor Weight { get; } = weight;   // [hidden]
-    // Held for the module's life: TorchSharp does not keep a Scalar argument alive during the native call.
-    private readonly Scalar _eps = eps.ToScalar();
 
     public Tensor Forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var x32 = x.to_type(ScalarType.Float32);
+        bool float32 = x.dtype == ScalarType.Float32;                           // no no-op casts: each is a native call
+        var x32 = float32 ? x : x.to_type(ScalarType.Float32);
         var variance = x32.mul(x32).mean([-1L], keepdim: true);                 // [N, 1]; x·x, not pow/square: no Scalar temporary
-        var normed = (x32 * rsqrt(variance.add_(_eps))).to_type(x.dtype);
-        return (normed * Weight).MoveToOuterDisposeScope();
+        var normed = x32.mul(TorchScalars.AddInPlace(variance, eps).rsqrt_());  // [N, hidden]
+        if (!float32) normed = normed.to_type(x.dtype);
+        return normed.mul_(Weight).MoveToOuterDisposeScope();
     }
 }

@@ -10,15 +10,16 @@ namespace AdapterServe.Modeling.Llama;
 /// </summary>
 public sealed class RotaryEmbedding : IDisposable
 {
-    private readonly Tensor _cos;   // [maxPositions, headDim]
-    private readonly Tensor _sin;   // [maxPositions, headDim]
+    private readonly Tensor _cos;         // [maxPositions, headDim]
+    private readonly Tensor _signedSin;   // [maxPositions, headDim]: −sin on the first half, +sin on the second
+    private readonly Tensor _halfSwap;    // [headDim] int64: i + d/2 for the first half, i − d/2 for the second
 
     public RotaryEmbedding(ModelConfig config, int maxPositions, ScalarType dtype, Device device)
     {
         double[] invFreq = InverseFrequencies(config);
         int half = invFreq.Length;
         var cos = new float[maxPositions * half * 2];
-        var sin = new float[maxPositions * half * 2];
+        var signedSin = new float[maxPositions * half * 2];
         for (int p = 0; p < maxPositions; p++)
             for (int i = 0; i < half; i++)
             {
@@ -26,10 +27,12 @@ public sealed class RotaryEmbedding : IDisposable
                 float c = (float)Math.Cos(angle), s = (float)Math.Sin(angle);
                 int row = p * half * 2;
                 cos[row + i] = cos[row + half + i] = c;   // emb = cat(freqs, freqs)
-                sin[row + i] = sin[row + half + i] = s;
+                signedSin[row + i] = -s;                   // rotate_half(x) = cat(−x2, x1) = sign ⊙ x[halfSwap]
+                signedSin[row + half + i] = s;
             }
         _cos = tensor(cos, [maxPositions, half * 2]).to(dtype, device);
-        _sin = tensor(sin, [maxPositions, half * 2]).to(dtype, device);
+        _signedSin = tensor(signedSin, [maxPositions, half * 2]).to(dtype, device);
+        _halfSwap = tensor(Enumerable.Range(0, half * 2).Select(i => (long)(i < half ? i + half : i - half)).ToArray(), device: device);
     }
 
     public int MaxPositions => (int)_cos.shape[0];
@@ -65,18 +68,25 @@ public sealed class RotaryEmbedding : IDisposable
         return inv;
     }
 
-    /// <summary>Rotates <paramref name="x"/> <c>[N, heads, headDim]</c> by the angles of <paramref name="positions"/> <c>[N]</c>.</summary>
-    public Tensor Apply(Tensor x, Tensor positions)
+    /// <summary>The rotation angles of one step's positions, shared by every layer.</summary>
+    /// <param name="Cos"><c>[N, 1, headDim]</c></param>
+    /// <param name="SignedSin"><c>[N, 1, headDim]</c>, −sin on the first half of each head, +sin on the second.</param>
+    public sealed record Angles(Tensor Cos, Tensor SignedSin);
+
+    /// <summary>The angles of <paramref name="positions"/> <c>[N]</c> (gathered once per step).</summary>
+    public Angles At(Tensor positions) =>
+        new(_cos.index_select(0, positions).unsqueeze(1), _signedSin.index_select(0, positions).unsqueeze(1));
+
+    /// <summary>
+    /// Rotates <paramref name="x"/> <c>[N, heads, headDim]</c>: <c>x·cos + rotate_half(x)·sin</c>, with
+    /// <c>rotate_half(x)·sin = x[halfSwap] · signedSin</c> (bit for bit the same products) — four native calls.
+    /// </summary>
+    public Tensor Apply(Tensor x, Angles angles)
     {
         using var scope = NewDisposeScope();
-        var cos = _cos.index_select(0, positions).unsqueeze(1);   // [N, 1, headDim]
-        var sin = _sin.index_select(0, positions).unsqueeze(1);
-        long half = x.shape[^1] / 2;
-        var x1 = x.narrow(-1, 0, half);
-        var x2 = x.narrow(-1, half, half);
-        var rotated = cat([x2.neg(), x1], -1);                   // rotate_half(x)
-        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+        var rotated = x.index_select(-1, _halfSwap).mul_(angles.SignedSin);     // [N, heads, headDim] = rotate_half(x)·sin
+        return TorchScalars.AddInPlace(x.mul(angles.Cos), rotated).MoveToOuterDisposeScope();
     }
 
-    public void Dispose() { _cos.Dispose(); _sin.Dispose(); }
+    public void Dispose() { _cos.Dispose(); _signedSin.Dispose(); _halfSwap.Dispose(); }
 }

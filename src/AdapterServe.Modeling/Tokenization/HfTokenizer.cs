@@ -134,7 +134,7 @@ public sealed class HfTokenizer : ITextTokenizer
             tokenOfId, isSpecial, json.AddedTokens.Select(t => t.Id).ToHashSet(), idOfToken,
             new AddedTokenSplitter(json.AddedTokens), encoder, TokenDecoder.FromJson(json.Decoder, jsonPath),
             prefix, suffix, config.BosToken, bosId, config.EosToken, eosIds,
-            template, templateError is null ? null : $"{modelDirectory}: {templateError}.", isSentencePiece);
+            template, templateError is null ? null : $"The model's chat template cannot render conversations: {templateError}.", isSentencePiece);   // no server paths in client errors
     }
 
     /// <summary>The special ids a TemplateProcessing post-processor puts before and after a single sequence.</summary>

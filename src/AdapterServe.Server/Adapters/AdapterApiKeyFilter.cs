@@ -12,7 +12,8 @@ namespace AdapterServe.Server.Adapters;
 internal sealed class AdapterApiKeyFilter(IOptions<ServerOptions> server, IOptions<AdapterStoreOptions> adapters) : IEndpointFilter
 {
     private readonly ApiKeyFilter _apiKeys = new(server);
+    private readonly BearerKeys _adminKeys = new(adapters.Value.EffectiveAdminKeys());
 
     public ValueTask<object?> InvokeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next) =>
-        AdminKeyFilter.IsAdmin(context.HttpContext, adapters.Value) ? next(context) : _apiKeys.InvokeAsync(context, next);
+        _adminKeys.Admits(context.HttpContext.Request) ? next(context) : _apiKeys.InvokeAsync(context, next);
 }

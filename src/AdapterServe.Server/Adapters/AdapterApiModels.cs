@@ -59,11 +59,6 @@ public sealed record LoadLoraAdapterRequest(
 /// <summary>vLLM's <c>POST /v1/unload_lora_adapter</c> body.</summary>
 public sealed record UnloadLoraAdapterRequest([property: JsonPropertyName("lora_name")] string? LoraName);
 
-/// <summary>OpenAI error body: <c>{"error":{"message","type","param","code"}}</c>.</summary>
-public sealed record ApiError(ApiErrorBody Error);
-
-public sealed record ApiErrorBody(string Message, string Type, string? Param, string? Code);
-
 /// <summary>The multipart form of <c>POST /v1/adapters</c> (documentation only: the endpoint streams the parts itself).</summary>
 public sealed class AdapterUploadForm
 {

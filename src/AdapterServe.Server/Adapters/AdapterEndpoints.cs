@@ -1,6 +1,7 @@
 using System.Text.Json;
 using AdapterServe.Adapters;
 using AdapterServe.Adapters.Store;
+using AdapterServe.Server.OpenAI;
 using Microsoft.AspNetCore.Mvc;
 
 namespace AdapterServe.Server.Adapters;
@@ -23,7 +24,7 @@ public static class AdapterEndpoints
             .WithSummary("Describe one adapter")
             .WithDescription("Like one entry of the list, plus every adapted module with its rank and scaling.")
             .Produces<AdapterInfo>()
-            .Produces<ApiError>(StatusCodes.Status404NotFound);
+            .Produces<ErrorResponse>(StatusCodes.Status404NotFound);
 
         var admin = api.MapGroup("").AddEndpointFilter<AdminKeyFilter>();
 
@@ -34,34 +35,34 @@ public static class AdapterEndpoints
             .Accepts<AdapterUploadForm>("multipart/form-data")
             .Produces<AdapterInfo>(StatusCodes.Status201Created)
             .Produces<AdapterInfo>()
-            .Produces<ApiError>(StatusCodes.Status400BadRequest)
-            .Produces<ApiError>(StatusCodes.Status401Unauthorized)
-            .Produces<ApiError>(StatusCodes.Status403Forbidden)
-            .Produces<ApiError>(StatusCodes.Status409Conflict)
-            .Produces<ApiError>(StatusCodes.Status413PayloadTooLarge)
-            .Produces<ApiError>(StatusCodes.Status415UnsupportedMediaType);
+            .Produces<ErrorResponse>(StatusCodes.Status400BadRequest)
+            .Produces<ErrorResponse>(StatusCodes.Status401Unauthorized)
+            .Produces<ErrorResponse>(StatusCodes.Status403Forbidden)
+            .Produces<ErrorResponse>(StatusCodes.Status409Conflict)
+            .Produces<ErrorResponse>(StatusCodes.Status413PayloadTooLarge)
+            .Produces<ErrorResponse>(StatusCodes.Status415UnsupportedMediaType);
 
         admin.MapDelete("/adapters/{name}", Delete)
             .WithName("DeleteAdapter")
             .WithSummary("Delete an adapter and all its versions (admin)")
             .WithDescription("409 adapter_in_use while a running sequence uses it; with ?wait=true it is withdrawn at once (new requests no longer get it) and deleted when the running ones finish.")
             .Produces<AdapterDeleted>()
-            .Produces<ApiError>(StatusCodes.Status404NotFound)
-            .Produces<ApiError>(StatusCodes.Status409Conflict);
+            .Produces<ErrorResponse>(StatusCodes.Status404NotFound)
+            .Produces<ErrorResponse>(StatusCodes.Status409Conflict);
 
         admin.MapPost("/adapters/{name}/pin", (string name, AdapterRegistry registry, IAdapterResidency residency) => Pin(name, true, registry, residency))
             .WithName("PinAdapter")
             .WithSummary("Pin an adapter in the residency cache (admin)")
             .WithDescription("A pinned adapter is never evicted from the device cache.")
             .Produces<AdapterInfo>()
-            .Produces<ApiError>(StatusCodes.Status404NotFound);
+            .Produces<ErrorResponse>(StatusCodes.Status404NotFound);
 
         admin.MapPost("/adapters/{name}/unpin", (string name, AdapterRegistry registry, IAdapterResidency residency) => Pin(name, false, registry, residency))
             .WithName("UnpinAdapter")
             .WithSummary("Unpin an adapter (admin)")
             .WithDescription("The adapter becomes evictable again (least recently used first).")
             .Produces<AdapterInfo>()
-            .Produces<ApiError>(StatusCodes.Status404NotFound);
+            .Produces<ErrorResponse>(StatusCodes.Status404NotFound);
 
         admin.MapPost("/load_lora_adapter", LoadLoraAdapter)
             .WithName("LoadLoraAdapter")
@@ -69,9 +70,9 @@ public static class AdapterEndpoints
             .WithDescription("Body {\"lora_name\", \"lora_path\", \"load_inplace\"}. lora_path is a PEFT folder (or a .zip/.tar.gz) on the server; its files are copied into the store. load_inplace=true replaces an existing adapter with a new version. With --allowed-adapter-paths, a path that does not resolve (symbolic links followed) inside one of those folders is refused with 403; only regular files are read, and links out of the adapter folder are refused.")
             .Accepts<LoadLoraAdapterRequest>("application/json")
             .Produces<string>(StatusCodes.Status200OK, "text/plain")
-            .Produces<ApiError>(StatusCodes.Status400BadRequest)
-            .Produces<ApiError>(StatusCodes.Status403Forbidden)
-            .Produces<ApiError>(StatusCodes.Status409Conflict);
+            .Produces<ErrorResponse>(StatusCodes.Status400BadRequest)
+            .Produces<ErrorResponse>(StatusCodes.Status403Forbidden)
+            .Produces<ErrorResponse>(StatusCodes.Status409Conflict);
 
         admin.MapPost("/unload_lora_adapter", UnloadLoraAdapter)
             .WithName("UnloadLoraAdapter")
@@ -79,7 +80,8 @@ public static class AdapterEndpoints
             .WithDescription("Body {\"lora_name\"}. Like vLLM: the adapter is withdrawn at once (new requests get 404) and running requests finish on it; its files are deleted once they have.")
             .Accepts<UnloadLoraAdapterRequest>("application/json")
             .Produces<string>(StatusCodes.Status200OK, "text/plain")
-            .Produces<ApiError>(StatusCodes.Status404NotFound);
+            .Produces<ErrorResponse>(StatusCodes.Status404NotFound)
+            .Produces<ErrorResponse>(StatusCodes.Status409Conflict);
 
         // Routing answers a body of another media type than an endpoint's Accepts with a bare 415; these
         // catch-alls (tried only when the real endpoint does not match) give it the OpenAI error shape.

@@ -4,7 +4,6 @@ using AdapterServe.Engine;
 using AdapterServe.Modeling;
 using AdapterServe.Server.Generation;
 using AdapterServe.Server.OpenAI;
-using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 
 namespace AdapterServe.Server.Adapters;
@@ -20,10 +19,9 @@ public static class AdapterServingRegistration
 
     public static IServiceCollection AddAdapterServing(this IServiceCollection services, IConfiguration configuration)
     {
-        services.AddOptions<ResidencyOptions>().Bind(configuration.GetSection(ResidencySection))
-            .Validate(o => { o.Validate(); return true; }).ValidateOnStart();
+        services.AddOptions<ResidencyOptions>().Bind(configuration.GetSection(ResidencySection)).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<ResidencyOptions>, ResidencyOptionsValidator>();
         services.AddSingleton(sp => sp.GetRequiredService<IGenerationEngine>().Config);
-        services.TryAddSingleton(sp => AdapterKinds.BuiltIn.With(sp.GetServices<IAdapterKindHandler>()));
         services.AddSingleton(sp =>
         {
             var engine = sp.GetRequiredService<IOptions<EngineOptions>>().Value;
@@ -37,6 +35,20 @@ public static class AdapterServingRegistration
         services.AddSingleton<IModelCardSource, AdapterModelCards>();
         services.AddAdapterStore(configuration);
         return services;
+    }
+
+    /// <summary>The residency bounds, checked at start like every other option (a clean message naming the setting, exit code 2).</summary>
+    private sealed class ResidencyOptionsValidator : IValidateOptions<ResidencyOptions>
+    {
+        public ValidateOptionsResult Validate(string? name, ResidencyOptions o)
+        {
+            var errors = new List<string>();
+            if (o.MaxDeviceAdapters < 1) errors.Add($"{ResidencySection}:MaxDeviceAdapters must be at least 1, got {o.MaxDeviceAdapters}.");
+            if (o.MaxDeviceBytes < 1) errors.Add($"{ResidencySection}:MaxDeviceBytes must be positive, got {o.MaxDeviceBytes}.");
+            if (o.MaxHostAdapters < 1) errors.Add($"{ResidencySection}:MaxHostAdapters must be at least 1, got {o.MaxHostAdapters}.");
+            if (o.MaxHostBytes < 1) errors.Add($"{ResidencySection}:MaxHostBytes must be positive, got {o.MaxHostBytes}.");
+            return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+        }
     }
 
     /// <summary>

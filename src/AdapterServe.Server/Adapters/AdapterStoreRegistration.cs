@@ -18,9 +18,12 @@ public static class AdapterStoreRegistration
     /// <summary>Folders path registration may read (<c>--allowed-adapter-paths DIR[,DIR…]</c>); a comma-separated string or an array.</summary>
     public const string AllowedAdapterPathsKey = "Server:AllowedAdapterPaths";
 
+    /// <summary>The documented setting of the admin key (<see cref="Hosting.ServerOptions.AdminKey"/>).</summary>
+    public const string ServerAdminKey = Hosting.ServerOptions.Section + ":" + nameof(Hosting.ServerOptions.AdminKey);
+
     /// <summary>
-    /// Registers the adapter store (options from the <c>Adapters</c> section plus <c>--admin-key</c>, <c>--data-dir</c> and
-    /// <c>--allowed-adapter-paths</c>), its registry,
+    /// Registers the adapter store (options from the <c>Adapters</c> section plus <c>Server:AdminKey</c> / <c>--admin-key</c>,
+    /// <c>--data-dir</c> and <c>--allowed-adapter-paths</c>), its registry,
     /// and a hosted service that opens the store at start and deletes replaced versions once unused. Needs an
     /// <see cref="IAdapterResidency"/> and the base <see cref="ModelConfig"/> in the container (or
     /// <paramref name="baseModel"/> to find it).
@@ -32,7 +35,9 @@ public static class AdapterStoreRegistration
             .Bind(configuration.GetSection(AdapterStoreOptions.SectionName))
             .PostConfigure(o =>
             {
-                if (configuration[AdminKeyFlag] is { Length: > 0 } key) o.AdminKeys = [.. o.AdminKeys, key];
+                // Server:AdminKey (ADAPTERSERVE_Server__AdminKey, appsettings) and the --admin-key flag's top-level key.
+                foreach (string path in new[] { ServerAdminKey, AdminKeyFlag })
+                    if (configuration[path] is { Length: > 0 } key && !o.AdminKeys.Contains(key)) o.AdminKeys = [.. o.AdminKeys, key];
                 // Server:DataDir (--data-dir, ADAPTERSERVE_Server__DataDir) is the data root; each base model's store is a folder in it.
                 if (configuration[DataDirKey] is { } root) o.DataRoot = root;
                 var allowed = configuration.GetSection(AllowedAdapterPathsKey);
@@ -42,6 +47,7 @@ public static class AdapterStoreRegistration
             .ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<AdapterStoreOptions>, AdapterStoreOptionsValidation>());
         services.TryAddSingleton<AdapterRegistry>();
+        services.TryAddSingleton(sp => AdapterKinds.BuiltIn.With(sp.GetServices<IAdapterKindHandler>()));   // plus AddAdapterKind<T>()
         services.TryAddSingleton(sp => new AdapterStore(
             sp.GetRequiredService<IOptions<AdapterStoreOptions>>().Value,
             baseModel?.Invoke(sp) ?? sp.GetRequiredService<ModelConfig>(),
@@ -50,7 +56,7 @@ public static class AdapterStoreRegistration
             sp.GetService<ILogger<AdapterStore>>(),
             sp.GetService<TimeProvider>(),
             sp.GetService<IGenerationEngine>()?.Model.Id,
-            sp.GetService<AdapterKinds>()));
+            sp.GetRequiredService<AdapterKinds>()));
         services.AddHostedService<AdapterStoreHost>();
         return services;
     }

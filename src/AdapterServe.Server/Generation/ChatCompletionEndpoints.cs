@@ -13,7 +13,6 @@ namespace AdapterServe.Server.Generation;
 /// <summary><c>POST /v1/chat/completions</c>.</summary>
 internal static class ChatCompletionEndpoints
 {
-    public const int MaxTopLogprobs = 20;
     private static readonly HashSet<string> Roles = ["system", "developer", "user", "assistant"];
 
     public static RouteGroupBuilder MapChatCompletions(this RouteGroupBuilder v1)
@@ -27,30 +26,13 @@ internal static class ChatCompletionEndpoints
         return v1;
     }
 
-    internal static async Task<Results<Ok<ChatCompletionResponse>, ServerSentEventsResult<string>>> CreateAsync(
-        HttpContext http, IGenerationEngine engine, IOptions<EngineOptions> engineOptions, ILogger<ChatCompletionRequest> logger)
-    {
-        var request = await GenerationEndpoint.ReadAsync<ChatCompletionRequest>(http, engine, logger);
-        var record = GenerationRecord.For(http);
-        var plan = Plan(request, engine, engineOptions.Value, record);
-        var answer = new ChatAnswer(plan, "chatcmpl-" + Guid.NewGuid().ToString("N"), GenerationEndpoint.UnixNow(), record);
-        var run = GenerationRun.Start(engine, plan, answer.Id, http.RequestAborted);
-        record.ModelAccepted = true;
-        if (plan.Stream)
-        {
-            try { await run.WaitForFirstEventAsync(http.RequestAborted); }
-            catch { await run.DisposeAsync(); throw; }
-            return TypedResults.ServerSentEvents(GenerationEndpoint.StreamAsync(
-                run, answer.Head(), (_, e) => answer.Apply(e, streaming: true), answer.Tail, record, logger, http.RequestAborted));
-        }
-        await using (run)
-        {
-            await foreach (var (_, e) in run.ReadAllAsync(http.RequestAborted)) answer.Apply(e, streaming: false);
-        }
-        return TypedResults.Ok(answer.Final());
-    }
+    internal static Task<Results<Ok<ChatCompletionResponse>, ServerSentEventsResult<string>>> CreateAsync(
+        HttpContext http, IGenerationEngine engine, IOptions<EngineOptions> engineOptions, IOptions<RequestLimits> limits, ILogger<ChatCompletionRequest> logger) =>
+        GenerationEndpoint.CreateAsync<ChatCompletionRequest, ChatCompletionResponse>(http, engine, limits.Value, logger,
+            (request, record) => Plan(request, engine, engineOptions.Value, limits.Value, record),
+            (plan, record) => new ChatAnswer(plan, "chatcmpl-" + Guid.NewGuid().ToString("N"), GenerationEndpoint.UnixNow(), record));
 
-    internal static GenerationPlan Plan(ChatCompletionRequest r, IGenerationEngine engine, EngineOptions options, GenerationRecord record)
+    internal static GenerationPlan Plan(ChatCompletionRequest r, IGenerationEngine engine, EngineOptions options, RequestLimits limits, GenerationRecord record)
     {
         string model = RequestValidation.RequireModel(r.Model);
         record.Model = model;
@@ -60,13 +42,13 @@ internal static class ChatCompletionEndpoints
         var messages = Messages(r.Messages);
         RequestValidation.RejectUnsupported(r);
         RejectToolsAndFormats(r);
-        int n = RequestValidation.N(r.N, options);
-        int? logprobs = Logprobs(r);
+        int n = RequestValidation.N(r.N, options, limits);
+        int? logprobs = RequestValidation.TopLogprobs(r.Logprobs, r.TopLogprobs, limits);
         var (stream, includeUsage) = RequestValidation.Streaming(r);
+        RequestValidation.CheckPromptBytes(messages.Sum(m => (long)Encoding.UTF8.GetByteCount(m.Content)), limits, "messages", "conversation ('messages')");
 
-        string prompt;
-        try { prompt = engine.Tokenizer.ApplyChatTemplate(messages, addGenerationPrompt: true); }
-        catch (ChatTemplateException e) { throw new ApiException(StatusCodes.Status400BadRequest, "invalid_request_error", "chat_template_error", "messages", e.Message); }
+        // A template the tokenizer cannot render throws ChatTemplateException: 400 on 'messages' (ApiErrors).
+        string prompt = engine.Tokenizer.ApplyChatTemplate(messages, addGenerationPrompt: true);
         // The template writes any bos token itself (as Hugging Face's apply_chat_template does).
         var ids = engine.Tokenizer.Encode(prompt, addSpecialTokens: false);
         if (ids.Count == 0) throw ApiException.InvalidValue("messages", "The rendered conversation encodes to no tokens.");
@@ -75,7 +57,7 @@ internal static class ChatCompletionEndpoints
         if (ids.Count >= context) RequestValidation.CheckFits(ids.Count, 1, context, "messages", maxParam);
         int maxTokens = RequestValidation.MaxTokens(r.MaxCompletionTokens ?? r.MaxTokens, maxParam, context - ids.Count);
         RequestValidation.CheckFits(ids.Count, maxTokens, context, "messages", maxParam);
-        var sampling = RequestValidation.Sampling(r, maxTokens, logprobs);
+        var sampling = RequestValidation.Sampling(r, maxTokens, logprobs, limits);
 
         record.PromptTokens = ids.Count;
         record.Stream = stream;
@@ -112,21 +94,10 @@ internal static class ChatCompletionEndpoints
         if (r.ResponseFormat is { Type: not (null or "text") } format)
             throw ApiException.Unsupported("response_format", $"'response_format' type '{format.Type}' is not supported by this server (only 'text').");
     }
-
-    private static int? Logprobs(ChatCompletionRequest r)
-    {
-        if (r.TopLogprobs is int top)
-        {
-            if (top is < 0 or > MaxTopLogprobs)
-                throw ApiException.InvalidValue("top_logprobs", $"'top_logprobs' must be between 0 and {MaxTopLogprobs}, got {top}.");
-            if (r.Logprobs != true) throw ApiException.InvalidValue("top_logprobs", "'top_logprobs' needs 'logprobs': true.");
-        }
-        return r.Logprobs == true ? r.TopLogprobs ?? 0 : null;
-    }
 }
 
 /// <summary>The answer to one chat request, built event by event (whole response, or chunks when streaming).</summary>
-internal sealed class ChatAnswer(GenerationPlan plan, string id, long created, GenerationRecord record)
+internal sealed class ChatAnswer(GenerationPlan plan, string id, long created, GenerationRecord record) : IGenerationAnswer<ChatCompletionResponse>
 {
     private sealed class Choice
     {
@@ -145,7 +116,8 @@ internal sealed class ChatAnswer(GenerationPlan plan, string id, long created, G
     public IEnumerable<object> Head() =>
         Enumerable.Range(0, plan.N).Select(i => Chunk(new ChatChunkChoice(i, new ChatDelta("assistant", ""), null, null)));
 
-    public IEnumerable<object> Apply(GenerationEvent e, bool streaming)
+    /// <summary>A chat request has one prompt: <paramref name="prompt"/> is always 0.</summary>
+    public IEnumerable<object> Apply(int prompt, GenerationEvent e, bool streaming)
     {
         if ((uint)e.Index >= (uint)plan.N) throw new InvalidOperationException($"The engine sent an event for choice {e.Index} of a request with n = {plan.N}.");
         var c = _choices[e.Index];

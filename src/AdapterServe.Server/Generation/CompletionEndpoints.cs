@@ -12,8 +12,6 @@ namespace AdapterServe.Server.Generation;
 /// <summary><c>POST /v1/completions</c>.</summary>
 internal static class CompletionEndpoints
 {
-    public const int MaxLogprobs = 5;
-
     public static RouteGroupBuilder MapCompletions(this RouteGroupBuilder v1)
     {
         v1.MapGroup("/completions").WithTags("Completions").MapPost("", CreateAsync)
@@ -25,30 +23,13 @@ internal static class CompletionEndpoints
         return v1;
     }
 
-    internal static async Task<Results<Ok<CompletionResponse>, ServerSentEventsResult<string>>> CreateAsync(
-        HttpContext http, IGenerationEngine engine, IOptions<EngineOptions> engineOptions, ILogger<CompletionRequest> logger)
-    {
-        var request = await GenerationEndpoint.ReadAsync<CompletionRequest>(http, engine, logger);
-        var record = GenerationRecord.For(http);
-        var plan = Plan(request, engine, engineOptions.Value, record);
-        var answer = new CompletionAnswer(plan, engine.Tokenizer, "cmpl-" + Guid.NewGuid().ToString("N"), GenerationEndpoint.UnixNow(), record);
-        var run = GenerationRun.Start(engine, plan, answer.Id, http.RequestAborted);
-        record.ModelAccepted = true;
-        if (plan.Stream)
-        {
-            try { await run.WaitForFirstEventAsync(http.RequestAborted); }
-            catch { await run.DisposeAsync(); throw; }
-            return TypedResults.ServerSentEvents(GenerationEndpoint.StreamAsync(
-                run, [], (p, e) => answer.Apply(p, e, streaming: true), answer.Tail, record, logger, http.RequestAborted));
-        }
-        await using (run)
-        {
-            await foreach (var (p, e) in run.ReadAllAsync(http.RequestAborted)) answer.Apply(p, e, streaming: false);
-        }
-        return TypedResults.Ok(answer.Final());
-    }
+    internal static Task<Results<Ok<CompletionResponse>, ServerSentEventsResult<string>>> CreateAsync(
+        HttpContext http, IGenerationEngine engine, IOptions<EngineOptions> engineOptions, IOptions<RequestLimits> limits, ILogger<CompletionRequest> logger) =>
+        GenerationEndpoint.CreateAsync<CompletionRequest, CompletionResponse>(http, engine, limits.Value, logger,
+            (request, record) => Plan(request, engine, engineOptions.Value, limits.Value, record),
+            (plan, record) => new CompletionAnswer(plan, engine.Tokenizer, "cmpl-" + Guid.NewGuid().ToString("N"), GenerationEndpoint.UnixNow(), record));
 
-    internal static GenerationPlan Plan(CompletionRequest r, IGenerationEngine engine, EngineOptions options, GenerationRecord record)
+    internal static GenerationPlan Plan(CompletionRequest r, IGenerationEngine engine, EngineOptions options, RequestLimits limits, GenerationRecord record)
     {
         string model = RequestValidation.RequireModel(r.Model);
         record.Model = model;
@@ -58,14 +39,15 @@ internal static class CompletionEndpoints
         if (r.Prompt is null) throw ApiException.InvalidValue("prompt", "'prompt' is required.");
         RequestValidation.RejectUnsupported(r);
         if (r.Suffix is { Length: > 0 }) throw ApiException.Unsupported("suffix", "'suffix' is not supported by this server.");
-        int n = RequestValidation.N(r.N, options);
+        int n = RequestValidation.N(r.N, options, limits);
         if (r.BestOf is int bestOf && bestOf != n)
             throw ApiException.Unsupported("best_of", $"'best_of' must equal 'n' ({n}) on this server, got {bestOf}.");
-        if (r.Logprobs is < 0 or > MaxLogprobs)
-            throw ApiException.InvalidValue("logprobs", $"'logprobs' must be between 0 and {MaxLogprobs}, got {r.Logprobs}.");
+        var logprobs = RequestValidation.Logprobs(r.Logprobs, limits);
         int maxTokens = RequestValidation.MaxTokens(r.MaxTokens, "max_tokens", 16);
         var (stream, includeUsage) = RequestValidation.Streaming(r);
-        var sampling = RequestValidation.Sampling(r, maxTokens, r.Logprobs);
+        var sampling = RequestValidation.Sampling(r, maxTokens, logprobs, limits);
+        RequestValidation.CheckPromptBytes(r.Prompt.Items.Sum(item => item.Text is null ? 0L : Encoding.UTF8.GetByteCount(item.Text)), limits,
+            "prompt", r.Prompt.IsBatch ? "batch of prompts" : "prompt");
 
         var tokenizer = engine.Tokenizer;
         var prompts = new List<PromptPlan>(r.Prompt.Items.Count);
@@ -98,6 +80,7 @@ internal static class CompletionEndpoints
 /// event. Choice index = prompt index × n + the engine's choice index.
 /// </summary>
 internal sealed class CompletionAnswer(GenerationPlan plan, ITextTokenizer tokenizer, string id, long created, GenerationRecord record)
+    : IGenerationAnswer<CompletionResponse>
 {
     private sealed class Choice
     {
@@ -114,12 +97,14 @@ internal sealed class CompletionAnswer(GenerationPlan plan, ITextTokenizer token
 
     public string Id => id;
 
-    public IEnumerable<CompletionResponse> Apply(int prompt, GenerationEvent e, bool streaming)
+    public IEnumerable<object> Head() => [];
+
+    public IEnumerable<object> Apply(int prompt, GenerationEvent e, bool streaming)
     {
         int index = prompt * plan.N + e.Index;
         if ((uint)e.Index >= (uint)plan.N) throw new InvalidOperationException($"The engine sent an event for choice {e.Index} of a request with n = {plan.N}.");
         var c = _choices[index];
-        var chunks = new List<CompletionResponse>(2);
+        var chunks = new List<object>(2);
         if (e is PromptLogprobsEvent pl) _promptLogprobs[prompt] ??= pl.Tokens;
         if (plan.Echo && !c.Echoed && (e is not PromptLogprobsEvent || plan.PromptLogprobs))
         {

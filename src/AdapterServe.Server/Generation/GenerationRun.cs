@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using AdapterServe.Engine;
+using AdapterServe.Server.Hosting;
 using AdapterServe.Server.OpenAI;
 
 namespace AdapterServe.Server.Generation;
@@ -8,6 +9,8 @@ namespace AdapterServe.Server.Generation;
 /// <summary>
 /// The engine requests of one HTTP request (one per prompt) with their event streams merged. Cancelling the HTTP
 /// request (client gone) cancels them; disposing before they finished (an error while answering) cancels them too.
+/// When the shutdown drain times out (<c>drainExpired</c>), the events end with a 503 <c>server_shutting_down</c> error
+/// after those already received, and the engine requests are cancelled.
 /// </summary>
 internal sealed class GenerationRun : IAsyncDisposable
 {
@@ -16,6 +19,7 @@ internal sealed class GenerationRun : IAsyncDisposable
     private readonly Channel<(int Prompt, GenerationEvent Event)> _events =
         Channel.CreateUnbounded<(int, GenerationEvent)>(new UnboundedChannelOptions { SingleReader = true });
     private bool _completed;
+    private CancellationTokenRegistration _drainExpired;
 
     private GenerationRun(GenerationPlan plan, CancellationToken requestAborted)
     {
@@ -24,7 +28,7 @@ internal sealed class GenerationRun : IAsyncDisposable
     }
 
     /// <summary>Submits every prompt; engine refusals (queue full, unknown adapter, …) become OpenAI errors.</summary>
-    public static GenerationRun Start(IGenerationEngine engine, GenerationPlan plan, string requestId, CancellationToken requestAborted)
+    public static GenerationRun Start(IGenerationEngine engine, GenerationPlan plan, string requestId, CancellationToken requestAborted, CancellationToken drainExpired = default)
     {
         var run = new GenerationRun(plan, requestAborted);
         var readers = new List<ChannelReader<GenerationEvent>>(plan.Prompts.Count);
@@ -51,7 +55,15 @@ internal sealed class GenerationRun : IAsyncDisposable
         }
         run._openReaders = readers.Count;
         for (int p = 0; p < readers.Count; p++) run.Forward(p, readers[p]);
+        run._drainExpired = drainExpired.Register(run.CutOff);
         return run;
+    }
+
+    /// <summary>The shutdown drain timed out: end the events with the error (they are read up to it), then stop the engine requests.</summary>
+    private void CutOff()
+    {
+        _events.Writer.TryComplete(ApiException.ShuttingDown("The server is shutting down and its drain timeout passed before this generation finished; retry it."));
+        _cancel.Cancel();
     }
 
     private int _openReaders;
@@ -94,18 +106,12 @@ internal sealed class GenerationRun : IAsyncDisposable
         _completed = true;
     }
 
-    public static Exception Translate(Exception e, GenerationPlan plan) => e switch
-    {
-        ApiException => e,
-        QueueFullException q => ApiException.QueueFull(q.Message),
-        ContextLengthExceededException c => ApiException.CompletionTooLong(plan.MaxTokensParam, c.Message),
-        AdapterNotFoundException a when a.AdapterName == plan.ModelAdapter => ApiException.ModelNotFound("model", plan.Model),
-        AdapterNotFoundException a => ApiException.ModelNotFound("adapters", a.AdapterName),
-        _ => e,
-    };
+    /// <summary>Engine refusals as OpenAI errors naming this request's fields; anything else unchanged (the error middleware logs it as a 500).</summary>
+    private static Exception Translate(Exception e, GenerationPlan plan) => ApiErrors.Known(e, plan) ?? e;
 
     public ValueTask DisposeAsync()
     {
+        _drainExpired.Dispose();     // waits for a running CutOff, so it never meets a disposed source
         if (!_completed) _cancel.Cancel();
         _cancel.Dispose();
         return ValueTask.CompletedTask;

@@ -6,9 +6,6 @@ namespace AdapterServe.Server.Generation;
 /// <summary>Checks of the fields shared by completions and chat; each failure is a 400 naming the field.</summary>
 internal static class RequestValidation
 {
-    public const int MaxN = 128;
-    public const int MaxStopStrings = 4;
-
     public static string RequireModel(string? model) =>
         string.IsNullOrWhiteSpace(model) ? throw ApiException.InvalidValue("model", "'model' is required: the base model id or an adapter name (GET /v1/models lists them).") : model;
 
@@ -40,10 +37,10 @@ internal static class RequestValidation
         return (modelAdapter, adapters);
     }
 
-    public static int N(int? n, EngineOptions engine)
+    public static int N(int? n, EngineOptions engine, RequestLimits limits)
     {
         int value = n ?? 1;
-        if (value is < 1 or > MaxN) throw ApiException.InvalidValue("n", $"'n' must be between 1 and {MaxN}, got {value}.");
+        if (value < 1 || value > limits.MaxN) throw ApiException.InvalidValue("n", $"'n' must be between 1 and {limits.MaxN}, got {value}.");
         if (value > engine.MaxBatch)
             throw ApiException.InvalidValue("n", $"'n' ({value}) exceeds the server's batch size ({engine.MaxBatch}, --max-batch).");
         return value;
@@ -74,7 +71,7 @@ internal static class RequestValidation
     }
 
     /// <summary>Temperature, top_p, top_k, seed, stop, ignore_eos; max tokens and logprobs come from the endpoint.</summary>
-    public static SamplingParams Sampling(GenerationRequestBase r, int maxTokens, int? logprobs)
+    public static SamplingParams Sampling(GenerationRequestBase r, int maxTokens, int? logprobs, RequestLimits limits)
     {
         double temperature = r.Temperature ?? 1.0;
         if (!double.IsFinite(temperature) || temperature < 0 || temperature > 2)
@@ -91,17 +88,17 @@ internal static class RequestValidation
             TopK = Math.Max(0, topK),
             Seed = r.Seed,
             MaxTokens = maxTokens,
-            StopStrings = Stop(r.Stop),
+            StopStrings = Stop(r.Stop, limits.MaxStopStrings),
             IgnoreEos = r.IgnoreEos ?? false,
             Logprobs = logprobs,
         };
     }
 
-    private static IReadOnlyList<string> Stop(StopInput? stop)
+    private static IReadOnlyList<string> Stop(StopInput? stop, int maxStopStrings)
     {
         if (stop is null) return [];
-        if (stop.Strings.Count > MaxStopStrings)
-            throw ApiException.InvalidValue("stop", $"'stop' holds at most {MaxStopStrings} strings, got {stop.Strings.Count}.");
+        if (stop.Strings.Count > maxStopStrings)
+            throw ApiException.InvalidValue("stop", $"'stop' holds at most {maxStopStrings} strings, got {stop.Strings.Count}.");
         for (int i = 0; i < stop.Strings.Count; i++)
             if (stop.Strings[i].Length == 0)
                 throw ApiException.InvalidValue("stop", $"'stop' strings must not be empty (entry {i} is).");
@@ -115,9 +112,40 @@ internal static class RequestValidation
         if (promptTokens >= contextLength)
             throw ApiException.PromptTooLong(promptParam,
                 $"The {what} has {promptTokens} tokens; this model's context length is {contextLength} tokens, which leaves no room to generate.");
-        if (promptTokens + maxTokens > contextLength)
+        if ((long)promptTokens + maxTokens > contextLength)     // long: a max_tokens near int.MaxValue must not wrap around
             throw ApiException.CompletionTooLong(maxTokensParam,
                 $"This model's context length is {contextLength} tokens; the {what} has {promptTokens} tokens and '{maxTokensParam}' asks for {maxTokens} more. Lower '{maxTokensParam}' to at most {contextLength - promptTokens}.");
+    }
+
+    /// <summary>
+    /// Prompt text beyond <see cref="RequestLimits.MaxPromptBytes"/> → 413, checked on the UTF-8 byte count before the
+    /// tokenizer sees it (a 10 MB prompt would otherwise be tokenized in full, only to be refused on its token count).
+    /// </summary>
+    public static void CheckPromptBytes(long bytes, RequestLimits limits, string param, string what)
+    {
+        if (bytes > limits.MaxPromptBytes)
+            throw ApiException.PromptTooLarge(param,
+                $"The {what} has {bytes} bytes of text; this server accepts at most {limits.MaxPromptBytes} bytes per request ({RequestLimits.Section}:MaxPromptBytes, --max-prompt-bytes).");
+    }
+
+    /// <summary>Legacy completions' <c>logprobs</c>: 0 to <see cref="RequestLimits.MaxLogprobs"/> alternatives.</summary>
+    public static int? Logprobs(int? logprobs, RequestLimits limits)
+    {
+        if (logprobs is int lp && (lp < 0 || lp > limits.MaxLogprobs))
+            throw ApiException.InvalidValue("logprobs", $"'logprobs' must be between 0 and {limits.MaxLogprobs}, got {lp}.");
+        return logprobs;
+    }
+
+    /// <summary>Chat's <c>logprobs</c>/<c>top_logprobs</c>: the alternatives per token, or null without logprobs.</summary>
+    public static int? TopLogprobs(bool? logprobs, int? topLogprobs, RequestLimits limits)
+    {
+        if (topLogprobs is int top)
+        {
+            if (top < 0 || top > limits.MaxTopLogprobs)
+                throw ApiException.InvalidValue("top_logprobs", $"'top_logprobs' must be between 0 and {limits.MaxTopLogprobs}, got {top}.");
+            if (logprobs != true) throw ApiException.InvalidValue("top_logprobs", "'top_logprobs' needs 'logprobs': true.");
+        }
+        return logprobs == true ? topLogprobs ?? 0 : null;
     }
 
     public static int MaxTokens(int? value, string param, int fallback)

@@ -11,6 +11,9 @@ public sealed class CommandLineException(string message) : Exception(message);
 public static class CommandLineFlags
 {
     /// <summary>Flag → configuration path.</summary>
+    /// <summary>Flags that may stand alone, meaning <c>true</c>.</summary>
+    private static readonly HashSet<string> Switches = new(StringComparer.Ordinal) { "--gateway-metrics" };
+
     public static readonly IReadOnlyDictionary<string, string> Paths = new Dictionary<string, string>(StringComparer.Ordinal)
     {
         ["--model"] = "Engine:ModelPath",
@@ -28,6 +31,11 @@ public static class CommandLineFlags
         ["--admin-key"] = "Server:AdminKey",
         ["--data-dir"] = "Server:DataDir",
         ["--allowed-adapter-paths"] = "Server:AllowedAdapterPaths",
+        ["--gateway-metrics"] = "Server:GatewayMetrics",
+        ["--drain-timeout"] = "Server:DrainTimeoutSeconds",
+        ["--rate-limit-rpm"] = "Server:RateLimit:RequestsPerMinute",
+        ["--rate-limit-burst"] = "Server:RateLimit:Burst",
+        ["--max-prompt-bytes"] = "Server:Limits:MaxPromptBytes",
     };
 
     public static string[] Translate(IReadOnlyList<string> args)
@@ -54,6 +62,7 @@ public static class CommandLineFlags
             string value;
             if (eq >= 0) value = arg[(eq + 1)..];
             else if (i + 1 < args.Count && !args[i + 1].StartsWith("--", StringComparison.Ordinal)) value = args[++i];
+            else if (Switches.Contains(flag)) value = "true";
             else throw new CommandLineException($"The flag '{flag}' needs a value ({flag} <value> or {flag}=<value>).");
 
             if (flag == "--api-key")
@@ -65,8 +74,8 @@ public static class CommandLineFlags
             else
             {
                 result.Add($"--{path}={value}");
-                // The adapter store (Adapters room) reads its admin key from the top-level "admin-key": the same flag reaches it.
-                // It reads Server:DataDir itself (the data root; each base model's store is a folder in it).
+                // The adapter store (Adapters room) reads its admin key from Server:AdminKey or the top-level "admin-key":
+                // the same flag reaches it. It reads Server:DataDir itself (the data root; each base model's store is a folder in it).
                 if (flag == "--admin-key") result.Add($"--admin-key={value}");
             }
         }

@@ -1,13 +1,11 @@
-using AdapterServe.Engine;
-using AdapterServe.Modeling.Tokenization;
 using AdapterServe.Server.OpenAI;
 using Microsoft.AspNetCore.Diagnostics;
 
 namespace AdapterServe.Server.Hosting;
 
 /// <summary>
-/// Every failure leaves as an OpenAI error <c>{"error":{…}}</c>: <see cref="ApiException"/>s with their status, engine
-/// refusals mapped (429, 404, 400), anything else 500 (logged with its stack). A client that went away gets nothing.
+/// Every failure leaves as an OpenAI error <c>{"error":{…}}</c>, mapped by <see cref="ApiErrors"/>: <see cref="ApiException"/>s
+/// with their status, engine refusals (429, 404, 400), anything else 500 (logged with its stack). A client that went away gets nothing.
 /// </summary>
 internal sealed class ErrorResponses(RequestDelegate next, ILogger<ErrorResponses> logger)
 {
@@ -23,39 +21,19 @@ internal sealed class ErrorResponses(RequestDelegate next, ILogger<ErrorResponse
         }
         catch (Exception e)
         {
-            var error = Map(e);
-            if (error.StatusCode >= 500) logger.LogError(e, "{Method} {Path} failed", http.Request.Method, http.Request.Path.Value);
+            var error = ApiErrors.Map(e);
+            // 503 is a state the server is in (loading, draining for shutdown), not a failure to log with its stack.
+            if (error.StatusCode >= 500 && error.StatusCode != StatusCodes.Status503ServiceUnavailable)
+                logger.LogError(e, "{Method} {Path} failed", http.Request.Method, http.Request.Path.Value);
             if (http.Response.HasStarted)
             {
                 logger.LogWarning("{Method} {Path}: {Message} (after the response started; closing the connection)", http.Request.Method, http.Request.Path.Value, error.Message);
                 http.Abort();
                 return;
             }
-            await WriteAsync(http, error);
+            await ApiErrors.WriteAsync(http, error);
         }
     }
-
-    public static Task WriteAsync(HttpContext http, ApiException error)
-    {
-        http.Response.StatusCode = error.StatusCode;
-        http.Response.ContentType = "application/json";
-        return http.Response.WriteAsync(ApiJson.Serialize(error.ToResponse()), http.RequestAborted);
-    }
-
-    public static ApiException Map(Exception e) => e switch
-    {
-        ApiException a => a,
-        QueueFullException q => ApiException.QueueFull(q.Message),
-        ContextLengthExceededException c => ApiException.CompletionTooLong("max_tokens", c.Message),
-        AdapterNotFoundException a => ApiException.ModelNotFound("model", a.AdapterName),
-        ChatTemplateException t => new ApiException(StatusCodes.Status400BadRequest, "invalid_request_error", "chat_template_error", "messages", t.Message),
-        BadHttpRequestException b => new ApiException(b.StatusCode, "invalid_request_error", null, null, b.Message),
-        _ => Internal(e),
-    };
-
-    public static ApiException Internal(Exception e) =>
-        new(StatusCodes.Status500InternalServerError, "server_error", "internal_error", null,
-            $"The server had an error while processing your request ({e.GetType().Name}); the server log has the details.");
 
     /// <summary>Bodies for the framework's own empty error responses (unknown path 404, wrong method 405, …).</summary>
     public static Task StatusCodePage(StatusCodeContext context)
@@ -69,7 +47,7 @@ internal sealed class ErrorResponses(RequestDelegate next, ILogger<ErrorResponse
             405 => new ApiException(status, "invalid_request_error", "method_not_allowed", null, $"{http.Request.Method} is not allowed on {path}."),
             _ => new ApiException(status, status >= 500 ? "server_error" : "invalid_request_error", null, null, $"HTTP {status} on {path}."),
         };
-        return WriteAsync(http, error);
+        return ApiErrors.WriteAsync(http, error);
     }
 }
 

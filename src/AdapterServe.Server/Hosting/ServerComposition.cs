@@ -30,6 +30,8 @@ public static class ServerComposition
         builder.Services.AddSingleton<IValidateOptions<EngineOptions>, EngineOptionsValidator>();
         builder.Services.AddOptions<ServerOptions>().Bind(builder.Configuration.GetSection(ServerOptions.Section)).ValidateOnStart();
         builder.Services.AddOptions<EngineOptions>().Bind(builder.Configuration.GetSection(EngineSection)).ValidateOnStart();
+        builder.Services.AddRequestLimits(builder.Configuration);
+        builder.Services.AddRequestRateLimits(builder.Configuration);
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
             var server = kestrel.ApplicationServices.GetRequiredService<IOptions<ServerOptions>>().Value;
@@ -57,25 +59,32 @@ public static class ServerComposition
         return builder;
     }
 
-    /// <summary>The OpenAI wire format for responses, and the seam for more <c>/v1/models</c> entries (<see cref="IModelCardSource"/>).</summary>
+    /// <summary>The OpenAI wire format (<see cref="ApiJson"/>) for the responses the endpoints write.</summary>
     public static IServiceCollection AddOpenAIApi(this IServiceCollection services)
     {
         services.ConfigureHttpJsonOptions(o => ApiJson.Configure(o.SerializerOptions));
         return services;
     }
 
+    /// <summary>Quiet default metrics, and the vLLM-named gateway series (<see cref="GatewayMetrics"/>).</summary>
     public static IServiceCollection AddServerMetrics(this IServiceCollection services)
     {
         ServerMetrics.SuppressDefaultNoise();
+        services.AddSingleton(sp => new GatewayMetrics(sp.GetRequiredService<IGenerationEngine>(), sp.GetRequiredService<IOptions<AdapterServe.Adapters.ResidencyOptions>>()));
         return services;
     }
 
-    /// <summary>Request log (outermost, sees the final status), OpenAI-shaped bodies for framework errors, exception → error mapping.</summary>
+    /// <summary>
+    /// Request log (outermost, sees the final status), OpenAI-shaped bodies for framework errors, exception → error mapping,
+    /// the shutdown drain's gate on generation requests, and the per-client rate limit.
+    /// </summary>
     public static WebApplication UseServerPipeline(this WebApplication app)
     {
         app.UseMiddleware<RequestLog>();
         app.UseStatusCodePages(ErrorResponses.StatusCodePage);
         app.UseMiddleware<ErrorResponses>();
+        app.UseMiddleware<DrainGate>();
+        app.UseRequestRateLimits();
         return app;
     }
 
@@ -89,10 +98,19 @@ public static class ServerComposition
         return app;
     }
 
-    /// <summary><c>/metrics</c> in the Prometheus text format; open like <c>/health</c>.</summary>
+    /// <summary>
+    /// <c>/metrics</c> in the Prometheus text format, open like <c>/health</c>: prometheus-net's <c>adapterserve_*</c> and
+    /// process series, then, with <c>--gateway-metrics</c>, the vLLM-named gateway series (<see cref="GatewayMetrics"/>).
+    /// </summary>
     public static WebApplication MapServerMetrics(this WebApplication app)
     {
-        app.MapMetrics("/metrics").WithTags("Operations").WithSummary("Prometheus metrics (adapterserve_*)");
+        bool gatewaySeries = app.Services.GetRequiredService<IOptions<ServerOptions>>().Value.GatewayMetrics;
+        app.MapGet("/metrics", async (HttpContext http, GatewayMetrics gateway) =>
+        {
+            http.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
+            await Metrics.DefaultRegistry.CollectAndExportAsTextAsync(http.Response.Body, http.RequestAborted);
+            if (gatewaySeries) await http.Response.WriteAsync(gateway.Text(), http.RequestAborted);
+        }).WithTags("Operations").WithSummary("Prometheus metrics (adapterserve_*, and vllm:* for inference gateways)").ExcludeFromDescription();
         return app;
     }
 }

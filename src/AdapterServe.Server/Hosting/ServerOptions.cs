@@ -27,6 +27,15 @@ public sealed class ServerOptions
     /// <summary>Folder for server state (adapter store).</summary>
     public string? DataDir { get; set; }
 
+    /// <summary>
+    /// Also write vLLM's <c>vllm:*</c> gauges on <c>/metrics</c>, for the Gateway API Inference Extension's endpoint picker
+    /// (<c>--gateway-metrics</c>). Off by default: Prometheus's own lint (<c>promtool check metrics</c>) reserves ':' for recording rules.
+    /// </summary>
+    public bool GatewayMetrics { get; set; }
+
+    /// <summary>On SIGTERM or Ctrl+C, how long running generations may go on before they end with an error (<c>--drain-timeout</c>).</summary>
+    public int DrainTimeoutSeconds { get; set; } = 30;
+
     /// <summary>The configured keys, comma-separated entries split and trimmed.</summary>
     public IReadOnlyList<string> EffectiveApiKeys =>
         ApiKeys.SelectMany(k => k.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)).ToList();
@@ -46,6 +55,8 @@ internal sealed class ServerOptionsValidator : IValidateOptions<ServerOptions>
         for (int i = 0; i < o.ApiKeys.Count; i++)
             if (string.IsNullOrWhiteSpace(o.ApiKeys[i]) || o.ApiKeys[i].Split(',').Any(k => k.Trim().Length == 0))
                 errors.Add($"Server:ApiKeys:{i} (--api-key) holds an empty key.");
+        if (o.DrainTimeoutSeconds is < 0 or > ServerDrain.MaxTimeoutSeconds)
+            errors.Add($"Server:DrainTimeoutSeconds (--drain-timeout) must be between 0 and {ServerDrain.MaxTimeoutSeconds} seconds, got {o.DrainTimeoutSeconds}.");
         if (o.AdminKey is { } admin && string.IsNullOrWhiteSpace(admin))
             errors.Add("Server:AdminKey (--admin-key) must not be blank.");
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
@@ -66,17 +77,8 @@ internal sealed class EngineOptionsValidator : IValidateOptions<EngineOptions>
         }
         if (o.ServedModelName is { } served && (served.Length == 0 || served.Contains(':') || served.Any(char.IsWhiteSpace)))
             errors.Add($"Engine:ServedModelName (--served-model-name) must be non-empty without ':' or spaces, got '{served}'.");
-        string device = o.Device?.ToLowerInvariant() ?? "";
-        bool cuda = device == "cuda" || (device.StartsWith("cuda:", StringComparison.Ordinal) && int.TryParse(device[5..], out int ordinal) && ordinal >= 0);
-        if (device != "cpu" && !cuda)
-            errors.Add($"Engine:Device (--device) must be 'cpu', 'cuda' or 'cuda:N', got '{o.Device}'.");
-        switch (o.Dtype?.ToLowerInvariant())
-        {
-            case "float32" or "bfloat16": break;
-            case "float16" when cuda: break;
-            case "float16": errors.Add("Engine:Dtype (--dtype) float16 needs --device cuda; on the CPU use float32 or bfloat16."); break;
-            default: errors.Add($"Engine:Dtype (--dtype) must be float32, bfloat16 or float16, got '{o.Dtype}'."); break;
-        }
+        if (ComputeTarget.DeviceProblem(o.Device) is { } device) errors.Add($"Engine:Device (--device) {device}.");
+        if (ComputeTarget.DtypeProblem(o.Dtype, o.Device) is { } dtype) errors.Add($"Engine:Dtype (--dtype) {dtype}.");
         if (o.MaxBatch < 1) errors.Add($"Engine:MaxBatch (--max-batch) must be at least 1, got {o.MaxBatch}.");
         if (o.MaxQueue < 1) errors.Add($"Engine:MaxQueue (--max-queue) must be at least 1, got {o.MaxQueue}.");
         if (o.MaxTokensPerStep < 1) errors.Add($"Engine:MaxTokensPerStep (--max-tokens-per-step) must be at least 1, got {o.MaxTokensPerStep}.");

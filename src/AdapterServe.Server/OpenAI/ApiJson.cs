@@ -36,9 +36,10 @@ public static class ApiJson
     public static async Task<T> ReadRequestAsync<T>(HttpRequest request, CancellationToken cancellationToken) where T : class
     {
         JsonDocument document;
+        var body = await ReadBodyAsync(request, cancellationToken);
         try
         {
-            document = await JsonDocument.ParseAsync(request.Body, new JsonDocumentOptions { MaxDepth = 64 }, cancellationToken);
+            document = JsonDocument.Parse(body, new JsonDocumentOptions { MaxDepth = 64 });
         }
         catch (JsonException e)
         {
@@ -57,6 +58,24 @@ public static class ApiJson
                 throw Translate(e, typeof(T));
             }
         }
+    }
+
+    /// <summary>
+    /// The whole body in one array of its own, not rented: <see cref="JsonDocument.ParseAsync"/> would grow its buffer in
+    /// pooled arrays, and the shared pool keeps the largest of them (tens of MB after a huge body) for the life of the process.
+    /// </summary>
+    private static async Task<ReadOnlyMemory<byte>> ReadBodyAsync(HttpRequest request, CancellationToken cancellationToken)
+    {
+        if (request.ContentLength is long length && length <= Array.MaxLength)
+        {
+            var buffer = new byte[length];
+            int read = 0, n;
+            while (read < buffer.Length && (n = await request.Body.ReadAsync(buffer.AsMemory(read), cancellationToken)) > 0) read += n;
+            return buffer.AsMemory(0, read);
+        }
+        using var copy = new MemoryStream();
+        await request.Body.CopyToAsync(copy, cancellationToken);
+        return copy.GetBuffer().AsMemory(0, (int)copy.Length);
     }
 
     /// <summary>A field of the wrong type or shape: 400 with <c>param</c> = its path (<c>messages[0].content</c>).</summary>

@@ -1,4 +1,5 @@
 using System.Text.Json.Serialization;
+using AdapterServe.Engine;
 
 namespace AdapterServe.Server.OpenAI;
 
@@ -18,7 +19,7 @@ public sealed record ErrorBody(
 
 /// <summary>
 /// A request that ends in an OpenAI-shaped error. Thrown anywhere below an endpoint; <see cref="Hosting.ErrorResponses"/>
-/// turns it into the HTTP response.
+/// turns it into the HTTP response (<see cref="Hosting.ApiErrors"/> maps other exceptions to it).
 /// </summary>
 public sealed class ApiException(int statusCode, string type, string? code, string? param, string message) : Exception(message)
 {
@@ -28,6 +29,10 @@ public sealed class ApiException(int statusCode, string type, string? code, stri
     public string? Param { get; } = param;
 
     public ErrorResponse ToResponse() => new(new ErrorBody(Message, Type, Param, Code));
+
+    /// <summary>An error whose type follows from its status: server_error (5xx), permission_error (403), otherwise invalid_request_error.</summary>
+    public static ApiException For(int statusCode, string message, string? code, string? param = null) =>
+        new(statusCode, statusCode >= 500 ? "server_error" : statusCode == StatusCodes.Status403Forbidden ? "permission_error" : "invalid_request_error", code, param, message);
 
     public static ApiException InvalidValue(string param, string message) =>
         new(StatusCodes.Status400BadRequest, "invalid_request_error", "invalid_value", param, message);
@@ -46,6 +51,16 @@ public sealed class ApiException(int statusCode, string type, string? code, stri
     public static ApiException PromptTooLong(string param, string message) =>
         new(StatusCodes.Status413PayloadTooLarge, "invalid_request_error", "context_length_exceeded", param, message);
 
+    /// <summary>The prompt text is larger than the server reads (413), refused before it is tokenized.</summary>
+    public static ApiException PromptTooLarge(string param, string message) =>
+        new(StatusCodes.Status413PayloadTooLarge, "invalid_request_error", "prompt_too_large", param, message);
+
+    /// <summary>The request body is larger than the server reads (413), refused before it is parsed.</summary>
+    public static ApiException RequestTooLarge(long? bytes, long limit) =>
+        new(StatusCodes.Status413PayloadTooLarge, "invalid_request_error", "request_too_large", null, bytes is long b
+            ? $"The request body has {b} bytes; this server accepts at most {limit} bytes for this endpoint."
+            : $"The request body is larger than this server accepts for this endpoint (at most {limit} bytes).");
+
     public static ApiException InvalidApiKey(string message) =>
         new(StatusCodes.Status401Unauthorized, "invalid_request_error", "invalid_api_key", null, message);
 
@@ -61,6 +76,14 @@ public sealed class ApiException(int statusCode, string type, string? code, stri
         new(StatusCodes.Status503ServiceUnavailable, "service_unavailable", "model_loading", null,
             "The model is still loading; retry when GET /health answers 200.");
 
+    /// <summary>The server is draining for shutdown (503): refused before it started, or cut off at the drain timeout.</summary>
+    public static ApiException ShuttingDown(string message) =>
+        new(StatusCodes.Status503ServiceUnavailable, "service_unavailable", "server_shutting_down", null, message);
+
     public static ApiException GenerationFailed(string message) =>
         new(StatusCodes.Status500InternalServerError, "server_error", "generation_failed", null, message);
+
+    /// <summary>A forward step failed for this request's sequence; <paramref name="message"/> carries the error id of the server log line.</summary>
+    public static ApiException EngineStepFailed(string message) =>
+        new(StatusCodes.Status500InternalServerError, "server_error", EngineErrorCodes.StepFailed, null, message);
 }

@@ -36,7 +36,7 @@ public sealed class AdapterServer : IAsyncDisposable
     public IGenerationEngine Engine { get; }
     public string DataDirectory => _data.Path;
 
-    /// <param name="settings">More configuration (e.g. <c>Adapters:Residency:MaxDeviceAdapters</c>).</param>
+    /// <param name="settings">More configuration (e.g. <c>Adapters:Residency:MaxDeviceAdapters</c>); a null value removes a default one.</param>
     /// <param name="userKeys">Guard <c>/v1/*</c> with the ordinary key <see cref="UserKey"/>.</param>
     public static async Task<AdapterServer> StartAsync(IDictionary<string, string?>? settings = null, bool userKeys = false)
     {
@@ -45,7 +45,11 @@ public sealed class AdapterServer : IAsyncDisposable
         all["Adapters:DataDirectory"] = data.Path;
         all["admin-key"] = AdminKey;                 // what the --admin-key flag sets
         if (userKeys) all["Server:ApiKeys:0"] = UserKey;
-        foreach (var (k, v) in settings ?? new Dictionary<string, string?>()) all[k] = v;
+        foreach (var (k, v) in settings ?? new Dictionary<string, string?>())
+        {
+            if (v is null) all.Remove(k);     // null = leave the setting out (the factory passes settings as arguments)
+            else all[k] = v;
+        }
         var server = new AdapterServer(new ServerFactory(all), data);
         await TinyModel.WaitUntilReadyAsync(server.Engine);
         return server;

@@ -104,8 +104,10 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var (rc, report, output, progress) = await RunTinyAsync("decode", "--repeats", "3");
         Assert.True(rc == 0, progress);
         AssertReport(report!, "decode",
-            ["decode.b1.tokens_per_s", "decode.b1.itl_ms_p50", "decode.b1.ttft_ms", "decode.b2.tokens_per_s", "decode.b2.itl_ms_p50", "decode.b2.ttft_ms"],
-            ["decode.b2/b1"]);
+            ["decode.b1.tokens_per_s", "decode.b1.itl_ms_p50", "decode.b1.ttft_ms", "decode.b2.tokens_per_s", "decode.b2.itl_ms_p50", "decode.b2.ttft_ms",
+             "decode.b1.floor_ms", "decode.b1.forward_ms", "decode.b1.tensors_per_step", "decode.b1.tensors_per_layer",
+             "decode.b2.floor_ms", "decode.b2.forward_ms", "decode.b2.tensors_per_step", "decode.b2.tensors_per_layer"],
+            ["decode.b2/b1", "decode.b1.overhead", "decode.b1.forward/floor", "decode.b2.overhead", "decode.b2.forward/floor"]);
         Assert.Contains("decode.b2.tokens_per_s", output);
         Assert.Equal(3, Runs(report!, "decode.b2.tokens_per_s").Length);   // the ratio (checked in AssertReport) is the median of 3 rounds
     }
@@ -123,15 +125,17 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
     }
 
     [Fact]
-    public async Task Soak_on_tiny_runs_every_generation_and_samples_memory_at_start_middle_end()
+    public async Task Soak_on_tiny_runs_every_generation_checks_every_answer_under_churn_and_samples_memory_at_start_middle_end()
     {
-        var (rc, report, _, progress) = await RunTinyAsync("soak", "--generations", "12");
+        var (rc, report, _, progress) = await RunTinyAsync("soak", "--generations", "24", "--churn-cycles", "6");
         Assert.True(rc == 0, progress);
         AssertReport(report!, "soak",
-            ["soak.generations", "soak.errors", "soak.seconds", "soak.tokens_per_s", "soak.ttft_ms_p50", "soak.ttft_ms_p99"],
+            ["soak.generations", "soak.errors", "soak.mismatches", "soak.churn_cycles", "soak.seconds", "soak.tokens_per_s", "soak.ttft_ms_p50", "soak.ttft_ms_p99"],
             ["soak.working_set.end/middle", "soak.live_tensors.end/middle"]);
-        Assert.Equal(12, Median(report!, "soak.generations"));
+        Assert.Equal(24, Median(report!, "soak.generations"));
         Assert.Equal(0, Median(report!, "soak.errors"));
+        Assert.Equal(0, Median(report!, "soak.mismatches"));
+        Assert.Equal(6, Median(report!, "soak.churn_cycles"));
         Assert.Equal(["start", "middle", "end"], report!["memory"]!.AsArray().Select(m => m!["label"]!.GetValue<string>()));
         Assert.Contains(report["notes"]!.AsArray(), n => n!.GetValue<string>().StartsWith("each generation on the base or one of 2 r16 all-projection adapters", StringComparison.Ordinal));
         var target = report["ratios"]!.AsArray().Single(r => r!["name"]!.GetValue<string>() == "soak.working_set.end/middle")!["target"]!;

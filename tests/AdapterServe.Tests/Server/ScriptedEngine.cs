@@ -13,7 +13,7 @@ namespace AdapterServe.Tests.Server;
 internal sealed class ScriptedEngine : IGenerationEngine
 {
     public ModelInfo Model { get; } = new("scripted", 64, ByteTokenizer.Size, 1735689600, false, "test double");
-    public ITextTokenizer Tokenizer { get; } = new ByteTokenizer();
+    public ITextTokenizer Tokenizer { get; init; } = new ByteTokenizer();
     public AdapterServe.Modeling.ModelConfig Config { get; } = new()
     {
         HiddenSize = 8, NumHiddenLayers = 1, NumAttentionHeads = 2, NumKeyValueHeads = 1, HeadDim = 4, IntermediateSize = 8, VocabSize = ByteTokenizer.Size,
@@ -21,6 +21,7 @@ internal sealed class ScriptedEngine : IGenerationEngine
     public bool IsReady { get; set; } = true;
     public int RunningSequences => 0;
     public int WaitingRequests => 0;
+    public EngineLoad Load { get; set; } = EngineLoad.Idle;
 
     /// <summary>Answers a submitted request (may throw like the engine's Submit does).</summary>
     public Func<GenerationRequest, CancellationToken, ChannelReader<GenerationEvent>> Script { get; set; } = (r, _) => Emit(r, "ok");

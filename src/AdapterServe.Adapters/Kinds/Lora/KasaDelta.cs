@@ -1,3 +1,4 @@
+using AdapterServe.Modeling;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -46,8 +47,7 @@ public static class KasaDelta
         int rank = (int)a.shape[0];
         int removed = RemovedComponents(dOut, dIn, rank, truncation);
 
-        using var scalingScalar = scaling.ToScalar();                                                   // held across the native call
-        var adapterB = b.to(ScalarType.Float32, dev).mul(diag.to(ScalarType.Float32, dev)).mul(scalingScalar); // [d_out, r] = s·B diag(σ)
+        var adapterB = TorchScalars.Mul(b.to(ScalarType.Float32, dev).mul(diag.to(ScalarType.Float32, dev)), scaling); // [d_out, r] = s·B diag(σ)
         var adapterA = a.to(ScalarType.Float32, dev);                                                    // [r, d_in]
         if (removed == 0)
             return (adapterA.MoveToOuterDisposeScope(), adapterB.MoveToOuterDisposeScope());

@@ -77,9 +77,8 @@ public sealed class LoraWeights : IDisposable
         var dev = baseWeight.device;
         var w0 = baseWeight.to(ScalarType.Float32);                                                            // [d_out, d_in]
         var delta = b.to(ScalarType.Float32, dev).matmul(a.to(ScalarType.Float32, dev));                       // [d_out, d_in]
-        using var alpha = scale.ToScalar();                                                                    // held across the native call
-        var merged = w0.add(delta, alpha);                                                                     // W' = W0 + scale·ΔW
-        var rowNorm = linalg.vector_norm(merged, 2, [1]);                                                      // [d_out]
+        var merged = TorchScalars.Add(w0, delta, scale);                                                       // W' = W0 + scale·ΔW
+        var rowNorm = linalg.norm(merged, 2.0, [1]);                                                           // [d_out]; linalg_vector_norm(ord 2) natively, without vector_norm's Scalar temporary
         return magnitude.to(ScalarType.Float32, dev).div(rowNorm).MoveToOuterDisposeScope();                  // [d_out]
     }
 
