@@ -1,3 +1,4 @@
+using AdapterServe.Adapters.Kinds.Kronecker;
 using AdapterServe.Adapters.Kinds.Lora;
 
 namespace AdapterServe.Adapters;
@@ -15,6 +16,7 @@ public sealed class AdapterKinds
     public static AdapterKinds BuiltIn { get; } = new(
     [
         LoraKind.Instance,          // LORA: LoRA, rsLoRA, DoRA, KaSA
+        KroneckerKind.Instance,     // LOKR, MOKA: Kronecker products, never materialised
     ]);
 
     public AdapterKinds(IEnumerable<IAdapterKindHandler> handlers)

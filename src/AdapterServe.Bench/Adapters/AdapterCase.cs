@@ -42,6 +42,9 @@ public static class AdapterCases
         new("lora-r16-x4", AdapterKind.Lora, 16, All, 4, PeftLoraWriter.Write, ComparedTo: "lora-r16"),
         new("lora-r16-x16", AdapterKind.Lora, 16, All, 16, PeftLoraWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 0.85), TargetBatches: [32]),
         new("lora-r16-x32", AdapterKind.Lora, 16, All, 32, PeftLoraWriter.Write, ComparedTo: "lora-r16"),
+        // Issue 9: time per token at most 1.1x one r16 LoRA on the same projections, i.e. throughput >= 1/1.1 of it.
+        new("lokr-r16", AdapterKind.Lokr, 16, All, 1, PeftLokrWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 1 / 1.1), TargetBatches: [1, 16]),
+        new("moka-4", AdapterKind.Moka, 4, All, 1, MokaWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 1 / 1.1), TargetBatches: [1, 16]),
     ];
 
     /// <summary>The table, or the named subset of it (<c>--cases</c>).</summary>
