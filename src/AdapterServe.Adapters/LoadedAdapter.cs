@@ -34,6 +34,11 @@ public sealed class LoadedAdapter : IDisposable
     /// <summary>Null when it may be mixed with other adapters in one request; otherwise why not (see <see cref="AdapterDescription.NotMixable"/>).</summary>
     public string? NotMixable => Record.Description.NotMixable;
     public bool IsDisposed { get; private set; }
+    /// <summary>
+    /// Its device slot while it is in the residency cache's device tier (<see cref="AdapterSlotTable"/>), else null.
+    /// Kinds that stack adapters per projection serve it from there.
+    /// </summary>
+    public AdapterSlot? Slot { get; internal set; }
 
     public override string ToString() => $"adapter '{Name}' v{Version}";
 

@@ -1,3 +1,4 @@
+using AdapterServe.Adapters.Kinds.Kronecker;
 using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Kinds.LoraMixer;
 using AdapterServe.Adapters.Kinds.Omoe;
@@ -17,6 +18,7 @@ public sealed class AdapterKinds
     public static AdapterKinds BuiltIn { get; } = new(
     [
         LoraKind.Instance,          // LORA: LoRA, rsLoRA, DoRA, KaSA
+        KroneckerKind.Instance,     // LOKR, MOKA: Kronecker products, never materialised
         LoraMixerKind.Instance,     // LORA_MIXER: routed top-K mixture of LoRA experts
         OmoeKind.Instance,          // OMOE: orthogonal mixture of LoRA experts
     ]);

@@ -67,10 +67,17 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
         _device = device ?? throw new ArgumentNullException(nameof(device));
         _logger = logger ?? NullLogger.Instance;
         Metrics = metrics ?? new AdapterResidencyMetrics();
+        Slots = new AdapterSlotTable(options.MaxDeviceAdapters);
         UpdateGauges(new ResidencySnapshot(0, 0, 0, 0, 0));
     }
 
     public AdapterResidencyMetrics Metrics { get; }
+
+    /// <summary>
+    /// One slot per device-tier version (capacity <see cref="ResidencyOptions.MaxDeviceAdapters"/>): a version takes one
+    /// when it enters the device tier and frees it when it leaves; kinds stack their resident adapters by slot.
+    /// </summary>
+    public AdapterSlotTable Slots { get; }
 
     /// <summary>
     /// The model is loaded: adapters are built against <paramref name="baseWeights"/> from now on (a cache built with
@@ -184,6 +191,7 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
                 throw new ObjectDisposedException(nameof(AdapterResidencyCache));
             }
             entry.Device = onDevice;
+            Slots.Assign(onDevice);
             snapshot = SnapshotLocked();
             UpdateGauges(snapshot);
         }
@@ -315,6 +323,7 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
             _versions.Clear();
             UpdateGauges(new ResidencySnapshot(0, 0, 0, 0, 0));
         }
+        Slots.Dispose();
     }
 
     // ---- loading ----
@@ -456,10 +465,11 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
         return best;
     }
 
-    private static void DropDevice(CachedVersion entry)
+    private void DropDevice(CachedVersion entry)
     {
         var copy = entry.Device;
         entry.Device = null;
+        if (copy is not null) Slots.Free(copy);
         if (copy is not null && !ReferenceEquals(copy, entry.Host)) copy.Dispose();
     }
 

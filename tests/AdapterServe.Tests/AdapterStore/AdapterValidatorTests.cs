@@ -198,7 +198,7 @@ public class AdapterValidatorTests : IDisposable
         { """{"fancy_variant_config": {"k": 1}}""", "fancy_variant_config" },
         { """{"use_fancy_trick": true}""", "use_fancy_trick" },
         { """{"bias": "all"}""", "bias 'all'" },
-        { """{"peft_type": "LOKR"}""", "peft_type 'LOKR'" },
+        { """{"peft_type": "LOHA"}""", "peft_type 'LOHA'" },
         { """{"r": "eight"}""", "'r'" },
         { """{"target_modules": 5}""", "target_modules" },
         { """{"rank_pattern": {"q_proj(": 4}}""", "rank_pattern key 'q_proj('" },

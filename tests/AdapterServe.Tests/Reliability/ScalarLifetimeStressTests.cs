@@ -7,6 +7,7 @@ using AdapterServe.Modeling;
 using AdapterServe.Tests.AdapterStore;
 using AdapterServe.Tests.Engine;
 using AdapterServe.Tests.Infrastructure;
+using AdapterServe.Tests.Kronecker;
 using Microsoft.Extensions.Logging;
 using static TorchSharp.torch;
 using Store = AdapterServe.Adapters.Store.AdapterStore;
@@ -41,6 +42,8 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
         new("rslora", (m, seed) => WithConfig(TestAdapter.Lora(r: 4, alpha: 6, projections: ProjectionNames.All, seed: seed, baseModel: m), "use_rslora")),
         new("dora", (m, seed) => WithDora(TestAdapter.Lora(r: 2, alpha: 4, projections: ProjectionNames.All, seed: seed, baseModel: m), m, seed), Scale: 0.5f),
         new("kasa", (m, seed) => WithKasa(TestAdapter.Lora(r: 2, alpha: 4, projections: ProjectionNames.All, seed: seed, baseModel: m), m, seed)),
+        new("lokr", (m, seed) => KroneckerTestFiles.Lokr(m, ProjectionNames.All, r: 2, alpha: 3, w1: FactorForm.LowRank, seed: seed), Scale: 0.8f),
+        new("moka", (m, seed) => KroneckerServingTests.Moka(seed, m)),     // four components of three shapes per module
         new("stress-lora-mixer", (_, _) => null, WriteFolder: (m, seed, dir) =>
             MixtureWriters.WriteLoraMixer(dir, m, experts: 4, topK: 2, rank: 2, Enum.GetValues<Projection>(), seed), Scale: 0.8f),
         new("stress-omoe", (_, _) => null, WriteFolder: (m, seed, dir) =>

@@ -18,9 +18,15 @@ public sealed class LoraModules : IAdapterModules
     {
         _modules = modules;
         Bytes = modules.Values.Sum(m => m.Bytes);
+        MaxRank = modules.Count == 0 ? 0 : modules.Values.Max(m => m.Rank);
+        IsPlainDelta = modules.Values.All(m => !m.IsDora && m.Bias is null);
     }
 
     public long Bytes { get; }
+    /// <summary>Largest served rank of any module (0 without modules).</summary>
+    public int MaxRank { get; }
+    /// <summary>True when every module is <c>y += x (B·A)ᵀ</c> alone: no DoRA rescaling, no bias.</summary>
+    public bool IsPlainDelta { get; }
     public IReadOnlyCollection<LoraWeights> All => _modules.Values;
 
     /// <summary>The weights for one projection of one layer, or null when the adapter does not target it.</summary>
