@@ -76,7 +76,7 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
         }
         catch
         {
-            foreach (var e in executors) e.Complete();
+            foreach (var e in executors) e.Abandon();
             foreach (var g in _groups) g?.Dispose();
             throw;
         }
@@ -128,7 +128,14 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
     {
         if (_completed) return;
         _completed = true;
-        foreach (var g in _groups) g.Dispose();
+        try
+        {
+            foreach (var executor in _executors) executor.Abandon();
+        }
+        finally
+        {
+            foreach (var g in _groups) g.Dispose();
+        }
     }
 
     public void Dispose() => Abandon();

@@ -1,5 +1,7 @@
 using AdapterServe.Adapters.Kinds.Kronecker;
 using AdapterServe.Adapters.Kinds.Lora;
+using AdapterServe.Adapters.Kinds.LoraMixer;
+using AdapterServe.Adapters.Kinds.Omoe;
 
 namespace AdapterServe.Adapters;
 
@@ -17,6 +19,8 @@ public sealed class AdapterKinds
     [
         LoraKind.Instance,          // LORA: LoRA, rsLoRA, DoRA, KaSA
         KroneckerKind.Instance,     // LOKR, MOKA: Kronecker products, never materialised
+        LoraMixerKind.Instance,     // LORA_MIXER: routed top-K mixture of LoRA experts
+        OmoeKind.Instance,          // OMOE: orthogonal mixture of LoRA experts
     ]);
 
     public AdapterKinds(IEnumerable<IAdapterKindHandler> handlers)

@@ -67,6 +67,9 @@ public interface IAdapterStepExecutor
     /// <param name="baseWeight"><c>W0: [d_out, d_in]</c>, read-only.</param>
     void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight);
 
-    /// <summary>The step is over (also after a failed forward pass): per-step bookkeeping, and free what was built for the step.</summary>
+    /// <summary>The step ran: per-step bookkeeping (such as expert counts), and free what was built for the step.</summary>
     void Complete();
+
+    /// <summary>The forward pass threw (the step is retried or split): free what was built for the step, no end-of-step work.</summary>
+    void Abandon();
 }

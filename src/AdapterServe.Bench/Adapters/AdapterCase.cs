@@ -26,7 +26,7 @@ public sealed record AdapterCase(
     IReadOnlyList<int>? TargetBatches = null)
 {
     /// <summary>Name (and cache folder) of the i-th distinct adapter; cases with the same kind, rank and targets share them.</summary>
-    public string AdapterName(int index) =>
+    public string AdapterName(int index) => Kind == AdapterKind.LoraMixer || Kind == AdapterKind.Omoe ? $"{Name}-{index}" :   // mixtures: the case name carries E and K
         $"{Kind.ToString().ToLowerInvariant()}-r{Rank}-{(Targets.Count == ProjectionNames.All.Length ? "all" : string.Join("+", Targets.Select(t => t.ShortName().Replace("_proj", ""))))}-{index}";
 }
 
@@ -45,6 +45,11 @@ public static class AdapterCases
         // Issue 9: time per token at most 1.1x one r16 LoRA on the same projections, i.e. throughput >= 1/1.1 of it.
         new("lokr-r16", AdapterKind.Lokr, 16, All, 1, PeftLokrWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 1 / 1.1), TargetBatches: [1, 16]),
         new("moka-4", AdapterKind.Moka, 4, All, 1, MokaWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 1 / 1.1), TargetBatches: [1, 16]),
+        // Mixtures (issue 10): 6 embedded r16 LoRA experts, top-3 per token; 4 r16 OMoE experts, dense. Ratio also to one r16 LoRA.
+        new("mixer-top3-of-6", AdapterKind.LoraMixer, 16, All, 1,
+            (dir, model, c, seed) => MixtureWriters.WriteLoraMixer(dir, model, experts: 6, topK: 3, c.Rank, c.Targets, seed), ComparedTo: "lora-r16"),
+        new("omoe-4", AdapterKind.Omoe, 16, All, 1,
+            (dir, model, c, seed) => MixtureWriters.WriteOmoe(dir, model, experts: 4, c.Rank, c.Targets, seed), ComparedTo: "lora-r16"),
     ];
 
     /// <summary>The table, or the named subset of it (<c>--cases</c>).</summary>

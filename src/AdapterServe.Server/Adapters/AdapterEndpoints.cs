@@ -1,5 +1,6 @@
 using System.Text.Json;
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Experts;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Server.OpenAI;
 using Microsoft.AspNetCore.Mvc;
@@ -26,6 +27,17 @@ public static class AdapterEndpoints
             .Produces<AdapterInfo>()
             .Produces<ErrorResponse>(StatusCodes.Status404NotFound);
 
+        api.MapGet("/adapters/{name}/experts", GetExperts)
+            .WithName("GetAdapterExperts")
+            .WithSummary("Where a mixture's tokens went")
+            .WithDescription("Per routed module of a mixture adapter (LoRA-Mixer, OMoE): routed tokens, each expert's selections, share and utilisation since start, and the load balance (normalised entropy of the shares, 0..1) since start and over the sliding window of the adapterserve_expert_load_balance gauge. 400 not_a_mixture for kinds without experts.")
+            .Produces<AdapterExperts>()
+            .Produces<ErrorResponse>(StatusCodes.Status400BadRequest)
+            .Produces<ErrorResponse>(StatusCodes.Status404NotFound);
+
+        // The process's expert accounting, configured (window, forgetting deleted adapters) before the first request.
+        app.ServiceProvider.GetRequiredService<ExpertUsage>();
+
         var admin = api.MapGroup("").AddEndpointFilter<AdminKeyFilter>();
 
         admin.MapPost("/adapters", Upload)
@@ -38,6 +50,18 @@ public static class AdapterEndpoints
             .Produces<ErrorResponse>(StatusCodes.Status400BadRequest)
             .Produces<ErrorResponse>(StatusCodes.Status401Unauthorized)
             .Produces<ErrorResponse>(StatusCodes.Status403Forbidden)
+            .Produces<ErrorResponse>(StatusCodes.Status409Conflict)
+            .Produces<ErrorResponse>(StatusCodes.Status413PayloadTooLarge)
+            .Produces<ErrorResponse>(StatusCodes.Status415UnsupportedMediaType);
+
+        admin.MapPost("/mixers", CreateMixer)
+            .WithName("CreateMixer")
+            .WithSummary("Create a LoRA-Mixer over registered LoRAs (admin)")
+            .WithDescription("multipart/form-data: 'name'; 'experts' (registered LoRA names: repeat the part, or a JSON array, or comma-separated); 'top_k'; optional 'renormalize' (true/false) and 'target_modules'; the file 'mixer_model.safetensors' (one router per routed module, base_model.model.<module>.router.weight [E, d_in], optional router.bias [E]). Stored, versioned and served like any adapter (kind lora_mixer); ?replace=true stores a new version of an existing adapter, else 409. 400 names the field.")
+            .Produces<AdapterInfo>(StatusCodes.Status201Created)
+            .Produces<AdapterInfo>()
+            .Produces<ErrorResponse>(StatusCodes.Status400BadRequest)
+            .Produces<ErrorResponse>(StatusCodes.Status401Unauthorized)
             .Produces<ErrorResponse>(StatusCodes.Status409Conflict)
             .Produces<ErrorResponse>(StatusCodes.Status413PayloadTooLarge)
             .Produces<ErrorResponse>(StatusCodes.Status415UnsupportedMediaType);
@@ -102,9 +126,28 @@ public static class AdapterEndpoints
             ? Json(AdapterInfo.From(record, residency.Status(name), withModules: true))
             : throw AdapterStoreException.NotFound(name);
 
+    private static IResult GetExperts(string name, AdapterRegistry registry, ExpertUsage usage)
+    {
+        if (!registry.TryResolve(name, out var record)) throw AdapterStoreException.NotFound(name);
+        var description = record.Description;
+        if (description.Experts is not { } experts)
+            throw new AdapterValidationException($"adapter '{name}' is a {description.Kind} adapter: it has no experts (only mixtures such as lora_mixer and omoe do)", "not_a_mixture");
+        var modules = usage.Snapshot(name)?.Modules ?? [];
+        return Json(new AdapterExperts("adapter.experts", name, description.Kind.ToString(), experts, description.TopK, usage.LoadBalanceWindowSteps, modules));
+    }
+
     private static async Task<IResult> Upload(HttpContext http, AdapterStore store, IAdapterResidency residency, [FromQuery] bool? replace, CancellationToken cancellationToken)
     {
         var commit = await AdapterUpload.ReceiveAsync(http, store, replace ?? false, cancellationToken);
+        var info = AdapterInfo.From(commit.Record, residency.Status(commit.Record.Name), withModules: true);
+        if (commit.Replaced is not null) return Json(info);
+        http.Response.Headers.Location = $"/v1/adapters/{Uri.EscapeDataString(commit.Record.Name)}";
+        return Json(info, StatusCodes.Status201Created);
+    }
+
+    private static async Task<IResult> CreateMixer(HttpContext http, AdapterStore store, IAdapterResidency residency, [FromQuery] bool? replace, CancellationToken cancellationToken)
+    {
+        var commit = await MixerUpload.ReceiveAsync(http, store, replace ?? false, cancellationToken);
         var info = AdapterInfo.From(commit.Record, residency.Status(commit.Record.Name), withModules: true);
         if (commit.Replaced is not null) return Json(info);
         http.Response.Headers.Location = $"/v1/adapters/{Uri.EscapeDataString(commit.Record.Name)}";

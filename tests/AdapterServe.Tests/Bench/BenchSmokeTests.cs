@@ -159,7 +159,7 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
                 figures.AddRange([$"adapters.{c}.b{b}.tokens_per_s", $"adapters.{c}.b{b}.itl_ms_p50"]);
                 ratios.Add($"adapters.{c}.b{b}/base");
             }
-            foreach (var c in new[] { "lokr-r16", "moka-4" })    // Kronecker cases, also compared to one r16 LoRA
+            foreach (var c in new[] { "lokr-r16", "moka-4", "mixer-top3-of-6", "omoe-4" })    // Kronecker and mixture cases, also compared to one r16 LoRA
             {
                 figures.AddRange([$"adapters.{c}.b{b}.tokens_per_s", $"adapters.{c}.b{b}.itl_ms_p50"]);
                 ratios.AddRange([$"adapters.{c}.b{b}/base", $"adapters.{c}.b{b}/lora-r16"]);
@@ -180,8 +180,8 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var notes = report["notes"]!.AsArray().Select(n => n!.GetValue<string>()).ToList();
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x16 skipped: 16 distinct adapters need a batch of at least 16", StringComparison.Ordinal));
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x32 skipped", StringComparison.Ordinal));
-        // r8-0, r16-0..3 and r64-0 all stay resident: more slots than --quick's 4.
-        Assert.Contains("device cache raised from 4 to 8: the run uses 8 distinct adapters, all kept resident", notes);   // LoKr and MoKA add two
+        // r8-0, r16-0..3, r64-0, LoKr, MoKA and the two mixtures all stay resident: more slots than --quick's 4.
+        Assert.Contains("device cache raised from 4 to 10: the run uses 10 distinct adapters, all kept resident", notes);
         Assert.Contains("adapters.lora-r16-x4.b4/lora-r16", output);
     }
 

@@ -134,5 +134,7 @@ public sealed class ScaledIdentityKind : IAdapterKindHandler
         }
 
         public void Complete() { }
+
+        public void Abandon() { }
     }
 }

@@ -24,13 +24,13 @@ public sealed class NaiveLlama : IDisposable
     private Tensor W(string name) => _w[name];
     private Tensor? Opt(string name) => _w.GetValueOrDefault(name);
 
-    private Tensor RmsNorm(Tensor x, Tensor w) => x / (x.pow(2).mean([-1L], keepdim: true) + _c.RmsNormEps).sqrt() * w;
+    private Tensor RmsNorm(Tensor x, Tensor w) => x.div(TorchScalars.Add(x.square().mean([-1L], keepdim: true), _c.RmsNormEps).sqrt()).mul(w);
 
     private Tensor Linear(Tensor x, string module, Func<string, Tensor, Tensor, Tensor>? adapter)
     {
         var y = x.matmul(W(module + ".weight").t());
         if (adapter is not null) y = adapter(module, x, y);
-        return Opt(module + ".bias") is { } b ? y + b : y;
+        return Opt(module + ".bias") is { } b ? TorchScalars.Add(y, b) : y;
     }
 
     /// <summary>Rotates one head vector at position p: pairs (i, i + d/2) by angle p·θ_i.</summary>
@@ -42,8 +42,8 @@ public sealed class NaiveLlama : IDisposable
         {
             double a = p * invFreq[i];
             var x1 = v[i]; var x2 = v[i + half];
-            outv[i] = x1 * Math.Cos(a) - x2 * Math.Sin(a);
-            outv[i + half] = x2 * Math.Cos(a) + x1 * Math.Sin(a);
+            outv[i] = TorchScalars.Add(TorchScalars.Mul(x1, Math.Cos(a)), x2, -Math.Sin(a));
+            outv[i + half] = TorchScalars.Add(TorchScalars.Mul(x2, Math.Cos(a)), x1, Math.Sin(a));
         }
         return outv;
     }
@@ -74,15 +74,15 @@ public sealed class NaiveLlama : IDisposable
                         scores[j] = qi.dot(Rope(k[j, kvHead], j, invFreq)).item<double>() / Math.Sqrt(D);
                     double max = scores.Max(), sum = scores.Sum(s => Math.Exp(s - max));
                     var o = zeros(D, dtype: ScalarType.Float64);
-                    for (int j = 0; j <= i; j++) o += Math.Exp(scores[j] - max) / sum * v[j, kvHead];
+                    for (int j = 0; j <= i; j++) o = TorchScalars.Add(o, v[j, kvHead], Math.Exp(scores[j] - max) / sum);
                     attn[i, TensorIndex.Slice(head * D, (head + 1) * D)] = o;
                 }
             }
-            h = h + Linear(attn, p + "self_attn.o_proj", adapter);
+            h = TorchScalars.Add(h, Linear(attn, p + "self_attn.o_proj", adapter));
             var m = RmsNorm(h, W(p + "post_attention_layernorm.weight"));
             var gate = Linear(m, p + "mlp.gate_proj", adapter);
             var up = Linear(m, p + "mlp.up_proj", adapter);
-            h = h + Linear(gate * sigmoid(gate) * up, p + "mlp.down_proj", adapter);
+            h = TorchScalars.Add(h, Linear(gate.mul(sigmoid(gate)).mul(up), p + "mlp.down_proj", adapter));
         }
         var head_ = Opt("lm_head.weight") ?? W("model.embed_tokens.weight");
         return RmsNorm(h, W("model.norm.weight")).matmul(head_.t()).MoveToOuterDisposeScope();

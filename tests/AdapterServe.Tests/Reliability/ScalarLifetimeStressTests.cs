@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using AdapterServe.Adapters;
 using AdapterServe.Adapters.Store;
+using AdapterServe.Bench.Adapters;
 using AdapterServe.Engine;
 using AdapterServe.Modeling;
 using AdapterServe.Tests.AdapterStore;
@@ -13,8 +14,13 @@ using Store = AdapterServe.Adapters.Store.AdapterStore;
 
 namespace AdapterServe.Tests.Reliability;
 
-/// <summary>One adapter kind the engine serves: how to build a test adapter of it (null: the base model), and its scale.</summary>
-public sealed record StressKind(string Name, Func<ModelConfig, int, TestAdapter?> Build, float Scale = 1f);
+/// <summary>
+/// One adapter kind the engine serves: how to build a test adapter of it (null: the base model), and its scale. Kinds
+/// whose folder is more than a PEFT config and one safetensors file (mixtures) write it with <see cref="WriteFolder"/>
+/// (model, seed, directory) instead.
+/// </summary>
+public sealed record StressKind(string Name, Func<ModelConfig, int, TestAdapter?> Build, float Scale = 1f,
+    Action<ModelConfig, int, string>? WriteFolder = null);
 
 /// <summary>
 /// Issue 8, part 2: thousands of forward steps of every adapter kind, alone and in one mixed batch, while other threads
@@ -26,7 +32,8 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
 {
     private static readonly ModelConfig Model = TinyModels.Llama;
 
-    /// <summary>Every kind the engine serves. A new kind (LoKr, MoKA, mixtures…) is one more line here.</summary>
+    /// <summary>Every kind the engine serves. A new kind (LoKr, MoKA, mixtures…) is one more line here. Mixture names are
+    /// unique in the test process: expert counts (ExpertUsage.Shared) are kept per adapter name process-wide.</summary>
     public static readonly StressKind[] Kinds =
     [
         new("base", (_, _) => null),
@@ -37,6 +44,10 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
         new("kasa", (m, seed) => WithKasa(TestAdapter.Lora(r: 2, alpha: 4, projections: ProjectionNames.All, seed: seed, baseModel: m), m, seed)),
         new("lokr", (m, seed) => KroneckerTestFiles.Lokr(m, ProjectionNames.All, r: 2, alpha: 3, w1: FactorForm.LowRank, seed: seed), Scale: 0.8f),
         new("moka", (m, seed) => KroneckerServingTests.Moka(seed, m)),     // four components of three shapes per module
+        new("stress-lora-mixer", (_, _) => null, WriteFolder: (m, seed, dir) =>
+            MixtureWriters.WriteLoraMixer(dir, m, experts: 4, topK: 2, rank: 2, Enum.GetValues<Projection>(), seed), Scale: 0.8f),
+        new("stress-omoe", (_, _) => null, WriteFolder: (m, seed, dir) =>
+            MixtureWriters.WriteOmoe(dir, m, experts: 3, rank: 2, Enum.GetValues<Projection>(), seed, topK: 2)),
     ];
 
     private const int Rounds = 16;          // each: every kind alone, then all kinds in one batch
@@ -49,7 +60,13 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
         using var tmp = new TempDir();
         await using var f = await StressEngine.StartAsync(TinyModels.Directory(Model), errors);
         for (int i = 0; i < Kinds.Length; i++)
-            if (Kinds[i].Build(Model, 100 + i) is { } adapter)
+            if (Kinds[i].WriteFolder is { } write)
+            {
+                string dir = tmp.Sub(Kinds[i].Name);
+                write(Model, 100 + i, dir);
+                await f.Store.RegisterPathAsync(Kinds[i].Name, dir, replace: false);
+            }
+            else if (Kinds[i].Build(Model, 100 + i) is { } adapter)
                 await f.Store.RegisterPathAsync(Kinds[i].Name, adapter.WriteTo(tmp.Sub(Kinds[i].Name)), replace: false);
 
         // References, computed alone and before any pressure: what every request must produce, token for token.

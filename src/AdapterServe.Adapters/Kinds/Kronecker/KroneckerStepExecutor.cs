@@ -36,4 +36,6 @@ internal sealed class KroneckerStepExecutor(IReadOnlyList<AdapterTokenGroup> gro
     }
 
     public void Complete() { }
+
+    public void Abandon() { }
 }

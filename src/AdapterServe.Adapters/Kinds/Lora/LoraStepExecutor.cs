@@ -77,6 +77,8 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
 
     public void Complete() => _slots?.Dispose();
 
+    public void Abandon() => _slots?.Dispose();
+
     /// <summary>The slot path's share of one step: its groups, their row layout and weights, built once per step.</summary>
     private sealed class SlotStep : IDisposable
     {
