@@ -1,0 +1,122 @@
+using AdapterServe.Modeling;
+using Prometheus;
+
+namespace AdapterServe.Adapters.Experts;
+
+/// <summary>One expert's count at one routed site.</summary>
+/// <param name="Selections">(token, expert) selections of this expert.</param>
+/// <param name="Share">Selections / all selections of the site (the shares of a site sum to 1).</param>
+/// <param name="Utilisation">Selections / routed tokens (1 = chosen for every token).</param>
+public sealed record ExpertCount(string Expert, long Selections, double Share, double Utilisation);
+
+/// <summary>The counts of one (layer, module) of a mixture adapter.</summary>
+/// <param name="LoadBalance">Normalised entropy of the shares, 0 (one expert takes everything) … 1 (perfectly even); null before any selection.</param>
+public sealed record ExpertModuleUsage(int Layer, string Module, long RoutedTokens, long Selections, double? LoadBalance, IReadOnlyList<ExpertCount> Experts);
+
+/// <summary>Everything counted for one mixture adapter (all versions of the name), modules in (layer, projection) order.</summary>
+public sealed record ExpertAdapterUsage(string Adapter, IReadOnlyList<ExpertModuleUsage> Modules);
+
+/// <summary>
+/// The host side of expert accounting: totals per (adapter, layer, module, expert) since start, kept in memory for
+/// <c>GET /v1/adapters/{name}/experts</c> and mirrored into Prometheus counters
+/// (<c>adapterserve_expert_selections_total</c>, <c>adapterserve_expert_routed_tokens_total</c>). One per process.
+/// The engine thread adds a step's counts once per step through an <see cref="ExpertStepTally"/>; any thread may read.
+/// </summary>
+public sealed class ExpertUsage
+{
+    private readonly Lock _lock = new();
+    private readonly Dictionary<(string Adapter, int Layer, Projection Projection), SiteTotals> _sites = [];
+
+    public ExpertUsage(ExpertUsageMetrics? metrics = null) => Metrics = metrics ?? new ExpertUsageMetrics();
+
+    public ExpertUsageMetrics Metrics { get; }
+
+    /// <summary>A fresh per-step tally that reports into this accounting when flushed.</summary>
+    public ExpertStepTally BeginStep() => new(this);
+
+    /// <summary>Adds one step's counts of one site: <paramref name="selections"/>[i] belongs to <c>site.Experts[i]</c>.</summary>
+    public void Add(ExpertSite site, long routedTokens, ReadOnlySpan<long> selections)
+    {
+        ArgumentNullException.ThrowIfNull(site);
+        if (selections.Length != site.Experts.Count)
+            throw new ArgumentException($"{selections.Length} counts for {site.Experts.Count} experts of {site.Adapter} layer {site.Layer} {site.Module}", nameof(selections));
+        ArgumentOutOfRangeException.ThrowIfNegative(routedTokens);
+        string layer = site.Layer.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        lock (_lock)
+        {
+            var key = (site.Adapter, site.Layer, site.Projection);
+            if (!_sites.TryGetValue(key, out var totals)) _sites[key] = totals = new SiteTotals();
+            totals.RoutedTokens += routedTokens;
+            for (int i = 0; i < selections.Length; i++)
+            {
+                long n = selections[i];
+                if (n < 0) throw new ArgumentException($"negative count {n} for expert {site.Experts[i]}", nameof(selections));
+                string expert = site.Experts[i];
+                if (!totals.Selections.TryGetValue(expert, out long before)) totals.Order.Add(expert);
+                totals.Selections[expert] = before + n;
+                if (n > 0) Metrics.Selections.WithLabels(site.Adapter, layer, site.Module, expert).Inc(n);
+                else Metrics.Selections.WithLabels(site.Adapter, layer, site.Module, expert).Publish();
+            }
+        }
+        Metrics.RoutedTokens.WithLabels(site.Adapter, layer, site.Module).Inc(routedTokens);
+    }
+
+    /// <summary>The counts of <paramref name="adapter"/>, or null when nothing was routed through it since start (or since <see cref="Forget"/>).</summary>
+    public ExpertAdapterUsage? Snapshot(string adapter)
+    {
+        lock (_lock)
+        {
+            var modules = _sites.Where(s => s.Key.Adapter == adapter)
+                .OrderBy(s => s.Key.Layer).ThenBy(s => s.Key.Projection)
+                .Select(s => s.Value.Describe(s.Key.Layer, s.Key.Projection.ShortName()))
+                .ToList();
+            return modules.Count == 0 ? null : new ExpertAdapterUsage(adapter, modules);
+        }
+    }
+
+    /// <summary>Names of the adapters with counts.</summary>
+    public IReadOnlyList<string> Adapters
+    {
+        get { lock (_lock) return _sites.Keys.Select(k => k.Adapter).Distinct().Order(StringComparer.Ordinal).ToList(); }
+    }
+
+    /// <summary>Drops the in-memory counts of <paramref name="adapter"/> (after a delete); Prometheus counters stay monotonic.</summary>
+    public void Forget(string adapter)
+    {
+        lock (_lock)
+            foreach (var key in _sites.Keys.Where(k => k.Adapter == adapter).ToList()) _sites.Remove(key);
+    }
+
+    /// <summary>Normalised entropy <c>−Σ pᵢ ln pᵢ / ln E</c> of the shares pᵢ over E experts; 1 for a single expert; null when nothing was selected.</summary>
+    public static double? LoadBalance(IReadOnlyList<long> selections)
+    {
+        long total = selections.Sum();
+        if (total == 0) return null;
+        if (selections.Count == 1) return 1.0;
+        double entropy = 0;
+        foreach (long n in selections)
+        {
+            if (n == 0) continue;
+            double p = (double)n / total;
+            entropy -= p * Math.Log(p);
+        }
+        return entropy / Math.Log(selections.Count);
+    }
+
+    private sealed class SiteTotals
+    {
+        public long RoutedTokens;
+        public readonly List<string> Order = [];
+        public readonly Dictionary<string, long> Selections = new(StringComparer.Ordinal);
+
+        public ExpertModuleUsage Describe(int layer, string module)
+        {
+            var counts = Order.Select(e => Selections[e]).ToList();
+            long total = counts.Sum();
+            var experts = Order.Select(e => new ExpertCount(e, Selections[e],
+                total == 0 ? 0 : (double)Selections[e] / total,
+                RoutedTokens == 0 ? 0 : (double)Selections[e] / RoutedTokens)).ToList();
+            return new ExpertModuleUsage(layer, module, RoutedTokens, total, LoadBalance(counts), experts);
+        }
+    }
+}

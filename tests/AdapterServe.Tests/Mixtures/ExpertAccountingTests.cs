@@ -1,0 +1,142 @@
+using AdapterServe.Adapters.Experts;
+using AdapterServe.Modeling;
+using Prometheus;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Tests.Mixtures;
+
+public class ExpertAccountingTests
+{
+    static ExpertUsage NewUsage() => new(new ExpertUsageMetrics(Metrics.WithCustomRegistry(Metrics.NewCustomRegistry())));
+
+    /// <summary>[N, K] distinct expert ids per row, random, and the same ids as a host array.</summary>
+    static (Tensor Indices, long[,] Host) RandomTopK(int n, int k, int experts, int seed)
+    {
+        var random = new Random(seed);
+        var host = new long[n, k];
+        for (int t = 0; t < n; t++)
+        {
+            var ids = Enumerable.Range(0, experts).OrderBy(_ => random.Next()).Take(k).ToArray();
+            for (int j = 0; j < k; j++) host[t, j] = ids[j];
+        }
+        var flat = new long[n * k];
+        Buffer.BlockCopy(host, 0, flat, 0, flat.Length * sizeof(long));
+        return (tensor(flat, ScalarType.Int64).view(n, k), host);
+    }
+
+    [Fact]
+    public void Top_k_selections_are_counted_per_expert_exactly_once_per_token_and_flushed_together()
+    {
+        var usage = NewUsage();
+        var q = new ExpertSite("mix", 0, Projection.Q, ["zara", "forest", "sea", "hill"]);
+        var down = new ExpertSite("mix", 3, Projection.Down, ["zara", "forest", "sea", "hill"]);
+        var (qIdx, qHost) = RandomTopK(n: 37, k: 3, experts: 4, seed: 1);
+        var (dIdx1, dHost1) = RandomTopK(n: 5, k: 2, experts: 4, seed: 2);
+        var (dIdx2, dHost2) = RandomTopK(n: 9, k: 2, experts: 4, seed: 3);
+
+        using (var tally = usage.BeginStep())
+        {
+            tally.RecordTopK(q, qIdx);
+            tally.RecordTopK(down, dIdx1);
+            tally.RecordTopK(down, dIdx2);                    // the same site twice in one step adds up
+            Assert.Null(usage.Snapshot("mix"));                // nothing reaches the host before the flush
+            tally.Flush();
+            Assert.Equal(0, tally.PendingSites);
+        }
+
+        long[] Naive(params long[][,] routings)
+        {
+            var counts = new long[4];
+            foreach (var r in routings)
+                for (int t = 0; t < r.GetLength(0); t++)
+                    for (int j = 0; j < r.GetLength(1); j++) counts[r[t, j]]++;
+            return counts;
+        }
+        var snapshot = usage.Snapshot("mix")!;
+        Assert.Equal([(0, "q_proj"), (3, "down_proj")], snapshot.Modules.Select(m => (m.Layer, m.Module)));
+        var qUsage = snapshot.Modules[0];
+        Assert.Equal(37, qUsage.RoutedTokens);
+        Assert.Equal(Naive(qHost), qUsage.Experts.Select(e => e.Selections));
+        Assert.Equal(37 * 3, qUsage.Selections);
+        var downUsage = snapshot.Modules[1];
+        Assert.Equal(14, downUsage.RoutedTokens);
+        Assert.Equal(Naive(dHost1, dHost2), downUsage.Experts.Select(e => e.Selections));
+
+        var naiveQ = Naive(qHost);
+        for (int e = 0; e < 4; e++)
+        {
+            string label = q.Experts[e];
+            Assert.Equal(naiveQ[e], usage.Metrics.Selections.WithLabels("mix", "0", "q_proj", label).Value);
+            Assert.Equal((double)naiveQ[e] / (37 * 3), qUsage.Experts[e].Share, 12);
+            Assert.Equal((double)naiveQ[e] / 37, qUsage.Experts[e].Utilisation, 12);
+        }
+        Assert.Equal(37, usage.Metrics.RoutedTokens.WithLabels("mix", "0", "q_proj").Value);
+        Assert.Equal(14, usage.Metrics.RoutedTokens.WithLabels("mix", "3", "down_proj").Value);
+    }
+
+    [Fact]
+    public void Per_row_selection_counts_are_summed_over_the_step_and_accumulate_across_steps()
+    {
+        var usage = NewUsage();
+        var site = new ExpertSite("omoe", 1, Projection.V, ExpertSite.Indexed(3));
+        float[,] rows = { { 1, 0, 1 }, { 0, 0, 1 }, { 1, 1, 1 }, { 0, 2, 0 } };   // a tree may reach an expert twice
+        var flat = rows.Cast<float>().ToArray();
+        for (int step = 0; step < 2; step++)
+        {
+            using var tally = usage.BeginStep();
+            tally.RecordSelections(site, tensor(flat).view(4, 3));
+            tally.Flush();
+        }
+        var module = usage.Snapshot("omoe")!.Modules.Single();
+        Assert.Equal(8, module.RoutedTokens);
+        Assert.Equal(new long[] { 4, 6, 6 }, module.Experts.Select(e => e.Selections));
+        Assert.Equal(["0", "1", "2"], module.Experts.Select(e => e.Expert));
+        Assert.Equal(6, usage.Metrics.Selections.WithLabels("omoe", "1", "v_proj", "2").Value);
+    }
+
+    [Fact]
+    public void A_discarded_step_counts_nothing()
+    {
+        var usage = NewUsage();
+        var site = new ExpertSite("mix", 0, Projection.Q, ["a", "b"]);
+        using (var tally = usage.BeginStep())
+        {
+            tally.RecordTopK(site, tensor(new long[] { 0, 1, 1 }).view(3, 1));
+            tally.Discard();
+            tally.Flush();
+        }
+        Assert.Null(usage.Snapshot("mix"));
+        Assert.Equal(0, usage.Metrics.RoutedTokens.WithLabels("mix", "0", "q_proj").Value);
+    }
+
+    [Fact]
+    public void Load_balance_is_the_entropy_of_the_shares_over_the_log_of_the_expert_count()
+    {
+        Assert.Equal(1.0, ExpertUsage.LoadBalance([5, 5, 5, 5])!.Value, 12);
+        Assert.Equal(0.0, ExpertUsage.LoadBalance([0, 9, 0])!.Value, 12);
+        Assert.Null(ExpertUsage.LoadBalance([0, 0]));
+        // shares 1/2, 1/4, 1/4 over 4 experts: H = 1.5 ln 2, normalised by ln 4 = 2 ln 2.
+        Assert.Equal(0.75, ExpertUsage.LoadBalance([2, 1, 1, 0])!.Value, 12);
+
+        var usage = NewUsage();
+        var site = new ExpertSite("mix", 0, Projection.Q, ["a", "b", "c", "d"]);
+        using var tally = usage.BeginStep();
+        tally.RecordTopK(site, tensor(new long[] { 0, 0, 1, 2 }).view(4, 1));
+        tally.Flush();
+        Assert.Equal(0.75, usage.Snapshot("mix")!.Modules.Single().LoadBalance!.Value, 12);
+    }
+
+    [Fact]
+    public void Forget_drops_the_in_memory_counts_of_one_adapter_only()
+    {
+        var usage = NewUsage();
+        using var tally = usage.BeginStep();
+        tally.RecordTopK(new ExpertSite("a", 0, Projection.Q, ["x", "y"]), tensor(new long[] { 0, 1 }).view(2, 1));
+        tally.RecordTopK(new ExpertSite("b", 0, Projection.Q, ["x", "y"]), tensor(new long[] { 1, 1 }).view(2, 1));
+        tally.Flush();
+        usage.Forget("a");
+        Assert.Null(usage.Snapshot("a"));
+        Assert.Equal(["b"], usage.Adapters);
+    }
+}
