@@ -11,12 +11,12 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// </summary>
 public sealed class SmoreLevel : IDisposable
 {
-    internal SmoreLevel(int experts, int rank, int fanOut, int dimIn, int dimOut, int gateDim,
-        Tensor a, Tensor aBias, Tensor b, Tensor bBias, Tensor? w, Tensor? wBias, Tensor? slope,
+    internal SmoreLevel(int experts, int rank, int fanOut, int dimIn, int dimOut, int gateDim, int inputOffset,
+        Tensor b, Tensor bBias, Tensor? w, Tensor? wBias, Tensor? slope,
         Tensor gateIn, Tensor gateInBias, Tensor? gateSlope, Tensor gateOut, Tensor gateOutBias, Tensor keys, Tensor? allIds)
     {
-        Experts = experts; Rank = rank; FanOut = fanOut; DimIn = dimIn; DimOut = dimOut; GateDim = gateDim;
-        A = a; ABias = aBias; B = b; BBias = bBias; W = w; WBias = wBias; Slope = slope;
+        Experts = experts; Rank = rank; FanOut = fanOut; DimIn = dimIn; DimOut = dimOut; GateDim = gateDim; InputOffset = inputOffset;
+        B = b; BBias = bBias; W = w; WBias = wBias; Slope = slope;
         GateIn = gateIn; GateInBias = gateInBias; GateSlope = gateSlope; GateOut = gateOut; GateOutBias = gateOutBias; Keys = keys; AllIds = allIds;
     }
 
@@ -32,10 +32,11 @@ public sealed class SmoreLevel : IDisposable
     public int DimOut { get; }
     public int GateDim { get; }
 
-    /// <summary>Every expert's A stacked: <c>[s·r, d_in]</c> (expert e owns rows e·r … e·r + r − 1).</summary>
-    public Tensor A { get; }
-    /// <summary><c>[s·r]</c>.</summary>
-    public Tensor ABias { get; }
+    /// <summary>
+    /// Where this sub-layer's experts start in the module's stacked input projection: columns
+    /// <c>[InputOffset, InputOffset + s·r)</c> of <c>x @ Inputᵀ</c> are <c>A_e x + a_e</c>, expert e owning r of them in order.
+    /// </summary>
+    public int InputOffset { get; }
     /// <summary><c>sc_l · B_lᵀ</c> per expert: <c>[s, r, d_{l+1}]</c>.</summary>
     public Tensor B { get; }
     /// <summary><c>sc_l · b_l</c>: <c>[s, 1, d_{l+1}]</c>.</summary>
@@ -59,12 +60,12 @@ public sealed class SmoreLevel : IDisposable
     /// <summary>Dense gate: <c>[s]</c> = 0 … s − 1 (int64), every expert selected.</summary>
     public Tensor? AllIds { get; }
 
-    internal IEnumerable<Tensor> All => new[] { A, ABias, B, BBias, W, WBias, Slope, GateIn, GateInBias, GateSlope, GateOut, GateOutBias, Keys, AllIds }.OfType<Tensor>();
+    internal IEnumerable<Tensor> All => new[] { B, BBias, W, WBias, Slope, GateIn, GateInBias, GateSlope, GateOut, GateOutBias, Keys, AllIds }.OfType<Tensor>();
 
     internal SmoreLevel To(Device device)
     {
         static Tensor? Copy(Tensor? t, Device device) => t?.to(t.dtype, device, copy: true).DetachFromDisposeScope();
-        return new SmoreLevel(Experts, Rank, FanOut, DimIn, DimOut, GateDim, Copy(A, device)!, Copy(ABias, device)!, Copy(B, device)!, Copy(BBias, device)!,
+        return new SmoreLevel(Experts, Rank, FanOut, DimIn, DimOut, GateDim, InputOffset, Copy(B, device)!, Copy(BBias, device)!,
             Copy(W, device), Copy(WBias, device), Copy(Slope, device), Copy(GateIn, device)!, Copy(GateInBias, device)!, Copy(GateSlope, device),
             Copy(GateOut, device)!, Copy(GateOutBias, device)!, Copy(Keys, device)!, Copy(AllIds, device));
     }
@@ -76,33 +77,36 @@ public sealed class SmoreLevel : IDisposable
 }
 
 /// <summary>
-/// One S'MoRE-adapted projection of one layer, loaded: the router's down-projection, one <see cref="SmoreLevel"/> per
+/// One S'MoRE-adapted projection of one layer, loaded: everything that reads the token stacked into ONE input projection
+/// (the router's down-projection, then every sub-layer's experts' A, leaf first), one <see cref="SmoreLevel"/> per
 /// sub-layer (0 = leaf) and the final projection <c>W_final [d_out, d_L]</c>. Tensors are float32 (routing and the
 /// tree run in float32; the output is cast to the activation dtype) on one device, owned by this object.
 /// </summary>
 public sealed class SmoreModule : IDisposable
 {
-    private SmoreModule(int layer, Projection projection, SmoreConfig config, Tensor downW, Tensor downB, SmoreLevel[] levels, Tensor finalW, Tensor finalB)
+    private SmoreModule(int layer, Projection projection, SmoreConfig config, int downDim, Tensor input, Tensor inputBias, SmoreLevel[] levels, Tensor finalW, Tensor finalB)
     {
-        Layer = layer; Projection = projection; Config = config;
-        DownW = downW; DownB = downB; Levels = levels; FinalW = finalW; FinalB = finalB;
-        Bytes = new[] { downW, downB, finalW, finalB }.Concat(levels.SelectMany(l => l.All)).Sum(t => t.NumberOfElements * t.ElementSize);
+        Layer = layer; Projection = projection; Config = config; DownDim = downDim;
+        Input = input; InputBias = inputBias; Levels = levels; FinalW = finalW; FinalB = finalB;
+        Bytes = new[] { input, inputBias, finalW, finalB }.Concat(levels.SelectMany(l => l.All)).Sum(t => t.NumberOfElements * t.ElementSize);
     }
 
     public int Layer { get; }
     public Projection Projection { get; }
     public SmoreConfig Config { get; }
-    /// <summary><c>[d_down, d_in]</c>.</summary>
-    public Tensor DownW { get; }
-    /// <summary><c>[d_down]</c>.</summary>
-    public Tensor DownB { get; }
+    /// <summary>d_down: the first d_down columns of <c>x @ Inputᵀ</c> are the router's down-projected token.</summary>
+    public int DownDim { get; }
+    /// <summary><c>[d_down + Σ s_l·r_l, d_in]</c>: <c>moe_downproj_x.weight</c>, then every <c>moe_A.{l}</c> reshaped to <c>[s_l·r_l, d_in]</c>.</summary>
+    public Tensor Input { get; }
+    /// <summary><c>[d_down + Σ s_l·r_l]</c>: the matching biases.</summary>
+    public Tensor InputBias { get; }
     public IReadOnlyList<SmoreLevel> Levels { get; }
     /// <summary><c>[d_out, d_L]</c>.</summary>
     public Tensor FinalW { get; }
     /// <summary><c>[d_out]</c>.</summary>
     public Tensor FinalB { get; }
     public long Bytes { get; }
-    public int InFeatures => (int)DownW.shape[1];
+    public int InFeatures => (int)Input.shape[1];
     public int OutFeatures => (int)FinalW.shape[0];
 
     /// <summary>
@@ -142,13 +146,17 @@ public sealed class SmoreModule : IDisposable
 
         SmoreModule Build()
         {
+            int down = config.DownDim(dIn);
+            var inputs = new List<Tensor> { Read("moe_downproj_x.weight") };                           // [d_down, d_in]
+            var inputBiases = new List<Tensor> { Read("moe_downproj_x.bias") };                         // [d_down]
+            int offset = down;
             for (int l = 0; l < config.Levels; l++)
             {
                 int s = config.NumExperts[l], r = config.ExpertDims[l];
                 int d = config.HiddenDim(l), dNext = config.HiddenDim(l + 1);
                 double sc = config.Scaling(l);
-                var a = Read($"moe_A.{l}").reshape(s * r, dIn);                                        // [s·r, d_in]
-                var aBias = Read($"moe_A_bias.{l}").reshape(s * r);                                     // [s·r]
+                inputs.Add(Read($"moe_A.{l}").reshape(s * r, dIn));                                     // [s·r, d_in]
+                inputBiases.Add(Read($"moe_A_bias.{l}").reshape(s * r));                                // [s·r]
                 var b = TorchScalars.Mul(Read($"moe_B.{l}").transpose(1, 2), sc);                       // [s, r, d_{l+1}] = sc·Bᵀ
                 var bBias = TorchScalars.Mul(Read($"moe_B_bias.{l}"), sc).unsqueeze(1);                 // [s, 1, d_{l+1}]
                 var w = l >= 1 ? Read($"moe_W.{l}") : null;                                             // [d_{l+1}, d_l]
@@ -166,15 +174,16 @@ public sealed class SmoreModule : IDisposable
                     keys = nn.functional.normalize(keys, 2.0, -1, 1e-12);                               // [s, d_g], rows of norm 1
                 }
                 var allIds = config.GateType == SmoreGateType.Dense ? tensor(Enumerable.Range(0, s).Select(i => (long)i).ToArray(), device: device) : null; // [s]
-                levels[l] = new SmoreLevel(s, r, config.FanOut(l), d, dNext, config.GateDims[l],
-                    Keep(a)!, Keep(aBias)!, Keep(b)!, Keep(bBias)!, Keep(w), Keep(wBias), Keep(slope),
+                levels[l] = new SmoreLevel(s, r, config.FanOut(l), d, dNext, config.GateDims[l], offset,
+                    Keep(b)!, Keep(bBias)!, Keep(w), Keep(wBias), Keep(slope),
                     Keep(gateIn)!, Keep(gateInBias)!, Keep(gateSlope), Keep(gateOut)!, Keep(gateOutBias)!, Keep(keys)!, Keep(allIds));
+                offset += s * r;
             }
-            var downW = Read("moe_downproj_x.weight");                                                  // [d_down, d_in]
-            var downB = Read("moe_downproj_x.bias");                                                    // [d_down]
+            var input = cat(inputs.ToArray(), 0);                                                       // [d_down + Σ s·r, d_in]
+            var inputBias = cat(inputBiases.ToArray(), 0);                                              // [d_down + Σ s·r]
             var finalW = Read("moe_W_final");                                                           // [d_out, d_L]
             var finalB = Read("moe_W_final_bias");                                                      // [d_out]
-            return new SmoreModule(layer, projection, config, Keep(downW)!, Keep(downB)!, levels, Keep(finalW)!, Keep(finalB)!);
+            return new SmoreModule(layer, projection, config, down, Keep(input)!, Keep(inputBias)!, levels, Keep(finalW)!, Keep(finalB)!);
         }
 
         static Tensor? Keep(Tensor? t) => t?.contiguous().DetachFromDisposeScope();
@@ -185,13 +194,13 @@ public sealed class SmoreModule : IDisposable
     {
         using var inferenceOff = inference_mode(false);
         static Tensor Copy(Tensor t, Device device) => t.to(t.dtype, device, copy: true).DetachFromDisposeScope();
-        return new SmoreModule(Layer, Projection, Config, Copy(DownW, device), Copy(DownB, device), Levels.Select(l => l.To(device)).ToArray(),
+        return new SmoreModule(Layer, Projection, Config, DownDim, Copy(Input, device), Copy(InputBias, device), Levels.Select(l => l.To(device)).ToArray(),
             Copy(FinalW, device), Copy(FinalB, device));
     }
 
     public void Dispose()
     {
-        DownW.Dispose(); DownB.Dispose(); FinalW.Dispose(); FinalB.Dispose();
+        Input.Dispose(); InputBias.Dispose(); FinalW.Dispose(); FinalB.Dispose();
         foreach (var l in Levels) l.Dispose();
     }
 }

@@ -17,24 +17,29 @@ public sealed record SmoreRouting(Tensor[] Ids, Tensor[] Weights);
 /// <summary>
 /// The S'MoRE forward pass of one module over a batch of tokens, fused (methods.md §4.3): routing top-down before any
 /// expert runs, then the experts bottom-up, level by level. Per sub-layer a fixed number of TorchSharp calls whatever
-/// the number of experts, the fan-out or how the tokens route: one GEMM against every expert's stacked A
-/// (<c>[N, s_l·r_l]</c>), one batched GEMM for every expert's B, one gather of the selected paths, the parent's W term,
+/// the number of experts, the fan-out or how the tokens route: ONE GEMM per module reads the token for the router and
+/// for every expert of every sub-layer (<c>x @ Inputᵀ</c>, <c>[N, d_down + Σ s_l·r_l]</c>), then per sub-layer one
+/// batched GEMM for every expert's B, one gather of the selected paths, the parent's W term,
 /// σ, and one batched GEMM that weighs and sums each parent's children. No loop over tokens or experts, no host sync.
 /// Everything runs in float32; callers cast the result to the activation dtype.
 /// </summary>
 public static class SmoreTree
 {
-    /// <summary>Routing, top-down (l = L−1 … 0): each parent path's router picks its children.</summary>
+    /// <summary>Everything that reads the token, in one GEMM: <c>[N, d_down + Σ s_l·r_l]</c> (router input, then each sub-layer's <c>A_e x + a_e</c>).</summary>
     /// <param name="x">Tokens <c>[N, d_in]</c>, float32.</param>
-    public static SmoreRouting Route(SmoreModule module, Tensor x)
+    public static Tensor Project(SmoreModule module, Tensor x) => linear(x, module.Input, module.InputBias);
+
+    /// <summary>Routing, top-down (l = L−1 … 0): each parent path's router picks its children.</summary>
+    /// <param name="projected"><see cref="Project"/> of the tokens, <c>[N, d_down + Σ s_l·r_l]</c>.</param>
+    public static SmoreRouting Route(SmoreModule module, Tensor projected)
     {
         var config = module.Config;
         int levels = module.Levels.Count;
-        long n = x.shape[0];
+        long n = projected.shape[0];
         var ids = new Tensor[levels];
         var weights = new Tensor[levels];
 
-        var gateInput = linear(x, module.DownW, module.DownB).unsqueeze(1);                 // [N, 1, d_down]: one root path
+        var gateInput = projected.narrow(1, 0, module.DownDim).unsqueeze(1);                // [N, 1, d_down]: one root path
         long paths = 1;
         for (int l = levels - 1; l >= 0; l--)
         {
@@ -82,11 +87,11 @@ public static class SmoreTree
     }
 
     /// <summary>The experts, bottom-up (l = 0 … L−1), along <paramref name="routing"/>; returns the module's delta <c>[N, d_out]</c>.</summary>
-    /// <param name="x">Tokens <c>[N, d_in]</c>, float32 (every sub-layer's experts read the original token).</param>
-    public static Tensor Evaluate(SmoreModule module, Tensor x, SmoreRouting routing)
+    /// <param name="projected"><see cref="Project"/> of the tokens (every sub-layer's experts read the original token).</param>
+    public static Tensor Evaluate(SmoreModule module, Tensor projected, SmoreRouting routing)
     {
         var config = module.Config;
-        long n = x.shape[0];
+        long n = projected.shape[0];
         Tensor? below = null;                                                               // x_l per path of sub-layer l: [N, P_l, d_l]
         for (int l = 0; l < module.Levels.Count; l++)
         {
@@ -96,7 +101,7 @@ public static class SmoreTree
             int s = level.Experts, r = level.Rank, dOut = level.DimOut;
 
             // Every expert of the sub-layer at once: u_e = sc·(B_e(A_e x + a_e) + b_e), sc folded into B and b at load.
-            var down = linear(x, level.A, level.ABias).view(n, s, r).transpose(0, 1);      // [s, N, r]
+            var down = projected.narrow(1, level.InputOffset, s * r).reshape(n, s, r).transpose(0, 1); // [s, N, r]
             var all = TorchScalars.Add(down.bmm(level.B), level.BBias).transpose(0, 1);       // [N, s, d_{l+1}]
             var selected = all.gather(1, ids.unsqueeze(-1).expand(n, paths, dOut));         // [N, P_l, d_{l+1}]
 
@@ -133,8 +138,9 @@ public static class SmoreTree
     public static (Tensor Delta, SmoreRouting Routing) Forward(SmoreModule module, Tensor x)
     {
         var x32 = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);             // [N, d_in]
-        var routing = Route(module, x32);
-        return (Evaluate(module, x32, routing), routing);
+        var projected = Project(module, x32);                                               // [N, d_down + Σ s·r]
+        var routing = Route(module, projected);
+        return (Evaluate(module, projected, routing), routing);
     }
 
     private static Tensor Activate(Tensor t, SmoreActivation activation, Tensor? slope) => activation switch
