@@ -82,6 +82,44 @@ public sealed class SmoreTreeTests
         AssertMatchesNaive(scaled, Projection.Up, tokens: 5, seed: 3);
     }
 
+    [Theory]
+    [InlineData("switch")]
+    [InlineData("noisy_topk")]
+    [InlineData("dense")]
+    public void Selections_are_counted_per_level_and_expert_as_the_naive_tree_visits_them(string gate)
+    {
+        var shape = new SmoreShape([3, 4, 2], [2, 2, 2], [2, 2, 3], [4, 5, 3], GateType: gate);
+        var adapter = new SmoreTestAdapter(shape, Base, [(0, Projection.Up)], seed: 21);
+        using var module = Load(adapter, Projection.Up);
+        var usage = new AdapterServe.Adapters.Experts.ExpertUsage(new AdapterServe.Adapters.Experts.ExpertUsageMetrics(
+            Prometheus.Metrics.WithCustomRegistry(Prometheus.Metrics.NewCustomRegistry())));
+        string[] labels = [.. Enumerable.Range(0, 3).SelectMany(l => Enumerable.Range(0, shape.Experts[l]).Select(e => $"l{l}.{e}"))];
+        var site = new AdapterServe.Adapters.Experts.ExpertSite("tree", 0, Projection.Up, labels);
+        const int tokens = 13;
+        var x = randn([tokens, Base.HiddenSize], generator: new Generator(4));
+
+        using (var tally = usage.BeginStep())
+        {
+            using var scope = NewDisposeScope();
+            var (_, routing) = SmoreTree.Forward(module, x);
+            SmoreTree.Record(tally, site, module, routing);
+            tally.Flush();
+        }
+
+        var expected = labels.ToDictionary(l => l, _ => 0L);
+        var naive = new NaiveSmore(shape, adapter.Module(0, Projection.Up));
+        var xs = x.data<float>().Select(v => (double)v).ToArray();
+        for (int t = 0; t < tokens; t++)
+        {
+            var (_, selected) = naive.Token(xs.Skip(t * Base.HiddenSize).Take(Base.HiddenSize).ToArray());
+            for (int l = 0; l < 3; l++)
+                foreach (int e in selected[l]) expected[$"l{l}.{e}"]++;
+        }
+        var counted = usage.Snapshot("tree")!.Modules.Single();
+        Assert.Equal(tokens, counted.RoutedTokens);
+        Assert.Equal(expected, counted.Experts.ToDictionary(c => c.Expert, c => c.Selections));
+    }
+
     private static SmoreModule Load(SmoreTestAdapter adapter, Projection projection)
     {
         var config = SmoreConfig.Parse(adapter.Config);

@@ -11,11 +11,11 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// </summary>
 public sealed class SmoreLevel : IDisposable
 {
-    internal SmoreLevel(int experts, int rank, int fanOut, int dimIn, int dimOut, int gateDim, int inputOffset,
+    internal SmoreLevel(int experts, int rank, int fanOut, int dimIn, int dimOut, int gateDim, int inputOffset, Tensor labels,
         Tensor b, Tensor bBias, Tensor? w, Tensor? wBias, Tensor? slope,
         Tensor gateIn, Tensor gateInBias, Tensor? gateSlope, Tensor gateOut, Tensor gateOutBias, Tensor keys, Tensor? allIds)
     {
-        Experts = experts; Rank = rank; FanOut = fanOut; DimIn = dimIn; DimOut = dimOut; GateDim = gateDim; InputOffset = inputOffset;
+        Experts = experts; Rank = rank; FanOut = fanOut; DimIn = dimIn; DimOut = dimOut; GateDim = gateDim; InputOffset = inputOffset; Labels = labels;
         B = b; BBias = bBias; W = w; WBias = wBias; Slope = slope;
         GateIn = gateIn; GateInBias = gateInBias; GateSlope = gateSlope; GateOut = gateOut; GateOutBias = gateOutBias; Keys = keys; AllIds = allIds;
     }
@@ -37,6 +37,8 @@ public sealed class SmoreLevel : IDisposable
     /// <c>[InputOffset, InputOffset + s·r)</c> of <c>x @ Inputᵀ</c> are <c>A_e x + a_e</c>, expert e owning r of them in order.
     /// </summary>
     public int InputOffset { get; }
+    /// <summary><c>[s]</c> int64: the accounting label of expert e of this sub-layer, Σ s_{l'} over the sub-layers below + e.</summary>
+    public Tensor Labels { get; }
     /// <summary><c>sc_l · B_lᵀ</c> per expert: <c>[s, r, d_{l+1}]</c>.</summary>
     public Tensor B { get; }
     /// <summary><c>sc_l · b_l</c>: <c>[s, 1, d_{l+1}]</c>.</summary>
@@ -60,12 +62,12 @@ public sealed class SmoreLevel : IDisposable
     /// <summary>Dense gate: <c>[s]</c> = 0 … s − 1 (int64), every expert selected.</summary>
     public Tensor? AllIds { get; }
 
-    internal IEnumerable<Tensor> All => new[] { B, BBias, W, WBias, Slope, GateIn, GateInBias, GateSlope, GateOut, GateOutBias, Keys, AllIds }.OfType<Tensor>();
+    internal IEnumerable<Tensor> All => new[] { Labels, B, BBias, W, WBias, Slope, GateIn, GateInBias, GateSlope, GateOut, GateOutBias, Keys, AllIds }.OfType<Tensor>();
 
     internal SmoreLevel To(Device device)
     {
         static Tensor? Copy(Tensor? t, Device device) => t?.to(t.dtype, device, copy: true).DetachFromDisposeScope();
-        return new SmoreLevel(Experts, Rank, FanOut, DimIn, DimOut, GateDim, InputOffset, Copy(B, device)!, Copy(BBias, device)!,
+        return new SmoreLevel(Experts, Rank, FanOut, DimIn, DimOut, GateDim, InputOffset, Copy(Labels, device)!, Copy(B, device)!, Copy(BBias, device)!,
             Copy(W, device), Copy(WBias, device), Copy(Slope, device), Copy(GateIn, device)!, Copy(GateInBias, device)!, Copy(GateSlope, device),
             Copy(GateOut, device)!, Copy(GateOutBias, device)!, Copy(Keys, device)!, Copy(AllIds, device));
     }
@@ -150,6 +152,7 @@ public sealed class SmoreModule : IDisposable
             var inputs = new List<Tensor> { Read("moe_downproj_x.weight") };                           // [d_down, d_in]
             var inputBiases = new List<Tensor> { Read("moe_downproj_x.bias") };                         // [d_down]
             int offset = down;
+            long labels = 0;
             for (int l = 0; l < config.Levels; l++)
             {
                 int s = config.NumExperts[l], r = config.ExpertDims[l];
@@ -174,10 +177,11 @@ public sealed class SmoreModule : IDisposable
                     keys = nn.functional.normalize(keys, 2.0, -1, 1e-12);                               // [s, d_g], rows of norm 1
                 }
                 var allIds = config.GateType == SmoreGateType.Dense ? tensor(Enumerable.Range(0, s).Select(i => (long)i).ToArray(), device: device) : null; // [s]
-                levels[l] = new SmoreLevel(s, r, config.FanOut(l), d, dNext, config.GateDims[l], offset,
+                levels[l] = new SmoreLevel(s, r, config.FanOut(l), d, dNext, config.GateDims[l], offset, Keep(tensor(Enumerable.Range(0, s).Select(e => labels + e).ToArray(), device: device))!,
                     Keep(b)!, Keep(bBias)!, Keep(w), Keep(wBias), Keep(slope),
                     Keep(gateIn)!, Keep(gateInBias)!, Keep(gateSlope), Keep(gateOut)!, Keep(gateOutBias)!, Keep(keys)!, Keep(allIds));
                 offset += s * r;
+                labels += s;
             }
             var input = cat(inputs.ToArray(), 0);                                                       // [d_down + Σ s·r, d_in]
             var inputBias = cat(inputBiases.ToArray(), 0);                                              // [d_down + Σ s·r]

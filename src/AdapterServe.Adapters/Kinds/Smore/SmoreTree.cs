@@ -1,3 +1,4 @@
+using AdapterServe.Adapters.Experts;
 using AdapterServe.Modeling;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -141,6 +142,19 @@ public static class SmoreTree
         var projected = Project(module, x32);                                               // [N, d_down + Σ s·r]
         var routing = Route(module, projected);
         return (Evaluate(module, projected, routing), routing);
+    }
+
+    /// <summary>
+    /// Counts the step's selections of one module on the device (no host sync): every (token, path) selection of every
+    /// sub-layer under the label <c>l&lt;level&gt;.&lt;index&gt;</c> (<see cref="SmoreDescription.ExpertLabels"/> order). An
+    /// expert reached through several parent paths of one token counts once per path, as the official code's load does.
+    /// </summary>
+    public static void Record(ExpertStepTally tally, ExpertSite site, SmoreModule module, SmoreRouting routing)
+    {
+        var labelled = new Tensor[routing.Ids.Length];
+        for (int l = 0; l < labelled.Length; l++)
+            labelled[l] = l == 0 ? routing.Ids[0] : module.Levels[l].Labels.index_select(0, routing.Ids[l].flatten()).view_as(routing.Ids[l]); // [N, P_l]
+        tally.RecordTopK(site, labelled.Length == 1 ? labelled[0] : cat(labelled, 1));                                   // [N, Σ P_l]
     }
 
     private static Tensor Activate(Tensor t, SmoreActivation activation, Tensor? slope) => activation switch
