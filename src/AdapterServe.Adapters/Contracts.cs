@@ -2,26 +2,47 @@ using AdapterServe.Modeling;
 
 namespace AdapterServe.Adapters;
 
-/// <summary>Adapter kinds this build serves. Later issues add Kronecker and per-token mixture kinds.</summary>
-public enum AdapterKind { Lora, Dora, Kasa }
-
-/// <summary>One adapted projection of one layer, as validated from the adapter's config and safetensors header.</summary>
-/// <param name="Rank">r of this module (from the lora_A shape; rank_pattern applied).</param>
-/// <param name="Scaling">s = alpha/r, or alpha/√r with rsLoRA (alpha_pattern applied).</param>
-/// <param name="TensorPrefix">Key prefix in adapter_model.safetensors, e.g. <c>base_model.model.model.layers.0.self_attn.q_proj</c>.</param>
-public sealed record AdapterModuleSpec(int Layer, Projection Projection, int Rank, double Scaling, bool HasBias, bool HasMagnitude, bool HasDiag, string TensorPrefix);
-
-/// <summary>What a validated adapter directory holds. Plain data: no tensors.</summary>
-/// <param name="KasaTruncation">"peft" (keep k − r components, default) or "official" (keep d_in − r).</param>
-public sealed record AdapterDescription(
-    AdapterKind Kind,
-    IReadOnlyList<AdapterModuleSpec> Modules,
-    bool FanInFanOut,
-    string KasaTruncation,
-    long WeightBytes)
+/// <summary>
+/// The name of an adapter kind as the API and the manifest show it (<c>lora</c>, <c>dora</c>, <c>kasa</c>, ...). A kind
+/// handler (<see cref="IAdapterKindHandler"/>) may serve several names; each kind's folder under <c>Kinds/</c> declares
+/// its own names as static members of this type.
+/// </summary>
+public readonly partial record struct AdapterKind(string Name)
 {
-    public int MaxRank => Modules.Count == 0 ? 0 : Modules.Max(m => m.Rank);
-    public IReadOnlyList<string> TargetModules => Modules.Select(m => m.Projection.ShortName()).Distinct().ToList();
+    public override string ToString() => Name;
+}
+
+/// <summary>One adapted projection of one layer as the API lists it: kind-neutral fields plus the kind's own.</summary>
+/// <param name="Details">Kind-specific plain values (numbers, booleans, strings) rendered as extra fields.</param>
+public sealed record AdapterModuleSummary(int Layer, Projection Projection, int Rank, IReadOnlyDictionary<string, object> Details);
+
+/// <summary>
+/// What a validated adapter directory holds, as its kind described it. Plain data: no tensors. The kind-neutral members
+/// are all the store, the registry and the Server read; the kind's handler reads its own derived record back when it
+/// loads the adapter.
+/// </summary>
+/// <param name="Kind">The name shown by the API.</param>
+/// <param name="WeightBytes">Bytes of the adapter's weights on disk.</param>
+public abstract record AdapterDescription(AdapterKind Kind, long WeightBytes)
+{
+    /// <summary>The handler that described this adapter and loads and executes it.</summary>
+    public abstract IAdapterKindHandler Handler { get; }
+    /// <summary>Largest rank of any module (0 when the kind has no rank).</summary>
+    public abstract int MaxRank { get; }
+    /// <summary>Short names of the adapted projections (q_proj, ...), without duplicates.</summary>
+    public abstract IReadOnlyList<string> TargetModules { get; }
+    /// <summary>Every adapted (layer, projection), for the API's detailed view.</summary>
+    public abstract IReadOnlyList<AdapterModuleSummary> ModuleSummaries { get; }
+    /// <summary>
+    /// Null when the adapter may be linearly mixed with others in one request (<c>Σ scale_i · ΔW_i</c>); otherwise the
+    /// reason it may not, completing "adapter 'x' v1 is ...", e.g. "a DoRA adapter: DoRA rescales whole weight rows".
+    /// </summary>
+    public virtual string? NotMixable => null;
+    /// <summary>
+    /// Names of other adapters this one uses (a mixture's experts). Empty for self-contained kinds. The registry may
+    /// refuse deleting an adapter that others depend on.
+    /// </summary>
+    public virtual IReadOnlyList<string> DependsOn => [];
 }
 
 /// <summary>One stored version of a named adapter. Immutable; the registry swaps whole snapshots of these.</summary>

@@ -82,13 +82,6 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         };
     }
 
-    /// <summary>
-    /// The frozen base weight <c>W0</c> of one projection, for adapters computed from it at load (KaSA's SVD).
-    /// Read-only; safe to read from the adapter loader thread once <see cref="IsReady"/>.
-    /// </summary>
-    public Tensor BaseWeight(int layer, Projection projection) =>
-        (_model ?? throw new InvalidOperationException("the base model is not loaded yet")).ProjectionOf(layer, projection).Weight;
-
     public ChannelReader<GenerationEvent> Submit(GenerationRequest request, CancellationToken cancellationToken)
     {
         if (_stopping) throw new ObjectDisposedException(nameof(GenerationEngine));
@@ -139,6 +132,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
             var dtype = ParseDtype(_options.Dtype, device);
             _model = LlamaModel.Load(_modelDirectory, dtype, device, ContextLength);
             _cache = new KvCache(Config, _options.MaxBatch, ContextLength, dtype, device);
+            _adapters?.ModelReady(new ModelBaseWeights(_model));
             _logger.LogInformation("Loaded {ModelId} ({Architecture}, {Layers} layers, hidden {Hidden}) as {Dtype} on {Device} in {LoadSeconds:F2}s: {WeightBytes} weight bytes, KV cache {KvBytes} bytes ({Slots} slots x {Context} positions)",
                 Model.Id, Config.Architecture, Config.NumHiddenLayers, Config.HiddenSize, dtype, device, sw.Elapsed.TotalSeconds, _model.ParameterBytes, _cache.Bytes, _cache.Slots, ContextLength);
             _ready = true;
@@ -236,7 +230,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
     {
         long started = Stopwatch.GetTimestamp();
         if (_adapters is not null)   // sequences on the same adapters side by side: one contiguous segment per adapter
-            step = [.. step.OrderBy(s => s.Owner.AdapterState is { } b ? _adapters.GroupKey(b) : "", StringComparer.Ordinal)];
+            step = [.. step.OrderBy(s => s.Owner.AdapterState?.GroupKey ?? "", StringComparer.Ordinal)];
         using var scope = NewDisposeScope();
         int budget = _options.MaxTokensPerStep;
         var steps = new List<SequenceStep>(step.Count);
@@ -254,7 +248,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         var hook = BuildHook(step, batch);
         Tensor logits;
         try { logits = _model!.Forward(batch, _cache!, hook); }                      // [rows, vocab]
-        finally { (hook as IDisposable)?.Dispose(); }
+        finally { hook?.Complete(); }
         EngineMetrics.BatchSize.Observe(step.Count);
         EngineMetrics.StepTokens.Observe(batch.TokenCount);
 
@@ -293,7 +287,7 @@ public sealed class GenerationEngine : IGenerationEngine, IAsyncDisposable
         EngineMetrics.LiveTensors.Set(live);
     }
 
-    private IProjectionHook? BuildHook(List<Sequence> step, ForwardBatch batch)
+    private IAdapterStepHook? BuildHook(List<Sequence> step, ForwardBatch batch)
     {
         if (_adapters is null || step.All(s => s.Owner.AdapterState is null)) return null;
         var segments = new List<StepSegment>(step.Count);

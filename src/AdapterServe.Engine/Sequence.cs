@@ -13,8 +13,8 @@ internal sealed class RequestState(GenerationRequest request, string modelLabel)
     public volatile bool Cancelled;
     public int OpenChoices;
     public CancellationTokenRegistration Registration;
-    /// <summary>Opaque per-request state of the adapters room (e.g. leases), released when the last choice ends.</summary>
-    public object? AdapterState;
+    /// <summary>The request's adapters as the Adapters room bound them (leases), released when the last choice ends.</summary>
+    public AdapterBinding? AdapterState;
 
     public void Emit(GenerationEvent e) => Output.Writer.TryWrite(e);
 }

@@ -1,14 +1,13 @@
+using AdapterServe.Engine;
 using AdapterServe.Modeling;
-using TorchSharp;
 using static TorchSharp.torch;
-using static TorchSharp.torch.nn.functional;
 
 namespace AdapterServe.Adapters;
 
 /// <summary>
 /// The tokens <c>[TokenStart, TokenStart + TokenCount)</c> of one forward step that belong to one sequence, and the
 /// adapters that sequence uses with their scales. No adapter: the base model. Several: a linear merge
-/// <c>Σ scale_i · ΔW_i</c> (DoRA is only allowed alone).
+/// <c>Σ scale_i · ΔW_i</c> (adapters whose kind forbids mixing, such as DoRA, are only allowed alone).
 /// </summary>
 public sealed record AdapterSegment(int TokenStart, int TokenCount, IReadOnlyList<(LoadedAdapter Adapter, float Scale)> Adapters)
 {
@@ -19,18 +18,19 @@ public sealed record AdapterSegment(int TokenStart, int TokenCount, IReadOnlyLis
 }
 
 /// <summary>
-/// The mixed-adapter projection hook for ONE forward step (SGMV-style, methods.md §5): the step's tokens are grouped by
-/// distinct (adapter, scale); per adapted projection each group costs one gather of its rows (a narrow when they are
-/// contiguous) and two small GEMMs <c>(x_g Aᵀ) Bᵀ</c>, scattered back with <c>index_add_</c> into a copy of the base
-/// output. Never one GEMM per token, never a merge into W0. DoRA groups (an adapter alone on its sequences) have their
-/// rows rescaled: <c>y = (m / ‖W0 + scale·ΔW‖_row) ⊙ (x W0ᵀ + scale·x ΔWᵀ)</c>.
-/// Build it on the engine thread, use it for one step, dispose it (it owns small index tensors).
+/// The projection hook for ONE forward step (SGMV-style, methods.md §5): the step's tokens are grouped by distinct
+/// (adapter, scale), the groups by kind, and each kind's <see cref="IAdapterStepExecutor"/> gets all its groups at once,
+/// one call per adapted projection. Every kind adds its contribution in place into the base output, which is a fresh
+/// tensor of the step; never one GEMM per token, never a merge into W0. Build it on the engine thread, use it for one
+/// step, then <see cref="Complete"/> it (it owns small index tensors).
 /// </summary>
-public sealed class AdapterBatch : IProjectionHook, IDisposable
+public sealed class AdapterBatch : IAdapterStepHook, IDisposable
 {
-    private readonly TokenGroup[] _groups;
+    private readonly AdapterTokenGroup[] _groups;
+    private readonly IAdapterStepExecutor[] _executors;
+    private bool _completed;
 
-    /// <exception cref="AdapterValidationException">A DoRA adapter mixed with other adapters in one sequence.</exception>
+    /// <exception cref="AdapterValidationException">An adapter that may not be mixed (DoRA) is mixed with other adapters in one sequence.</exception>
     public AdapterBatch(IReadOnlyList<AdapterSegment> segments)
     {
         ArgumentNullException.ThrowIfNull(segments);
@@ -65,17 +65,22 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
         if (devices.Count > 1)
             throw new ArgumentException($"adapters of one batch must share a device, got {string.Join(", ", devices)}", nameof(segments));
 
-        _groups = new TokenGroup[order.Count];
+        _groups = new AdapterTokenGroup[order.Count];
+        var executors = new List<IAdapterStepExecutor>();
         try
         {
             for (int i = 0; i < order.Count; i++)
-                _groups[i] = new TokenGroup(order[i].Item1, order[i].Item2, byAdapter[order[i]]);
+                _groups[i] = new AdapterTokenGroup(order[i].Item1, order[i].Item2, byAdapter[order[i]]);
+            foreach (var kind in _groups.GroupBy(g => g.Adapter.Handler))     // kinds in order of first appearance
+                executors.Add(kind.Key.CreateStepExecutor(kind.ToList()));
         }
         catch
         {
+            foreach (var e in executors) e.Complete();
             foreach (var g in _groups) g?.Dispose();
             throw;
         }
+        _executors = [.. executors];
     }
 
     /// <summary>Tokens the step must have at least (the end of the last segment).</summary>
@@ -91,53 +96,34 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
     {
         if (_groups.Length == 0) return baseOutput;
         bool targeted = false;
-        foreach (var g in _groups) targeted |= g.Adapter.Module(layer, projection) is not null;
+        foreach (var g in _groups) targeted |= g.Adapter.Modules.Targets(layer, projection);
         if (!targeted) return baseOutput;
 
         if (x.shape[0] < TokenCount)
             throw new ArgumentException($"the step has {x.shape[0]} tokens but its adapter segments cover {TokenCount}", nameof(x));
 
-        // Every TorchSharp call costs tens of microseconds on the CPU and this runs for every adapter group of every
-        // projection of every step: keep the calls per group to the minimum (views, two linears, one in-place add).
         using var scope = NewDisposeScope();
         var y = baseOutput;                                                          // [N, d_out], a fresh tensor of this step: updated in place
-        foreach (var g in _groups)
-        {
-            if (g.Adapter.Module(layer, projection) is not { } w) continue;
-            if (w.InFeatures != x.shape[1] || w.OutFeatures != baseOutput.shape[1])
-                throw new InvalidOperationException(
-                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{w.OutFeatures}, {w.InFeatures}], the step has [{baseOutput.shape[1]}, {x.shape[1]}]");
-
-            var xg = g.Rows(x);                                                      // [n_g, d_in]
-            if (xg.dtype != w.A.dtype) xg = xg.to(w.A.dtype);
-            var delta = linear(linear(xg, w.A), w.B);                                // [n_g, R] → [n_g, d_out]
-            if (w.Bias is not null) delta = delta.add(w.Bias);                       // + s·bias, [d_out] broadcast
-
-            if (w.IsDora)
-            {
-                // Only reachable for a DoRA adapter alone on its sequences: these rows have no other contribution.
-                var rowScale = w.DoraRowScale(g.Scale, baseWeight);                  // [d_out] = m / ‖W0 + scale·ΔW‖_row
-                using var alpha = g.Scale.ToScalar();                               // held: TorchSharp does not keep Scalar arguments alive
-                var merged = g.Rows(baseOutput).to(w.A.dtype).add(delta, alpha);     // [n_g, d_out] = x W0ᵀ + scale·x ΔWᵀ
-                g.SetRows(y, merged.mul(rowScale).to(y.dtype));                      // [n_g, d_out] rows rescaled
-            }
-            else
-            {
-                if (g.Scale != 1f)
-                {
-                    using var scale = g.Scale.ToScalar();                            // held across the native call (see TokenGroup.One)
-                    delta = delta.mul_(scale);                                       // [n_g, d_out]
-                }
-                g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
-            }
-        }
+        foreach (var executor in _executors) executor.Apply(layer, projection, x, y, baseWeight);
         return y;
     }
 
-    public void Dispose()
+    /// <summary>The step is over: every kind's end-of-step work, then the step's index tensors are freed. Idempotent.</summary>
+    public void Complete()
     {
-        foreach (var g in _groups) g.Dispose();
+        if (_completed) return;
+        _completed = true;
+        try
+        {
+            foreach (var executor in _executors) executor.Complete();
+        }
+        finally
+        {
+            foreach (var g in _groups) g.Dispose();
+        }
     }
+
+    public void Dispose() => Complete();
 
     private static List<(LoadedAdapter Adapter, float Scale)> MergeDuplicates(AdapterSegment segment)
     {
@@ -152,9 +138,9 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
             if (i >= 0) merged[i] = (adapter, merged[i].Scale + scale);
             else merged.Add((adapter, scale));
         }
-        if (merged.Count > 1 && merged.FirstOrDefault(m => m.Adapter.HasDora).Adapter is { } dora)
+        if (merged.Count > 1 && merged.FirstOrDefault(m => m.Adapter.NotMixable is not null).Adapter is { } alone)
             throw new AdapterValidationException(
-                $"{dora} is a DoRA adapter: DoRA rescales whole weight rows and cannot be mixed with other adapters " +
+                $"{alone} is {alone.NotMixable} and cannot be mixed with other adapters " +
                 $"({string.Join(", ", merged.Select(m => m.Adapter.ToString()))}) in one request", "unsupported_adapter_mix");
         return merged;
     }
@@ -165,57 +151,5 @@ public sealed class AdapterBatch : IProjectionHook, IDisposable
         for (int i = 1; i < sorted.Count; i++)
             if (sorted[i].Start < sorted[i - 1].End)
                 throw new ArgumentException($"adapter segments [{sorted[i - 1].Start}, {sorted[i - 1].End}) and [{sorted[i].Start}, {sorted[i].End}) overlap", "segments");
-    }
-
-    /// <summary>The tokens of the step that one (adapter, scale) applies to.</summary>
-    private sealed class TokenGroup : IDisposable
-    {
-        /// <summary>
-        /// TorchSharp passes a Scalar's handle to native code without keeping the managed object alive, so an implicitly
-        /// converted temporary (<c>index_add_(…, 1)</c>) can be finalized mid-call: a rare libtorch assert under GC
-        /// pressure (seen in the soak). Constants live in a static field instead.
-        /// </summary>
-        private static readonly Scalar One = 1.0f.ToScalar();
-
-        private readonly long _start;
-        private readonly long _count;
-        private readonly Tensor? _index; // [n_g] int64 token rows, null when they are one contiguous range
-
-        public TokenGroup(LoadedAdapter adapter, float scale, List<int> tokens)
-        {
-            Adapter = adapter;
-            Scale = scale;
-            tokens.Sort();
-            _start = tokens.Count == 0 ? 0 : tokens[0];
-            _count = tokens.Count;
-            bool contiguous = tokens.Count == 0 || tokens[^1] - tokens[0] + 1 == tokens.Count;
-            if (!contiguous)
-            {
-                using var inferenceOff = inference_mode(false);
-                _index = tensor(tokens.Select(t => (long)t).ToArray(), ScalarType.Int64, adapter.Device).DetachFromDisposeScope();
-            }
-        }
-
-        public LoadedAdapter Adapter { get; }
-        public float Scale { get; }
-
-        /// <summary>This group's rows of <paramref name="t"/> <c>[N, d]</c> → <c>[n_g, d]</c>.</summary>
-        public Tensor Rows(Tensor t) => _index is null ? t.narrow(0, _start, _count) : t.index_select(0, _index);
-
-        /// <summary><c>y[rows] += delta</c>.</summary>
-        public void AddRows(Tensor y, Tensor delta)
-        {
-            if (_index is null) y.narrow(0, _start, _count).add_(delta);
-            else y.index_add_(0, _index, delta, One);
-        }
-
-        /// <summary><c>y[rows] = values</c>.</summary>
-        public void SetRows(Tensor y, Tensor values)
-        {
-            if (_index is null) y.narrow(0, _start, _count).copy_(values);
-            else y.index_copy_(0, _index, values);
-        }
-
-        public void Dispose() => _index?.Dispose();
     }
 }

@@ -33,19 +33,27 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
     private readonly Dictionary<string, NameState> _names = new(StringComparer.Ordinal);
     private readonly ResidencyOptions _options;
     private readonly Func<AdapterRecord, LoadedAdapter> _loadToHost;
+    private readonly LateBaseWeights? _baseWeights;
     private readonly Device _device;
     private readonly ILogger _logger;
     private readonly TimeProvider _time = TimeProvider.System;
     private long _tick;
     private bool _disposed;
 
-    /// <summary>The production cache: loads <c>adapter_model.safetensors</c> into CPU tensors of <paramref name="dtype"/>.</summary>
-    /// <param name="baseWeight">The frozen base weight W0 of (layer, projection), read by KaSA's SVD and DoRA's norms.</param>
+    /// <summary>The production cache: each adapter's kind loads it into CPU tensors of <paramref name="dtype"/>.</summary>
+    /// <param name="baseWeights">The frozen base weights, read by KaSA's SVD and DoRA's norms; null while the model is
+    /// still loading: the engine hands them over through <see cref="ModelReady"/> (via the binder) before its first step.</param>
     /// <param name="device">The compute device (device tier).</param>
-    public AdapterResidencyCache(ResidencyOptions options, Func<int, Projection, Tensor> baseWeight, Device device, ScalarType dtype,
+    public AdapterResidencyCache(ResidencyOptions options, IBaseWeights? baseWeights, Device device, ScalarType dtype,
         ILogger<AdapterResidencyCache>? logger = null, AdapterResidencyMetrics? metrics = null)
-        : this(options, record => LoadedAdapter.Load(record, baseWeight, CPU, dtype), device, logger, metrics)
+        : this(options, new LateBaseWeights(baseWeights), dtype, device, logger, metrics)
     {
+    }
+
+    private AdapterResidencyCache(ResidencyOptions options, LateBaseWeights baseWeights, ScalarType dtype, Device device, ILogger? logger, AdapterResidencyMetrics? metrics)
+        : this(options, record => LoadedAdapter.Load(record, baseWeights, CPU, dtype), device, logger, metrics)
+    {
+        _baseWeights = baseWeights;
     }
 
     /// <param name="loadToHost">Loads one version into CPU tensors (runs on a thread-pool thread).</param>
@@ -63,6 +71,28 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
     }
 
     public AdapterResidencyMetrics Metrics { get; }
+
+    /// <summary>
+    /// The model is loaded: adapters are built against <paramref name="baseWeights"/> from now on (a cache built with
+    /// its own loader ignores them).
+    /// </summary>
+    public void ModelReady(IBaseWeights baseWeights)
+    {
+        ArgumentNullException.ThrowIfNull(baseWeights);
+        _baseWeights?.Set(baseWeights);
+    }
+
+    /// <summary>The base weights once the model is loaded (read by loader threads).</summary>
+    private sealed class LateBaseWeights(IBaseWeights? ready) : IBaseWeights
+    {
+        private IBaseWeights? _weights = ready;
+
+        public void Set(IBaseWeights weights) => Volatile.Write(ref _weights, weights);
+
+        public Tensor Weight(int layer, Projection projection) =>
+            (Volatile.Read(ref _weights) ?? throw new InvalidOperationException("the base model is not loaded yet: adapters are built against its weights"))
+            .Weight(layer, projection);
+    }
 
     /// <summary>Takes a lease on <paramref name="record"/>'s exact version and starts loading it if it is not resident.</summary>
     public AdapterLease Acquire(AdapterRecord record)

@@ -17,7 +17,7 @@ public sealed record ArchiveLimits(int MaxEntries, long MaxUncompressedBytes);
 public static class AdapterArchive
 {
     /// <summary>The files an adapter directory may contribute (adapter_model.bin only to say why it is refused).</summary>
-    public static readonly string[] PeftFileNames = [PeftLoraConfig.FileName, AdapterValidator.WeightsFileName, "adapter_model.bin"];
+    public static readonly string[] PeftFileNames = [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName, "adapter_model.bin"];
 
     private enum EntryKind { File, Directory, Link, Metadata, Other }
 
@@ -154,7 +154,7 @@ public static class AdapterArchive
         return folders.Count switch
         {
             1 => folders[0],
-            0 => throw Invalid($"the archive holds no {PeftLoraConfig.FileName} or {AdapterValidator.WeightsFileName} at its root or inside one top folder", "missing_adapter_config"),
+            0 => throw Invalid($"the archive holds no {AdapterValidator.ConfigFileName} or {AdapterValidator.WeightsFileName} at its root or inside one top folder", "missing_adapter_config"),
             _ => throw Invalid($"the archive holds several adapter folders ({string.Join(", ", folders.Select(Path.GetFileName).Order(StringComparer.Ordinal))}); upload one adapter at a time", "invalid_archive_layout"),
         };
     }

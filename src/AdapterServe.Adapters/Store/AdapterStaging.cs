@@ -30,8 +30,8 @@ public sealed class AdapterStaging : IDisposable
     /// <summary>Creates one loose PEFT file in <see cref="ReceivedDirectory"/>; refuses other names and a second copy.</summary>
     public FileStream CreateReceivedFile(string fileName)
     {
-        if (fileName is not (PeftLoraConfig.FileName or AdapterValidator.WeightsFileName))
-            throw new AdapterValidationException($"'{fileName}' is not a PEFT adapter file (expected {PeftLoraConfig.FileName} or {AdapterValidator.WeightsFileName})", "unexpected_part");
+        if (fileName is not (AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName))
+            throw new AdapterValidationException($"'{fileName}' is not a PEFT adapter file (expected {AdapterValidator.ConfigFileName} or {AdapterValidator.WeightsFileName})", "unexpected_part");
         string path = Path.Combine(ReceivedDirectory, fileName);
         if (File.Exists(path)) throw new AdapterValidationException($"'{fileName}' was sent twice", "duplicate_part");
         return new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
@@ -45,13 +45,42 @@ public sealed class AdapterStaging : IDisposable
         PeftDirectory = AdapterArchive.ExtractPeftFiles(archivePath, ReceivedDirectory, limits);
     }
 
-    /// <summary>Copies the PEFT files of a folder on this machine (symbolic links are followed, content is copied).</summary>
-    public void CopyFrom(string directory)
+    /// <summary>
+    /// Copies the PEFT files of a folder on this machine. Only regular files are read (a FIFO, device or socket is refused
+    /// before it is opened); a file that is a symbolic link is followed only when it resolves inside one of
+    /// <paramref name="linkRoots"/> (the folder itself, the allowed folders). Stops at <paramref name="cancellationToken"/>
+    /// between chunks.
+    /// </summary>
+    public void CopyFrom(string directory, IReadOnlyList<string> linkRoots, CancellationToken cancellationToken = default)
     {
-        foreach (var name in new[] { PeftLoraConfig.FileName, AdapterValidator.WeightsFileName, "adapter_model.bin" })
+        foreach (var name in new[] { AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName, "adapter_model.bin" })
         {
             string source = Path.Combine(directory, name);
-            if (File.Exists(source)) File.Copy(source, Path.Combine(ReceivedDirectory, name));
+            var kind = HostPath.KindOf(source);
+            if (kind == HostFileKind.Missing) continue;
+            if (kind == HostFileKind.SymbolicLink)
+            {
+                source = HostPath.Resolve(source);
+                if (!linkRoots.Any(root => HostPath.IsUnder(source, root)))
+                    throw new AdapterValidationException($"'{name}' in lora_path is a symbolic link out of the adapter folder; such links are not followed", "adapter_path_link");
+                kind = HostPath.KindOf(source);
+            }
+            if (kind != HostFileKind.RegularFile)
+                throw new AdapterValidationException($"'{name}' in lora_path is not a regular file (FIFOs, devices, sockets and folders are not read)", "adapter_path_not_regular");
+            CopyFile(source, Path.Combine(ReceivedDirectory, name), cancellationToken);
+        }
+    }
+
+    private static void CopyFile(string source, string target, CancellationToken cancellationToken)
+    {
+        using var input = new FileStream(source, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan);
+        using var output = new FileStream(target, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1);
+        var buffer = new byte[1 << 20];
+        int n;
+        while ((n = input.Read(buffer)) > 0)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            output.Write(buffer, 0, n);
         }
     }
 

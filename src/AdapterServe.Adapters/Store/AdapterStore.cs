@@ -9,41 +9,60 @@ namespace AdapterServe.Adapters.Store;
 public sealed record AdapterCommit(AdapterRecord Record, AdapterRecord? Replaced);
 
 /// <summary>
-/// The persistent adapter store: <c>&lt;data&gt;/adapters/&lt;name&gt;/v&lt;version&gt;/</c> holds the PEFT files and a
-/// manifest written last. Every write is staged in <c>&lt;data&gt;/tmp/&lt;guid&gt;/</c>, fully validated against the
-/// base model, then renamed into place, so readers (and a restart) only ever see whole versions. On start it
-/// removes stale staging folders and publishes the newest version of each stored adapter to the
+/// The persistent adapter store of one base model: <c>&lt;store&gt;/adapters/&lt;name&gt;/v&lt;version&gt;/</c> holds the
+/// PEFT files and a manifest written last. Every write is staged in <c>&lt;store&gt;/tmp/&lt;guid&gt;/</c>, fully validated
+/// against the base model, flushed to the disk (files, then the folder), given its manifest, and only then renamed into
+/// place (the one atomic step; the parent folder is flushed after it), so readers and a restart after a crash at any point
+/// see the previous version or the whole new one, never part of one. A delete or unload first renames the manifests
+/// away (durable withdrawal), so a crash before the files are gone cannot bring the adapter back. On start it removes
+/// staging leftovers and versions without a manifest, and publishes the newest version of each stored adapter to the
 /// <see cref="AdapterRegistry"/>, reading configs and safetensors headers only (no weights).
 /// </summary>
 public sealed class AdapterStore
 {
     private const string VersionPrefix = "v";
+    private const string WithdrawnManifest = "manifest.withdrawn";
     private readonly AdapterStoreOptions _options;
+    private readonly string? _baseModelId;
+    private readonly IReadOnlyList<string> _allowedPaths;
     private readonly ModelConfig _baseModel;
+    private readonly AdapterKinds _kinds;
     private readonly IAdapterResidency _residency;
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
     private readonly SemaphoreSlim _writes = new(1, 1);
     private readonly Dictionary<(string Name, int Version), DateTimeOffset> _retired = [];
 
+    /// <param name="kinds">The adapter kinds accepted (default: <see cref="AdapterKinds.BuiltIn"/>).</param>
+    /// <param name="baseModelId">The served id of the base model: names the per-base store folder, and no adapter may take it.</param>
     public AdapterStore(AdapterStoreOptions options, ModelConfig baseModel, IAdapterResidency residency, AdapterRegistry registry,
-        ILogger<AdapterStore>? logger = null, TimeProvider? time = null)
+        ILogger<AdapterStore>? logger = null, TimeProvider? time = null, string? baseModelId = null, AdapterKinds? kinds = null)
     {
+        _kinds = kinds ?? AdapterKinds.BuiltIn;
         if (options.Problems() is { Count: > 0 } problems) throw new ArgumentException(string.Join("; ", problems), nameof(options));
         _options = options;
         _baseModel = baseModel;
+        _baseModelId = baseModelId;
         _residency = residency;
         _logger = (ILogger?)logger ?? NullLogger.Instance;
         _time = time ?? TimeProvider.System;
         Registry = registry;
-        DataDirectory = Path.GetFullPath(options.DataDirectory);
+        WritePause = new StoreWritePause(_logger);
+        BaseModelIdentity = Store.BaseModelIdentity.Of(baseModelId ?? "base", baseModel);
+        DataDirectory = options.StoreDirectory(BaseModelIdentity);
         AdaptersDirectory = Path.Combine(DataDirectory, "adapters");
         TmpDirectory = Path.Combine(DataDirectory, "tmp");
+        _allowedPaths = options.EffectiveAllowedAdapterPaths().Select(HostPath.Resolve).ToList();
         Open();
     }
 
     public AdapterRegistry Registry { get; }
+    /// <summary>The folder of this base model's store (absolute).</summary>
     public string DataDirectory { get; }
+    /// <summary>The base model's folder name under <c>&lt;data root&gt;/models/</c> (see <see cref="Store.BaseModelIdentity"/>).</summary>
+    public string BaseModelIdentity { get; }
+    /// <summary>TEST-ONLY pause points of the write path (see <see cref="StoreWritePause"/>); inert unless its variable is set.</summary>
+    public StoreWritePause WritePause { get; }
     public string AdaptersDirectory { get; }
     public string TmpDirectory { get; }
     public ArchiveLimits ArchiveLimits => new(_options.MaxArchiveEntries, _options.MaxUncompressedBytes);
@@ -56,19 +75,31 @@ public sealed class AdapterStore
     public void EnsureCanCreate(string name, bool replace)
     {
         AdapterName.Validate(name);
+        if (IsBaseModelName(name))
+            throw new AdapterValidationException($"adapter name '{name}' is the base model's id; an adapter needs a name of its own", "invalid_adapter_name");
         if (!replace && Registry.TryResolve(name, out var existing)) throw Exists(existing);
     }
+
+    private bool IsBaseModelName(string name) => _baseModelId is not null && string.Equals(name, _baseModelId, StringComparison.OrdinalIgnoreCase);
 
     /// <summary>
     /// Validates the staged PEFT files against the base model and makes them version 1 of <paramref name="name"/>,
     /// or, with <paramref name="replace"/>, the next version of an existing adapter (new requests get it; running
     /// ones keep theirs; the old version's files go once nothing uses them).
     /// </summary>
-    public async Task<AdapterCommit> CommitAsync(string name, AdapterStaging staging, bool replace, string source, CancellationToken cancellationToken = default)
+    public Task<AdapterCommit> CommitAsync(string name, AdapterStaging staging, bool replace, string source, CancellationToken cancellationToken = default) =>
+        CommitAsync(name, staging, replace, source, filesFromServerPath: false, cancellationToken);
+
+    private async Task<AdapterCommit> CommitAsync(string name, AdapterStaging staging, bool replace, string source, bool filesFromServerPath, CancellationToken cancellationToken)
     {
         EnsureCanCreate(name, replace);
         string versionStaging = Path.Combine(staging.Root, "version");
-        var (description, files) = await Task.Run(() => Prepare(staging.PeftDirectory, versionStaging), cancellationToken);
+        WritePause.At("received");
+        AdapterDescription description;
+        IReadOnlyList<StoredFile> files;
+        try { (description, files) = await Task.Run(() => Prepare(staging.PeftDirectory, versionStaging), cancellationToken); }
+        catch (AdapterValidationException e) when (filesFromServerPath) { throw Undisclosed(e, name); }
+        WritePause.At("validated");
 
         await _writes.WaitAsync(cancellationToken);
         AdapterCommit commit;
@@ -83,15 +114,20 @@ public sealed class AdapterStore
             var now = _time.GetUtcNow();
             var record = new AdapterRecord(name, version, finalDirectory, description, ContentHash.Combine(files), source, existing?.CreatedAt ?? now, now);
             AdapterManifest.For(record, files, _baseModel).Write(versionStaging);
+            DurableFiles.FlushDirectory(versionStaging);
+            WritePause.At("manifest");
 
             bool createdNameDirectory = !Directory.Exists(nameDirectory);
             Directory.CreateDirectory(nameDirectory);
+            if (createdNameDirectory) DurableFiles.FlushDirectory(AdaptersDirectory);
             try { Directory.Move(versionStaging, finalDirectory); }
             catch
             {
                 if (createdNameDirectory) TryDelete(nameDirectory);
                 throw;
             }
+            DurableFiles.FlushDirectory(nameDirectory);
+            WritePause.At("renamed");
             Registry.Publish(record);
             if (existing is not null) _retired[(name, existing.Version)] = now;
             commit = new AdapterCommit(record, existing);
@@ -99,7 +135,7 @@ public sealed class AdapterStore
         finally { _writes.Release(); }
 
         _logger.LogInformation("Adapter {Name} v{Version} stored ({Kind}, {Modules} modules, {Bytes} bytes, {Hash}) from {Source}",
-            name, commit.Record.Version, description.Kind, description.Modules.Count, description.WeightBytes, commit.Record.ContentHash, source);
+            name, commit.Record.Version, description.Kind, description.ModuleSummaries.Count, description.WeightBytes, commit.Record.ContentHash, source);
         if (commit.Replaced is not null)
         {
             _residency.Forget(name);
@@ -108,21 +144,84 @@ public sealed class AdapterStore
         return commit;
     }
 
-    /// <summary>Registers a folder (or archive) on this machine, vLLM's <c>load_lora_adapter</c>: the files are copied in.</summary>
+    /// <summary>
+    /// Registers a folder (or archive) on this machine, vLLM's <c>load_lora_adapter</c>: the files are copied in. The path
+    /// is resolved (every symbolic link followed) and, with <see cref="AdapterStoreOptions.AllowedAdapterPaths"/>, must lie
+    /// under one of those folders (403). Only regular files are read; a PEFT file that is a link is followed only to a
+    /// file inside the adapter folder or an allowed folder. The reading runs on a thread of its own, bounded by
+    /// <see cref="AdapterStoreOptions.PathReadTimeoutSeconds"/> and given up when the request is cancelled. Errors about
+    /// the files' contents do not quote them (the caller may not be able to read them): the details go to the log.
+    /// </summary>
     public async Task<AdapterCommit> RegisterPathAsync(string name, string path, bool replace, CancellationToken cancellationToken = default)
     {
         EnsureCanCreate(name, replace);
-        if (string.IsNullOrWhiteSpace(path)) throw new AdapterValidationException("lora_path is empty", "adapter_path_not_found");
-        string full = Path.GetFullPath(path);
-        using var staging = BeginStaging();
-        await Task.Run(() =>
+        if (string.IsNullOrWhiteSpace(path)) throw PathError("lora_path is empty", "adapter_path_not_found");
+        if (path.Any(char.IsControl)) throw PathError("lora_path contains a control character (such as NUL); give a plain folder path", "invalid_lora_path");
+        string full;
+        try { full = HostPath.Resolve(path); }
+        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException or NotSupportedException)
         {
-            if (Directory.Exists(full)) staging.CopyFrom(full);
-            else if (File.Exists(full)) staging.UseArchive(full, ArchiveLimits);
-            else throw new AdapterValidationException($"lora_path '{path}' does not exist on the server", "adapter_path_not_found");
+            throw PathError($"lora_path '{path}' cannot be resolved on the server", "adapter_path_not_found");
+        }
+        if (_allowedPaths.Count > 0 && !_allowedPaths.Any(root => HostPath.IsUnder(full, root)))
+            throw new AdapterStoreException(
+                $"lora_path '{path}' is outside the folders path registration may read; the server allows only what --allowed-adapter-paths (Server:AllowedAdapterPaths) lists",
+                "adapter_path_not_allowed", 403, "lora_path");
+
+        var kind = HostPath.KindOf(full);
+        if (kind == HostFileKind.Missing) throw PathError($"lora_path '{path}' does not exist on the server", "adapter_path_not_found");
+        if (kind is not (HostFileKind.Directory or HostFileKind.RegularFile))
+            throw PathError($"lora_path '{path}' is not a folder or a regular file (FIFOs, devices and sockets are not read)", "adapter_path_not_regular");
+
+        using var staging = BeginStaging();
+        var limits = ArchiveLimits;
+        IReadOnlyList<string> linkRoots = kind == HostFileKind.Directory ? [full, .. _allowedPaths] : [];
+        await ReadOffThePoolAsync(token =>
+        {
+            try
+            {
+                if (kind == HostFileKind.Directory) staging.CopyFrom(full, linkRoots, token);
+                else
+                {
+                    try { staging.UseArchive(full, limits); }
+                    catch (AdapterValidationException e) { throw Undisclosed(e, name); }
+                }
+            }
+            catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+            {
+                _logger.LogWarning("Path registration of {Name} could not read {Path}: {Reason}", name, full, e.Message);
+                throw PathError($"the files at lora_path '{path}' cannot be read by the server", "adapter_path_unreadable");
+            }
         }, cancellationToken);
-        return await CommitAsync(name, staging, replace, "path:" + full, cancellationToken);
+        return await CommitAsync(name, staging, replace, "path:" + full, filesFromServerPath: true, cancellationToken);
     }
+
+    /// <summary>Runs file reads of a path registration on a dedicated thread (never a thread-pool one), bounded in time and cancellable.</summary>
+    private async Task ReadOffThePoolAsync(Action<CancellationToken> read, CancellationToken cancellationToken)
+    {
+        var timeout = TimeSpan.FromSeconds(_options.PathReadTimeoutSeconds);
+        using var bounded = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        bounded.CancelAfter(timeout);
+        var token = bounded.Token;
+        var reading = Task.Factory.StartNew(() => read(token), token, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        try { await reading.WaitAsync(token); }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            _ = reading.ContinueWith(t => _ = t.Exception, TaskScheduler.Default);   // a read stuck in the kernel ends on its own, unobserved
+            throw PathError($"reading lora_path took longer than {timeout.TotalSeconds:0.#} s (Adapters:PathReadTimeoutSeconds)", "adapter_path_timeout");
+        }
+    }
+
+    /// <summary>The same error without its message (which may quote the files' bytes); the message is logged under an id.</summary>
+    private AdapterValidationException Undisclosed(AdapterValidationException e, string name)
+    {
+        string id = Guid.NewGuid().ToString("N")[..12];
+        _logger.LogWarning("Path registration of {Name} refused ({Code}, error id {ErrorId}): {Reason}", name, e.Code, id, e.Message);
+        return new AdapterValidationException(
+            $"the adapter files at lora_path are not valid ({e.Code}); the details are in the server log under error id {id}", e.Code, e.StatusCode);
+    }
+
+    private static AdapterValidationException PathError(string message, string code) => new(message, code);
 
     /// <summary>
     /// Deletes an adapter and all its versions. In use by a running sequence: 409 <c>adapter_in_use</c>, or with
@@ -140,20 +239,22 @@ public sealed class AdapterStore
             {
                 if (!wait)
                     throw new AdapterStoreException($"adapter '{name}' is used by {active} running sequence(s); retry later or pass ?wait=true", "adapter_in_use", 409, "name");
-                Registry.Remove(name, record);
+                Withdraw(record);
                 _writes.Release();
                 held = false;
                 _logger.LogInformation("Adapter {Name} withdrawn; waiting for {Active} running sequence(s) before deleting it", name, active);
                 try { await _residency.WaitUntilUnusedAsync(name, cancellationToken); }
                 catch (OperationCanceledException)
                 {
-                    Registry.PublishIfAbsent(record);
+                    await _writes.WaitAsync(CancellationToken.None);
+                    try { Reinstate(record); }
+                    finally { _writes.Release(); }
                     throw;
                 }
                 await _writes.WaitAsync(CancellationToken.None);
                 held = true;
             }
-            else Registry.Remove(name, record);
+            else Withdraw(record);
 
             RemoveVersions(name, upTo: record.Version);
             _logger.LogInformation("Adapter {Name} deleted (v{Version})", name, record.Version);
@@ -167,10 +268,80 @@ public sealed class AdapterStore
         }
     }
 
-    /// <summary>Deletes replaced versions that nothing uses any more (the grace period passed); returns how many.</summary>
+    /// <summary>
+    /// vLLM's <c>unload_lora_adapter</c>: the adapter is withdrawn at once (new requests get 404, a restart does not bring
+    /// it back) and running sequences finish on it; its files go now when nothing uses it, else once the running ones end
+    /// (<see cref="CollectRetiredVersions"/>).
+    /// </summary>
+    public async Task<AdapterRecord> UnloadAsync(string name, CancellationToken cancellationToken = default)
+    {
+        await _writes.WaitAsync(cancellationToken);
+        bool removed = false;
+        try
+        {
+            if (!Registry.TryResolve(name, out var record)) throw AdapterStoreException.NotFound(name);
+            Withdraw(record);
+            int active = _residency.ActiveSequences(name);
+            if (active == 0)
+            {
+                RemoveVersions(name, upTo: record.Version);
+                removed = true;
+                _logger.LogInformation("Adapter {Name} unloaded and deleted (v{Version})", name, record.Version);
+            }
+            else
+            {
+                var now = _time.GetUtcNow() - TimeSpan.FromSeconds(_options.RetiredVersionGraceSeconds);
+                foreach (int version in StoredVersions(Path.Combine(AdaptersDirectory, name)).Where(v => v <= record.Version))
+                    _retired[(name, version)] = now;
+                _logger.LogInformation("Adapter {Name} unloaded (v{Version}); its files go once {Active} running sequence(s) finish", name, record.Version, active);
+            }
+            return record;
+        }
+        finally
+        {
+            _writes.Release();
+            if (removed) _residency.Forget(name);
+        }
+    }
+
+    /// <summary>
+    /// Takes <paramref name="record"/> out of the registry and renames the manifest of every version up to it away, so the
+    /// withdrawal survives a crash (a version without a manifest is removed at start). Holds the write lock.
+    /// </summary>
+    private void Withdraw(AdapterRecord record)
+    {
+        Registry.Remove(record.Name, record);
+        string nameDirectory = Path.Combine(AdaptersDirectory, record.Name);
+        foreach (int version in StoredVersions(nameDirectory).Where(v => v <= record.Version))
+        {
+            string directory = VersionDirectory(record.Name, version);
+            string manifest = Path.Combine(directory, AdapterManifest.FileName);
+            if (!File.Exists(manifest)) continue;
+            File.Move(manifest, Path.Combine(directory, WithdrawnManifest), overwrite: true);
+            DurableFiles.FlushDirectory(directory);
+        }
+        WritePause.At("withdrawn");
+    }
+
+    /// <summary>Undoes <see cref="Withdraw"/> (a delete that was cancelled while waiting). Holds the write lock.</summary>
+    private void Reinstate(AdapterRecord record)
+    {
+        foreach (int version in StoredVersions(Path.Combine(AdaptersDirectory, record.Name)).Where(v => v <= record.Version))
+        {
+            string directory = VersionDirectory(record.Name, version);
+            string withdrawn = Path.Combine(directory, WithdrawnManifest);
+            if (!File.Exists(withdrawn)) continue;
+            File.Move(withdrawn, Path.Combine(directory, AdapterManifest.FileName), overwrite: false);
+            DurableFiles.FlushDirectory(directory);
+        }
+        Registry.PublishIfAbsent(record);
+    }
+
+    /// <summary>Deletes replaced or unloaded versions that nothing uses any more (the grace period passed); returns how many.</summary>
     public int CollectRetiredVersions()
     {
         _writes.Wait();
+        var forget = new HashSet<string>(StringComparer.Ordinal);
         try
         {
             var now = _time.GetUtcNow();
@@ -181,11 +352,17 @@ public sealed class AdapterStore
                 if (now - since < grace || _residency.ActiveSequences(name) > 0) continue;
                 RemoveVersionDirectory(name, version);
                 _retired.Remove((name, version));
+                forget.Add(name);
                 removed++;
             }
             return removed;
         }
-        finally { _writes.Release(); }
+        finally
+        {
+            _writes.Release();
+            foreach (var name in forget)
+                if (!Registry.TryResolve(name, out _)) _residency.Forget(name);
+        }
     }
 
     /// <summary>Versions of <paramref name="name"/> still on disk (current and retired), ascending.</summary>
@@ -194,15 +371,14 @@ public sealed class AdapterStore
 
     private (AdapterDescription, IReadOnlyList<StoredFile>) Prepare(string peftDirectory, string versionStaging)
     {
-        var description = AdapterValidator.Validate(peftDirectory, _baseModel, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation));
+        var description = AdapterValidator.Validate(peftDirectory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation));
         Directory.CreateDirectory(versionStaging);
-        string[] names = [PeftLoraConfig.FileName, AdapterValidator.WeightsFileName];
+        string[] names = [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName];
         foreach (var file in names)
         {
             string target = Path.Combine(versionStaging, file);
             File.Move(Path.Combine(peftDirectory, file), target);
-            using var stream = new FileStream(target, FileMode.Open, FileAccess.ReadWrite);
-            stream.Flush(flushToDisk: true);
+            DurableFiles.FlushFile(target);
         }
         var (_, files) = ContentHash.Compute(versionStaging, names);
         return (description, files);
@@ -212,16 +388,21 @@ public sealed class AdapterStore
     {
         Directory.CreateDirectory(AdaptersDirectory);
         Directory.CreateDirectory(TmpDirectory);
-        foreach (var stale in Directory.EnumerateFileSystemEntries(TmpDirectory))
+        int stale = 0;
+        foreach (var entry in Directory.EnumerateFileSystemEntries(TmpDirectory).ToList())
         {
-            _logger.LogInformation("Removing stale staging entry {Path}", stale);
-            if (Directory.Exists(stale)) TryDelete(stale); else File.Delete(stale);
+            _logger.LogWarning("Removing staging leftover {Path} (an upload, registration or delete cut off by a crash or stop)", entry);
+            if (Directory.Exists(entry) && new FileInfo(entry).LinkTarget is null) TryDelete(entry); else File.Delete(entry);
+            stale++;
         }
+        if (stale > 0) DurableFiles.FlushDirectory(TmpDirectory);
+        var expectedBase = BaseModelShape.Of(_baseModel);
 
         foreach (var nameDirectory in Directory.EnumerateDirectories(AdaptersDirectory).Order(StringComparer.Ordinal))
         {
             string name = Path.GetFileName(nameDirectory);
             if (!AdapterName.IsValid(name)) { _logger.LogWarning("Ignoring {Path}: not a valid adapter name", nameDirectory); continue; }
+            if (IsBaseModelName(name)) { _logger.LogWarning("Ignoring {Path}: an adapter may not be named like the base model", nameDirectory); continue; }
             var versions = StoredVersions(nameDirectory).OrderDescending().ToList();
             foreach (int uncommitted in versions.Where(v => !File.Exists(Path.Combine(VersionDirectory(name, v), AdapterManifest.FileName))).ToList())
             {
@@ -242,7 +423,9 @@ public sealed class AdapterStore
                 var manifest = AdapterManifest.Read(directory);
                 if (manifest.Name != name || manifest.Version != current)
                     throw new InvalidDataException($"manifest says '{manifest.Name}' v{manifest.Version}");
-                var description = AdapterValidator.Validate(directory, _baseModel, new AdapterValidationOptions(ScanWeights: false, _options.KasaTruncation));
+                if (manifest.BaseModel != expectedBase)
+                    throw new InvalidDataException($"it was stored for another base model ({manifest.BaseModel}, this one is {expectedBase})");
+                var description = AdapterValidator.Validate(directory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: false, _options.KasaTruncation));
                 Registry.Publish(new AdapterRecord(name, current, directory, description, manifest.ContentHash, manifest.Source, manifest.CreatedAt, manifest.UpdatedAt));
             }
             catch (Exception e) when (e is AdapterValidationException or InvalidDataException or IOException)
@@ -252,7 +435,11 @@ public sealed class AdapterStore
             }
             foreach (int old in versions.Skip(1)) TryDelete(VersionDirectory(name, old));
         }
-        _logger.LogInformation("Adapter store {Path}: {Count} adapter(s)", DataDirectory, Registry.Count);
+        _logger.LogInformation("Adapter store {StorePath} for base model {BaseModelIdentity}: {Count} adapter(s)", DataDirectory, BaseModelIdentity, Registry.Count);
+        if (_allowedPaths.Count == 0)
+            _logger.LogWarning("Path registration (load_lora_adapter) is unconfined: any folder this server can read may be registered; set --allowed-adapter-paths (Server:AllowedAdapterPaths) to confine it");
+        else
+            _logger.LogInformation("Path registration is confined to {AllowedAdapterPaths}", _allowedPaths);
     }
 
     private void RemoveVersions(string name, int upTo)
@@ -273,6 +460,7 @@ public sealed class AdapterStore
         if (!Directory.Exists(directory)) return;
         string trash = Path.Combine(TmpDirectory, "deleted-" + Guid.NewGuid().ToString("N"));
         Directory.Move(directory, trash);
+        DurableFiles.FlushDirectory(Path.Combine(AdaptersDirectory, name));
         TryDelete(trash);
         string nameDirectory = Path.Combine(AdaptersDirectory, name);
         if (!Registry.TryResolve(name, out _) && Directory.Exists(nameDirectory) && !Directory.EnumerateFileSystemEntries(nameDirectory).Any())

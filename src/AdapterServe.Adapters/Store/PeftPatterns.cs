@@ -33,7 +33,7 @@ public static class PeftPatterns
         try { return Regex.IsMatch(name, regex, RegexOptions.CultureInvariant, Timeout); }
         catch (RegexMatchTimeoutException)
         {
-            throw new AdapterValidationException($"{PeftLoraConfig.FileName}: the pattern '{regex}' took too long to match '{name}'", "invalid_adapter_config");
+            throw new AdapterValidationException($"{AdapterValidator.ConfigFileName}: the pattern '{regex}' took too long to match '{name}'", "invalid_adapter_config");
         }
     }
 }

@@ -12,7 +12,7 @@ public sealed record AdapterRoomOptions(ModelConfig Model, string Dtype, string 
 
 /// <summary>
 /// The Adapters room as the server composes it, without HTTP or the store's file copies: a registry, the residency
-/// cache (device slots behind an LRU, a host tier in front of the disk) and the engine's
+/// cache (device slots behind an LRU, a host tier in front of the disk) and the
 /// <see cref="RegistryAdapterBinder"/> over both. Each distinct PEFT directory is validated once, as the store
 /// would, and any number of names can then be published on it.
 /// </summary>
@@ -20,22 +20,21 @@ public sealed class AdapterRoom : IAsyncDisposable
 {
     private readonly ModelConfig _model;
     private readonly Dictionary<string, (AdapterDescription Description, string Hash)> _validated = new(StringComparer.Ordinal);
-    private GenerationEngine? _engine;
 
     private AdapterRoom(AdapterRoomOptions options, ILoggerFactory? loggers)
     {
         _model = options.Model;
         var device = GenerationEngine.ParseDevice(options.Device);
-        // The base weights are read lazily, by the loader, once the engine that holds them is attached.
+        // No base weights yet: the engine hands them to the room through the binder once its model is loaded.
         Cache = new AdapterResidencyCache(
             new ResidencyOptions { MaxDeviceAdapters = options.DeviceSlots, MaxHostAdapters = options.HostSlots },
-            BaseWeight, device, GenerationEngine.ParseDtype(options.Dtype, device), loggers?.CreateLogger<AdapterResidencyCache>());
+            baseWeights: null, device, GenerationEngine.ParseDtype(options.Dtype, device), loggers?.CreateLogger<AdapterResidencyCache>());
         Binder = new RegistryAdapterBinder(Registry, Cache);
     }
 
     public AdapterRegistry Registry { get; } = new();
     public AdapterResidencyCache Cache { get; }
-    /// <summary>Hand this to the engine at start, then <see cref="Attach"/> the engine.</summary>
+    /// <summary>Hand this to the engine at start.</summary>
     public IAdapterBinder Binder { get; }
 
     /// <param name="loggers">For the residency cache's log (loads, promotions, evictions; shown with <c>--verbose</c>).</param>
@@ -47,9 +46,6 @@ public sealed class AdapterRoom : IAsyncDisposable
         return new AdapterRoom(options, loggers);
     }
 
-    /// <summary>The engine whose base weights the adapters are loaded against (call once it is ready).</summary>
-    public void Attach(GenerationEngine engine) => _engine = engine ?? throw new ArgumentNullException(nameof(engine));
-
     /// <summary>Publishes <paramref name="directory"/> under <paramref name="name"/> (version 1), validating the directory the first time it is seen.</summary>
     /// <exception cref="BenchException">The directory is not a valid adapter for the model.</exception>
     public AdapterRecord Register(string name, string directory)
@@ -60,7 +56,7 @@ public sealed class AdapterRoom : IAsyncDisposable
             try
             {
                 var description = AdapterValidator.Validate(dir, _model);
-                var (hash, _) = ContentHash.Compute(dir, [PeftLoraConfig.FileName, AdapterValidator.WeightsFileName]);
+                var (hash, _) = ContentHash.Compute(dir, [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName]);
                 _validated[dir] = known = (description, hash);
             }
             catch (AdapterValidationException e)
@@ -73,9 +69,6 @@ public sealed class AdapterRoom : IAsyncDisposable
         Registry.Publish(record);
         return record;
     }
-
-    private TorchSharp.torch.Tensor BaseWeight(int layer, Projection projection) =>
-        (_engine ?? throw new InvalidOperationException("an adapter was loaded before the engine was attached to the adapter room")).BaseWeight(layer, projection);
 
     /// <summary>Disposes the cached adapter tensors; dispose the engine first.</summary>
     public ValueTask DisposeAsync()

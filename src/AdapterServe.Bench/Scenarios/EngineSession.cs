@@ -34,7 +34,7 @@ public sealed class EngineSession : IAsyncDisposable
     }
 
     /// <param name="longestSequence">Prompt plus completion tokens of the longest request the scenario sends.</param>
-    /// <param name="adapters">The Adapters room the engine binds requests through (null: base model only); attached to the engine once it is ready.</param>
+    /// <param name="adapters">The Adapters room the engine binds requests through (null: base model only); the engine hands it the base weights once loaded.</param>
     public static async Task<EngineSession> StartAsync(BenchContext context, BenchReport report, (string Name, ModelConfig Config, string Directory) model,
         int maxBatch, int longestSequence, AdapterRoom? adapters, CancellationToken ct)
     {
@@ -55,7 +55,6 @@ public sealed class EngineSession : IAsyncDisposable
         };
         context.Log($"loading {model.Name} ({o.Dtype} on {o.Device}, batch {maxBatch}, context {contextLength})");
         var engine = await BenchEngine.StartAsync(options, context.Loggers, adapters?.Binder, ct);
-        adapters?.Attach(engine.Engine);
         var c = engine.Engine.Config;
         report.Model = new ModelSummary(model.Name, model.Directory, c.HiddenSize, c.NumHiddenLayers, c.NumAttentionHeads, c.NumKeyValueHeads,
             c.IntermediateSize, c.VocabSize, c.TieWordEmbeddings, ModelSizes.ParameterCount(c), engine.Engine.ContextLength, engine.LoadTime.TotalSeconds);

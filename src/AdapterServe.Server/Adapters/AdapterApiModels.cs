@@ -32,14 +32,18 @@ public sealed record AdapterInfo(
         record.Description.TargetModules, record.Description.WeightBytes, record.Version, record.ContentHash,
         status.Tier.ToString().ToLowerInvariant(), status.Pinned, status.LoadCount, status.LastUsed?.ToUnixTimeSeconds(),
         status.ActiveSequences, status.ResidentBytes, record.Source, record.CreatedAt.ToUnixTimeSeconds(), record.UpdatedAt.ToUnixTimeSeconds(),
-        withModules ? record.Description.Modules.Select(AdapterModuleInfo.From).ToList() : null);
+        withModules ? record.Description.ModuleSummaries.Select(AdapterModuleInfo.From).ToList() : null);
 }
 
-/// <summary>One adapted projection of one layer.</summary>
-public sealed record AdapterModuleInfo(int Layer, string Module, int Rank, double Scaling, bool Bias, bool Magnitude, bool Diag)
+/// <summary>One adapted projection of one layer; the adapter's kind adds its own fields (LoRA: scaling, bias, magnitude, diag).</summary>
+public sealed record AdapterModuleInfo(int Layer, string Module, int Rank)
 {
-    public static AdapterModuleInfo From(AdapterModuleSpec m) =>
-        new(m.Layer, m.Projection.ShortName(), m.Rank, m.Scaling, m.HasBias, m.HasMagnitude, m.HasDiag);
+    /// <summary>The kind's own fields, written next to the others.</summary>
+    [JsonExtensionData]
+    public IDictionary<string, object>? Details { get; init; }
+
+    public static AdapterModuleInfo From(AdapterModuleSummary m) =>
+        new(m.Layer, m.Projection.ShortName(), m.Rank) { Details = new Dictionary<string, object>(m.Details) };
 }
 
 public sealed record AdapterList(string Object, IReadOnlyList<AdapterInfo> Data);

@@ -66,20 +66,20 @@ public static class AdapterEndpoints
         admin.MapPost("/load_lora_adapter", LoadLoraAdapter)
             .WithName("LoadLoraAdapter")
             .WithSummary("Register an adapter folder on the server (vLLM-compatible, admin)")
-            .WithDescription("Body {\"lora_name\", \"lora_path\", \"load_inplace\"}. lora_path is a PEFT folder (or a .zip/.tar.gz) on the server; its files are copied into the store. load_inplace=true replaces an existing adapter with a new version.")
+            .WithDescription("Body {\"lora_name\", \"lora_path\", \"load_inplace\"}. lora_path is a PEFT folder (or a .zip/.tar.gz) on the server; its files are copied into the store. load_inplace=true replaces an existing adapter with a new version. With --allowed-adapter-paths, a path that does not resolve (symbolic links followed) inside one of those folders is refused with 403; only regular files are read, and links out of the adapter folder are refused.")
             .Accepts<LoadLoraAdapterRequest>("application/json")
             .Produces<string>(StatusCodes.Status200OK, "text/plain")
             .Produces<ApiError>(StatusCodes.Status400BadRequest)
+            .Produces<ApiError>(StatusCodes.Status403Forbidden)
             .Produces<ApiError>(StatusCodes.Status409Conflict);
 
         admin.MapPost("/unload_lora_adapter", UnloadLoraAdapter)
             .WithName("UnloadLoraAdapter")
             .WithSummary("Delete an adapter (vLLM-compatible, admin)")
-            .WithDescription("Body {\"lora_name\"}. Same as DELETE /v1/adapters/{name} without waiting.")
+            .WithDescription("Body {\"lora_name\"}. Like vLLM: the adapter is withdrawn at once (new requests get 404) and running requests finish on it; its files are deleted once they have.")
             .Accepts<UnloadLoraAdapterRequest>("application/json")
             .Produces<string>(StatusCodes.Status200OK, "text/plain")
-            .Produces<ApiError>(StatusCodes.Status404NotFound)
-            .Produces<ApiError>(StatusCodes.Status409Conflict);
+            .Produces<ApiError>(StatusCodes.Status404NotFound);
 
         // Routing answers a body of another media type than an endpoint's Accepts with a bare 415; these
         // catch-alls (tried only when the real endpoint does not match) give it the OpenAI error shape.
@@ -135,7 +135,7 @@ public static class AdapterEndpoints
     {
         var body = await ReadJsonAsync<UnloadLoraAdapterRequest>(http, cancellationToken);
         if (string.IsNullOrEmpty(body.LoraName)) throw new AdapterStoreException("'lora_name' is required", "missing_field", 400, "lora_name");
-        await VllmParam(() => store.DeleteAsync(body.LoraName, wait: false, cancellationToken));
+        await VllmParam(() => store.UnloadAsync(body.LoraName, cancellationToken));
         return TypedResults.Text($"Success: LoRA adapter '{body.LoraName}' removed successfully.", "text/plain");
     }
 

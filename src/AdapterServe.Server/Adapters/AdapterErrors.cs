@@ -18,12 +18,18 @@ internal static class AdapterErrors
         return TypedResults.Json(new ApiError(new ApiErrorBody(message, type, param, code)), AdapterJson.Options, statusCode: status);
     }
 
+    private static string? Param(AdapterValidationException e) =>
+        e.StatusCode == 413 ? "file"
+        : e.Code == "invalid_adapter_name" ? "name"
+        : e.Code.StartsWith("adapter_path_", StringComparison.Ordinal) || e.Code == "invalid_lora_path" ? "lora_path"
+        : null;
+
     /// <summary>Maps the store's and the validator's exceptions (and oversize bodies) to errors; the rest is a 500.</summary>
     public static async ValueTask<object?> Filter(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
     {
         try { return await next(context); }
         catch (ApiException e) { return TypedResults.Json(e.ToResponse(), ApiJson.Options, statusCode: e.StatusCode); }
-        catch (AdapterValidationException e) { return Result(e.StatusCode, e.Message, e.Code, e.StatusCode == 413 ? "file" : e.Code == "invalid_adapter_name" ? "name" : null); }
+        catch (AdapterValidationException e) { return Result(e.StatusCode, e.Message, e.Code, Param(e)); }
         catch (AdapterStoreException e) { return Result(e.StatusCode, e.Message, e.Code, e.Param); }
         catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
         {

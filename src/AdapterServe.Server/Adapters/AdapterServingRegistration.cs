@@ -4,14 +4,15 @@ using AdapterServe.Engine;
 using AdapterServe.Modeling;
 using AdapterServe.Server.Generation;
 using AdapterServe.Server.OpenAI;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 
 namespace AdapterServe.Server.Adapters;
 
 /// <summary>
-/// Wires the Adapters room to the engine: the residency cache (device slots behind an LRU, built against the
-/// loaded base weights), the engine's adapter binder over the registry, the store and its endpoints, and the
-/// adapters' entries in <c>/v1/models</c>.
+/// Wires the Adapters room to the engine: the kinds served, the residency cache (device slots behind an LRU), the
+/// engine's adapter binder over the registry (through which the engine hands the room its base weights once the model
+/// is loaded), the store and its endpoints, and the adapters' entries in <c>/v1/models</c>.
 /// </summary>
 public static class AdapterServingRegistration
 {
@@ -22,21 +23,29 @@ public static class AdapterServingRegistration
         services.AddOptions<ResidencyOptions>().Bind(configuration.GetSection(ResidencySection))
             .Validate(o => { o.Validate(); return true; }).ValidateOnStart();
         services.AddSingleton(sp => sp.GetRequiredService<IGenerationEngine>().Config);
+        services.TryAddSingleton(sp => AdapterKinds.BuiltIn.With(sp.GetServices<IAdapterKindHandler>()));
         services.AddSingleton(sp =>
         {
             var engine = sp.GetRequiredService<IOptions<EngineOptions>>().Value;
             var device = GenerationEngine.ParseDevice(engine.Device);
-            // Resolved lazily: the engine resolves this cache (through the binder) while it is being built.
-            return new AdapterResidencyCache(sp.GetRequiredService<IOptions<ResidencyOptions>>().Value,
-                (layer, projection) => sp.GetRequiredService<IGenerationEngine>() is GenerationEngine g
-                    ? g.BaseWeight(layer, projection)
-                    : throw new InvalidOperationException("adapter weights can only be built against the real engine's base weights"),
+            // No base weights yet: the engine hands them to the room through the binder once the model is loaded.
+            return new AdapterResidencyCache(sp.GetRequiredService<IOptions<ResidencyOptions>>().Value, baseWeights: null,
                 device, GenerationEngine.ParseDtype(engine.Dtype, device), sp.GetService<ILogger<AdapterResidencyCache>>());
         });
         services.AddSingleton<IAdapterResidency>(sp => sp.GetRequiredService<AdapterResidencyCache>());
         services.AddSingleton<IAdapterBinder>(sp => new RegistryAdapterBinder(sp.GetRequiredService<AdapterRegistry>(), sp.GetRequiredService<AdapterResidencyCache>()));
         services.AddSingleton<IModelCardSource, AdapterModelCards>();
         services.AddAdapterStore(configuration);
+        return services;
+    }
+
+    /// <summary>
+    /// Serves one more adapter kind (defined outside the Adapters room, e.g. by a plug-in or a test) next to
+    /// <see cref="AdapterKinds.BuiltIn"/>: uploads with its <c>peft_type</c> are validated, stored and served by it.
+    /// </summary>
+    public static IServiceCollection AddAdapterKind<TKind>(this IServiceCollection services) where TKind : class, IAdapterKindHandler
+    {
+        services.AddSingleton<IAdapterKindHandler, TKind>();
         return services;
     }
 

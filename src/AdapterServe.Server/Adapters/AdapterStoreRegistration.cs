@@ -1,5 +1,6 @@
 using AdapterServe.Adapters;
 using AdapterServe.Adapters.Store;
+using AdapterServe.Engine;
 using AdapterServe.Modeling;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
@@ -11,8 +12,15 @@ public static class AdapterStoreRegistration
     /// <summary>Top-level configuration key filled by the command-line flag <c>--admin-key KEY</c>.</summary>
     public const string AdminKeyFlag = "admin-key";
 
+    /// <summary>The server's data folder (<c>--data-dir</c>); unset: the per-user default (<see cref="AdapterStoreOptions.DefaultDataRoot"/>).</summary>
+    public const string DataDirKey = "Server:DataDir";
+
+    /// <summary>Folders path registration may read (<c>--allowed-adapter-paths DIR[,DIR…]</c>); a comma-separated string or an array.</summary>
+    public const string AllowedAdapterPathsKey = "Server:AllowedAdapterPaths";
+
     /// <summary>
-    /// Registers the adapter store (options from the <c>Adapters</c> section plus <c>--admin-key</c>), its registry,
+    /// Registers the adapter store (options from the <c>Adapters</c> section plus <c>--admin-key</c>, <c>--data-dir</c> and
+    /// <c>--allowed-adapter-paths</c>), its registry,
     /// and a hosted service that opens the store at start and deletes replaced versions once unused. Needs an
     /// <see cref="IAdapterResidency"/> and the base <see cref="ModelConfig"/> in the container (or
     /// <paramref name="baseModel"/> to find it).
@@ -25,6 +33,11 @@ public static class AdapterStoreRegistration
             .PostConfigure(o =>
             {
                 if (configuration[AdminKeyFlag] is { Length: > 0 } key) o.AdminKeys = [.. o.AdminKeys, key];
+                // Server:DataDir (--data-dir, ADAPTERSERVE_Server__DataDir) is the data root; each base model's store is a folder in it.
+                if (configuration[DataDirKey] is { } root) o.DataRoot = root;
+                var allowed = configuration.GetSection(AllowedAdapterPathsKey);
+                string?[] paths = allowed.Value is { } single ? [single] : [.. allowed.GetChildren().Select(c => c.Value)];
+                o.AllowedAdapterPaths = [.. o.AllowedAdapterPaths, .. paths.OfType<string>()];
             })
             .ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<AdapterStoreOptions>, AdapterStoreOptionsValidation>());
@@ -35,7 +48,9 @@ public static class AdapterStoreRegistration
             sp.GetRequiredService<IAdapterResidency>(),
             sp.GetRequiredService<AdapterRegistry>(),
             sp.GetService<ILogger<AdapterStore>>(),
-            sp.GetService<TimeProvider>()));
+            sp.GetService<TimeProvider>(),
+            sp.GetService<IGenerationEngine>()?.Model.Id,
+            sp.GetService<AdapterKinds>()));
         services.AddHostedService<AdapterStoreHost>();
         return services;
     }

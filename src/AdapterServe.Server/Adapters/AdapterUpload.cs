@@ -53,13 +53,13 @@ internal static class AdapterUpload
                 name = await ReadTextAsync(section.Body, cancellationToken);
                 store.EnsureCanCreate(name, replace);
             }
-            else if (part is PeftLoraConfig.FileName or AdapterValidator.WeightsFileName
-                     || (part == "file" && fileName is PeftLoraConfig.FileName or AdapterValidator.WeightsFileName))
+            else if (part is AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName
+                     || (part == "file" && fileName is AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName))
             {
                 if (archive is not null) throw Conflicting();
                 string file = part == "file" ? fileName : part;
                 await using var output = staging.CreateReceivedFile(file);
-                received = await CopyAsync(section.Body, output, received, limit, cancellationToken);
+                received = await CopyAsync(section.Body, output, received, limit, store.WritePause, cancellationToken);
                 loose = true;
             }
             else if (part == "file")
@@ -68,12 +68,12 @@ internal static class AdapterUpload
                 if (loose) throw Conflicting();
                 archive = staging.NewUploadPath();
                 await using var output = new FileStream(archive, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
-                received = await CopyAsync(section.Body, output, received, limit, cancellationToken);
+                received = await CopyAsync(section.Body, output, received, limit, store.WritePause, cancellationToken);
             }
             else
             {
                 throw BadRequest(
-                    $"unexpected form part '{part}' (expected 'name', and 'file' or '{PeftLoraConfig.FileName}' + '{AdapterValidator.WeightsFileName}')",
+                    $"unexpected form part '{part}' (expected 'name', and 'file' or '{AdapterValidator.ConfigFileName}' + '{AdapterValidator.WeightsFileName}')",
                     "unexpected_part", part);
             }
         }
@@ -81,13 +81,13 @@ internal static class AdapterUpload
         if (name is null) throw BadRequest("the upload has no 'name' part", "missing_name", "name");
         if (archive is null && !loose)
             throw BadRequest(
-                $"the upload has no adapter files: send a 'file' part (.zip or .tar.gz) or '{PeftLoraConfig.FileName}' and '{AdapterValidator.WeightsFileName}' parts",
+                $"the upload has no adapter files: send a 'file' part (.zip or .tar.gz) or '{AdapterValidator.ConfigFileName}' and '{AdapterValidator.WeightsFileName}' parts",
                 "missing_adapter_files", "file");
         if (archive is not null) await Task.Run(() => staging.UseArchive(archive, store.ArchiveLimits), cancellationToken);
         return await store.CommitAsync(name, staging, replace, archive is not null ? "upload:archive" : "upload:files", cancellationToken);
     }
 
-    private static async Task<long> CopyAsync(Stream input, Stream output, long received, long limit, CancellationToken cancellationToken)
+    private static async Task<long> CopyAsync(Stream input, Stream output, long received, long limit, StoreWritePause pause, CancellationToken cancellationToken)
     {
         var buffer = new byte[1 << 16];
         int n;
@@ -96,6 +96,7 @@ internal static class AdapterUpload
             received += n;
             if (received > limit) throw TooLarge(limit, "the files sent so far exceed it");
             await output.WriteAsync(buffer.AsMemory(0, n), cancellationToken);
+            pause.At("receiving");
         }
         return received;
     }

@@ -27,6 +27,7 @@ public static class CommandLineFlags
         ["--log-format"] = "Server:LogFormat",
         ["--admin-key"] = "Server:AdminKey",
         ["--data-dir"] = "Server:DataDir",
+        ["--allowed-adapter-paths"] = "Server:AllowedAdapterPaths",
     };
 
     public static string[] Translate(IReadOnlyList<string> args)
@@ -64,10 +65,9 @@ public static class CommandLineFlags
             else
             {
                 result.Add($"--{path}={value}");
-                // The adapter store (Adapters room) reads its admin key from the top-level "admin-key" and its folder
-                // from Adapters:DataDirectory: the same flags reach it.
+                // The adapter store (Adapters room) reads its admin key from the top-level "admin-key": the same flag reaches it.
+                // It reads Server:DataDir itself (the data root; each base model's store is a folder in it).
                 if (flag == "--admin-key") result.Add($"--admin-key={value}");
-                if (flag == "--data-dir") result.Add($"--Adapters:DataDirectory={value}");
             }
         }
         for (int k = 0; k < apiKeys.Count; k++) result.Add($"--Server:ApiKeys:{k}={apiKeys[k]}");

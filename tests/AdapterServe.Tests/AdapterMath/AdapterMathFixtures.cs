@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Modeling;
 using AdapterServe.Modeling.Safetensors;
 using TorchSharp;
@@ -11,7 +12,7 @@ namespace AdapterServe.Tests.AdapterMath;
 /// A tiny frozen "base model" for adapter tests: random float32 weights for a few projections of two layers, shaped so
 /// that every case occurs: square (q), d_out &lt; d_in (v), d_out &gt; d_in (up), d_in &gt; d_out by a lot (down).
 /// </summary>
-sealed class TestBase
+sealed class TestBase : IBaseWeights
 {
     public static readonly IReadOnlyDictionary<Projection, (int Out, int In)> Shapes = new Dictionary<Projection, (int, int)>
     {
@@ -37,6 +38,12 @@ sealed class TestBase
 
     /// <summary>A random activation batch <c>[n, d_in]</c> for <paramref name="p"/>.</summary>
     public Tensor Input(Projection p, int n) => randn([n, Shapes[p].In], generator: _random);
+}
+
+/// <summary>Base weights served by a function (a checkpoint read on demand).</summary>
+sealed class FuncBaseWeights(Func<int, Projection, Tensor> weight) : IBaseWeights
+{
+    public Tensor Weight(int layer, Projection projection) => weight(layer, projection);
 }
 
 /// <summary>Builds a PEFT-named adapter (tensors keyed like adapter_model.safetensors) and its description by hand.</summary>
@@ -80,7 +87,7 @@ sealed class TestAdapter(string name, int version = 1, int seed = 1)
 
     public AdapterRecord Record()
     {
-        var description = new AdapterDescription(Kind, _modules.ToList(), FanInFanOut, KasaTruncation,
+        var description = new LoraDescription(Kind, _modules.ToList(), FanInFanOut, KasaTruncation,
             _tensors.Values.Sum(t => t.NumberOfElements * t.ElementSize));
         var now = DateTimeOffset.UnixEpoch;
         return new AdapterRecord(name, version, Directory, description, $"sha256:test-{name}-{version}", "test", now, now);
@@ -88,7 +95,7 @@ sealed class TestAdapter(string name, int version = 1, int seed = 1)
 
     /// <summary>Loads straight from the in-memory tensors (no file).</summary>
     public LoadedAdapter Load(TestBase model, ScalarType dtype = ScalarType.Float32) =>
-        LoadedAdapter.FromTensors(Record(), key => _tensors.GetValueOrDefault(key), model.Weight, CPU, dtype);
+        LoraKind.FromTensors(Record(), key => _tensors.GetValueOrDefault(key), model, CPU, dtype);
 
     /// <summary>Writes a PEFT directory (adapter_config.json + adapter_model.safetensors) and points the record at it.</summary>
     public void WriteDirectory(string directory, int r, double alpha)

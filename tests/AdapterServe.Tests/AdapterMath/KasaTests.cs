@@ -1,4 +1,5 @@
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Modeling;
 using static TorchSharp.torch;
 

@@ -1,4 +1,5 @@
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Modeling;
 using static TorchSharp.torch;
 
@@ -140,7 +141,7 @@ public class LoraMathTests
         var lora = new TestAdapter("holey").Module(0, Projection.Q, rank: 4, scaling: 1);
         string missing = TestAdapter.Prefix(0, Projection.Q) + ".lora_B.weight";
         var e = Assert.Throws<AdapterValidationException>(() =>
-            LoadedAdapter.FromTensors(lora.Record(), k => k == missing ? null : lora.Tensors.GetValueOrDefault(k), model.Weight, CPU, ScalarType.Float32));
+            LoraKind.FromTensors(lora.Record(), k => k == missing ? null : lora.Tensors.GetValueOrDefault(k), model, CPU, ScalarType.Float32));
         Assert.Contains(missing, e.Message);
         Assert.Contains("holey", e.Message);
     }
@@ -154,7 +155,7 @@ public class LoraMathTests
         string key = TestAdapter.Prefix(0, Projection.V) + ".lora_B.weight";
         var wrong = randn(12, 4);                                                                            // d_out 12, base has 8
         var e = Assert.Throws<AdapterValidationException>(() =>
-            LoadedAdapter.FromTensors(lora.Record(), k => k == key ? wrong : lora.Tensors.GetValueOrDefault(k), model.Weight, CPU, ScalarType.Float32));
+            LoraKind.FromTensors(lora.Record(), k => k == key ? wrong : lora.Tensors.GetValueOrDefault(k), model, CPU, ScalarType.Float32));
         Assert.Contains(key, e.Message);
         Assert.Contains("[12, 4]", e.Message);
         Assert.Contains("[8, 4]", e.Message);
@@ -172,7 +173,7 @@ public class LoraMathTests
         long f32Elements = (4 * 16 + 16 * 4 + 16) + (2 * 16 + 40 * 2);   // A + B + bias of q; A + B of up
         Assert.Equal(f32Elements * 4, f32.Bytes);
         Assert.Equal(f32Elements * 2, bf16.Bytes);
-        Assert.All(bf16.Modules, m => Assert.Equal(ScalarType.BFloat16, m.A.dtype));
+        Assert.All(bf16.LoraModules().All, m => Assert.Equal(ScalarType.BFloat16, m.A.dtype));
     }
 
     [Fact]
@@ -185,7 +186,7 @@ public class LoraMathTests
         {
             var lora = new TestAdapter("on-disk").Module(0, Projection.Q, rank: 4, scaling: 2.0, bias: true).Module(1, Projection.Down, rank: 4, scaling: 2.0);
             lora.WriteDirectory(dir.FullName, r: 4, alpha: 8);
-            using var adapter = LoadedAdapter.Load(lora.Record(), model.Weight, CPU, ScalarType.Float32);
+            using var adapter = LoadedAdapter.Load(lora.Record(), model, CPU, ScalarType.Float32);
 
             var x = model.Input(Projection.Q, 3);
             var expected = Reference.Linear(x, Reference.MergedLora(model.Weight(0, Projection.Q), lora.A(0, Projection.Q), lora.B(0, Projection.Q), 2.0))
@@ -205,7 +206,7 @@ public class LoraMathTests
         var model = new TestBase();
         var lora = new TestAdapter("ghost") { Directory = Path.Combine(Path.GetTempPath(), "adapterserve-no-such-adapter-" + Guid.NewGuid()) }
             .Module(0, Projection.Q, rank: 4, scaling: 1);
-        var e = Assert.Throws<AdapterValidationException>(() => LoadedAdapter.Load(lora.Record(), model.Weight, CPU, ScalarType.Float32));
+        var e = Assert.Throws<AdapterValidationException>(() => LoadedAdapter.Load(lora.Record(), model, CPU, ScalarType.Float32));
         Assert.Contains("ghost", e.Message);
         Assert.Contains(LoadedAdapter.WeightsFileName, e.Message);
     }

@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Modeling;
 using AdapterServe.Modeling.Safetensors;
 using AdapterServe.Tests.Safetensors;
@@ -38,13 +39,13 @@ public class RealAdapterTests
             modules.Add(new AdapterModuleSpec(layer, p, rank, alpha / rank, false, false, false, prefix));
         }
         Assert.Equal(5 * 7, modules.Count);
-        var description = new AdapterDescription(AdapterKind.Lora, modules, false, "peft", new FileInfo(Path.Combine(adapterDir, LoadedAdapter.WeightsFileName)).Length);
+        var description = new LoraDescription(AdapterKind.Lora, modules, false, "peft", new FileInfo(Path.Combine(adapterDir, LoadedAdapter.WeightsFileName)).Length);
         var record = new AdapterRecord(name, 1, adapterDir, description, "sha256:real", "shared", DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch);
 
         var weights = new Dictionary<(int, Projection), Tensor>();
         Tensor BaseWeight(int layer, Projection p) =>
             weights.TryGetValue((layer, p), out var w) ? w : weights[(layer, p)] = baseFile.Read(ProjectionNames.ModulePath(layer, p) + ".weight");
-        using var adapter = LoadedAdapter.Load(record, BaseWeight, CPU, ScalarType.Float32);
+        using var adapter = LoadedAdapter.Load(record, new FuncBaseWeights(BaseWeight), CPU, ScalarType.Float32);
         using var batch = new AdapterBatch([AdapterSegment.Single(0, 4, adapter)]);
 
         var random = new Generator(3, CPU);

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Modeling;
 using Prometheus;
 using static TorchSharp.torch;
@@ -33,7 +34,7 @@ public class ResidencyCacheTests
         {
             Gate.Wait(LoadTimeout);
             var source = _adapters[(record.Name, record.Version)];
-            var loaded = LoadedAdapter.FromTensors(record, k => source.Tensors.GetValueOrDefault(k), Model.Weight, CPU, ScalarType.Float32);
+            var loaded = LoraKind.FromTensors(record, k => source.Tensors.GetValueOrDefault(k), Model, CPU, ScalarType.Float32);
             Produced.Add(loaded);
             return loaded;
         }
@@ -213,7 +214,7 @@ public class ResidencyCacheTests
     {
         var model = new TestBase();
         var metrics = new AdapterResidencyMetrics(Metrics.WithCustomRegistry(Metrics.NewCustomRegistry()));
-        using var cache = new AdapterResidencyCache(new ResidencyOptions(), model.Weight, CPU, ScalarType.Float32, metrics: metrics);
+        using var cache = new AdapterResidencyCache(new ResidencyOptions(), model, CPU, ScalarType.Float32, metrics: metrics);
         var missing = new TestAdapter("vanished") { Directory = Path.Combine(Path.GetTempPath(), "adapterserve-missing-" + Guid.NewGuid()) }
             .Module(0, Projection.Q, 4, 1.0).Record();
 
@@ -245,7 +246,7 @@ public class ResidencyCacheTests
             var lora = new TestAdapter("disk").Module(1, Projection.V, rank: 4, scaling: 2.0);
             lora.WriteDirectory(dir.FullName, r: 4, alpha: 8);
             var metrics = new AdapterResidencyMetrics(Metrics.WithCustomRegistry(Metrics.NewCustomRegistry()));
-            using var cache = new AdapterResidencyCache(new ResidencyOptions(), model.Weight, CPU, ScalarType.Float32, metrics: metrics);
+            using var cache = new AdapterResidencyCache(new ResidencyOptions(), model, CPU, ScalarType.Float32, metrics: metrics);
 
             var lease = cache.Acquire(lora.Record());
             var adapter = Ready(cache, lease);

@@ -18,19 +18,18 @@ public sealed class AdapterEngineFixture : IAsyncDisposable
     public required AdapterResidencyCache Cache { get; init; }
     public required string ModelDirectory { get; init; }
 
-    public static async Task<AdapterEngineFixture> StartAsync(string modelDir, int maxDeviceAdapters = 8, int maxBatch = 8)
+    /// <param name="kinds">The adapter kinds the store accepts (default: the built-in ones).</param>
+    public static async Task<AdapterEngineFixture> StartAsync(string modelDir, int maxDeviceAdapters = 8, int maxBatch = 8, AdapterKinds? kinds = null)
     {
         var config = ModelConfig.Load(Path.Combine(modelDir, "config.json"));
-        GenerationEngine? engine = null;
-        var cache = new AdapterResidencyCache(new ResidencyOptions { MaxDeviceAdapters = maxDeviceAdapters },
-            (layer, p) => engine!.BaseWeight(layer, p), CPU, ScalarType.Float32);
+        var cache = new AdapterResidencyCache(new ResidencyOptions { MaxDeviceAdapters = maxDeviceAdapters }, baseWeights: null, CPU, ScalarType.Float32);
         var registry = new AdapterRegistry();
-        engine = await EngineRunner.StartAsync(modelDir, maxBatch: maxBatch, maxContext: 128, adapters: new RegistryAdapterBinder(registry, cache));
+        var engine = await EngineRunner.StartAsync(modelDir, maxBatch: maxBatch, maxContext: 128, adapters: new RegistryAdapterBinder(registry, cache));
         var data = new TempDir();
         return new AdapterEngineFixture
         {
             ModelDirectory = modelDir, Cache = cache, Engine = engine, Data = data,
-            Store = new Store(new AdapterStoreOptions { DataDirectory = data.Path }, config, cache, registry),
+            Store = new Store(new AdapterStoreOptions { DataDirectory = data.Path }, config, cache, registry, kinds: kinds),
         };
     }
 

@@ -12,7 +12,7 @@ public class AdapterStoreResidencyTests : IDisposable
     private readonly TempFolder _temp = new();
     private readonly AdapterResidencyCache _cache = new(
         new ResidencyOptions(),
-        (layer, p) => randn(TestAdapter.TinyBase.ProjectionShape(p).Out, TestAdapter.TinyBase.ProjectionShape(p).In),
+        new AdapterMath.FuncBaseWeights((layer, p) => randn(TestAdapter.TinyBase.ProjectionShape(p).Out, TestAdapter.TinyBase.ProjectionShape(p).In)),
         CPU, ScalarType.Float32,
         metrics: new AdapterResidencyMetrics(Metrics.WithCustomRegistry(Metrics.NewCustomRegistry())));
 

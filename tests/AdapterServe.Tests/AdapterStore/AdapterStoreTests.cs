@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
 
@@ -47,7 +48,7 @@ public class AdapterStoreTests : IDisposable
 
     private static string Summary(AdapterRecord r) =>
         $"{r.Name} v{r.Version} {r.Directory} {r.ContentHash} {r.Source} {r.CreatedAt:O} {r.UpdatedAt:O} {r.Description.Kind} {r.Description.WeightBytes} " +
-        string.Join(",", r.Description.Modules.Select(m => $"{m.Layer}/{m.Projection}/{m.Rank}/{m.Scaling}/{m.TensorPrefix}"));
+        string.Join(",", ((LoraDescription)r.Description).Modules.Select(m => $"{m.Layer}/{m.Projection}/{m.Rank}/{m.Scaling}/{m.TensorPrefix}"));
 
     [Fact]
     public async Task Stored_version_holds_the_peft_files_and_a_manifest_and_its_hash_is_over_sha256sum_lines()
@@ -84,7 +85,7 @@ public class AdapterStoreTests : IDisposable
         Assert.NotEqual(v1.ContentHash, resolvedAfter.ContentHash);
         // A request that resolved v1 still finds v1's files, whole.
         Assert.Same(v1, resolvedBefore);
-        Assert.Equal(v1.Description.Modules.Count, AdapterValidator.Validate(v1.Directory, TestAdapter.TinyBase).Modules.Count);
+        Assert.Equal(v1.Description.ModuleSummaries.Count, AdapterValidator.Validate(v1.Directory, TestAdapter.TinyBase).ModuleSummaries.Count);
         Assert.Equal(0, store.CollectRetiredVersions());
         Assert.Equal([1, 2], store.VersionsOnDisk("swap"));
 
@@ -224,7 +225,7 @@ public class AdapterStoreTests : IDisposable
         File.WriteAllBytes(Path.Combine(source, "adapter_model.safetensors"), [0, 1, 2]);
 
         Assert.Equal("path:" + Path.GetFullPath(source), record.Source);
-        Assert.Equal(4, AdapterValidator.Validate(record.Directory, TestAdapter.TinyBase).Modules.Count);
+        Assert.Equal(4, AdapterValidator.Validate(record.Directory, TestAdapter.TinyBase).ModuleSummaries.Count);
         Assert.Equal(record.ContentHash, ContentHash.Compute(record.Directory, ["adapter_config.json", "adapter_model.safetensors"]).Hash);
     }
 
@@ -248,7 +249,7 @@ public class AdapterStoreTests : IDisposable
 
         var record = (await store.RegisterPathAsync("zara", zara, replace: false, TestContext.Current.CancellationToken)).Record;
 
-        Assert.Equal(35, record.Description.Modules.Count);
+        Assert.Equal(35, record.Description.ModuleSummaries.Count);
         Assert.Equal(File.ReadAllBytes(Path.Combine(zara, "adapter_model.safetensors")), File.ReadAllBytes(Path.Combine(record.Directory, "adapter_model.safetensors")));
         Assert.Equal(["zara"], NewStore(baseModel: baseModel).Registry.List().Select(r => r.Name));
     }
@@ -287,7 +288,7 @@ public class AdapterStoreTests : IDisposable
 public class AdapterRegistryTests
 {
     private static AdapterRecord Record(string name, int version) =>
-        new(name, version, "/x", new AdapterDescription(AdapterKind.Lora, [], false, "peft", 0), "sha256:0", "test",
+        new(name, version, "/x", new LoraDescription(AdapterKind.Lora, [], false, "peft", 0), "sha256:0", "test",
             DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch);
 
     [Fact]

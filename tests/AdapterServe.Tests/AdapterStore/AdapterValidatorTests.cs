@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
 using static TorchSharp.torch;
@@ -13,8 +14,8 @@ public class AdapterValidatorTests : IDisposable
     private readonly TempFolder _temp = new();
     private int _count;
 
-    private AdapterDescription Validate(TestAdapter adapter, ModelConfig? baseModel = null) =>
-        AdapterValidator.Validate(adapter.WriteTo(_temp.Sub($"a{_count++}")), baseModel ?? TestAdapter.TinyBase);
+    private LoraDescription Validate(TestAdapter adapter, ModelConfig? baseModel = null) =>
+        (LoraDescription)AdapterValidator.Validate(adapter.WriteTo(_temp.Sub($"a{_count++}")), baseModel ?? TestAdapter.TinyBase);
 
     private AdapterValidationException Refused(TestAdapter adapter) =>
         Assert.Throws<AdapterValidationException>(() => Validate(adapter));
@@ -294,7 +295,7 @@ public class AdapterValidatorTests : IDisposable
     public void Header_only_validation_does_not_read_the_weights()
     {
         string dir = BadAdapters.Tensors("nan").WriteTo(_temp.Sub("nan"));
-        var d = AdapterValidator.Validate(dir, TestAdapter.TinyBase, new AdapterValidationOptions(ScanWeights: false));
+        var d = (LoraDescription)AdapterValidator.Validate(dir, TestAdapter.TinyBase, new AdapterValidationOptions(ScanWeights: false));
         Assert.Equal(4, d.Modules.Count);
     }
 
@@ -305,7 +306,7 @@ public class AdapterValidatorTests : IDisposable
     {
         string models = SharedModels.Require("");
         var baseModel = ModelConfig.Load(Path.Combine(models, "stories260K-hf", "config.json"));
-        var d = AdapterValidator.Validate(Path.Combine(models, "adapters", name), baseModel);
+        var d = (LoraDescription)AdapterValidator.Validate(Path.Combine(models, "adapters", name), baseModel);
 
         Assert.Equal(AdapterKind.Lora, d.Kind);
         Assert.Equal(5 * 7, d.Modules.Count);

@@ -21,7 +21,7 @@ public sealed class ConfigurationTests
         Assert.Equal([
             "--Engine:ModelPath=/m", "--Engine:ServedModelName=base", "--Engine:Device=cpu", "--Engine:Dtype=bfloat16", "--Server:Host=0.0.0.0",
             "--Server:Port=9000", "--Engine:MaxBatch=4", "--Engine:MaxQueue=9", "--Engine:MaxTokensPerStep=64", "--Engine:MaxContext=256",
-            "--Server:LogFormat=json", "--Server:AdminKey=adm", "--admin-key=adm", "--Server:DataDir=/d", "--Adapters:DataDirectory=/d", "--environment=Development", "--Engine:Dtype=float32",
+            "--Server:LogFormat=json", "--Server:AdminKey=adm", "--admin-key=adm", "--Server:DataDir=/d", "--environment=Development", "--Engine:Dtype=float32",
             "--Server:ApiKeys:0=a", "--Server:ApiKeys:1=b", "--Server:ApiKeys:2=c",
         ], args);
     }

@@ -9,12 +9,26 @@ using Microsoft.Extensions.DependencyInjection;
 
 namespace AdapterServe.Tests.Server;
 
-/// <summary>The real server (Program) with configuration overrides and, optionally, the engine replaced by a double.</summary>
+/// <summary>
+/// The real server (Program) with configuration overrides and, optionally, the engine replaced by a double. Unless the
+/// settings name a data folder, the server gets a fresh temporary <c>Server:DataDir</c> (removed on dispose), never the
+/// per-user default.
+/// </summary>
 public sealed class ServerFactory(IReadOnlyDictionary<string, string?> settings, IGenerationEngine? engine = null, Action<IServiceCollection>? services = null)
     : WebApplicationFactory<Program>
 {
+    private readonly string _dataRoot = Path.Combine(Path.GetTempPath(), "adapterserve-tests", "data", Guid.NewGuid().ToString("N"));
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        try { if (Directory.Exists(_dataRoot)) Directory.Delete(_dataRoot, recursive: true); }
+        catch (IOException) { }
+    }
+
     protected override void ConfigureWebHost(IWebHostBuilder builder)
     {
+        if (!settings.ContainsKey("Server:DataDir") && !settings.ContainsKey("Adapters:DataDirectory")) builder.UseSetting("Server:DataDir", _dataRoot);
         foreach (var (key, value) in settings) builder.UseSetting(key, value);
         builder.ConfigureTestServices(s =>
         {

@@ -1,7 +1,8 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using AdapterServe.Adapters.Store;
 
-namespace AdapterServe.Adapters.Store;
+namespace AdapterServe.Adapters.Kinds.Lora;
 
 /// <summary>How <c>target_modules</c> / <c>exclude_modules</c> select module paths (PEFT rules).</summary>
 public abstract record ModuleSelector

@@ -2,7 +2,7 @@ using AdapterServe.Modeling;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace AdapterServe.Adapters;
+namespace AdapterServe.Adapters.Kinds.Lora;
 
 /// <summary>
 /// The served weights of one adapted projection of one layer: a low-rank delta <c>ΔW = B·A</c> applied unmerged as

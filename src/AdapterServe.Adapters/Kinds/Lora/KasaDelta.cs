@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace AdapterServe.Adapters;
+namespace AdapterServe.Adapters.Kinds.Lora;
 
 /// <summary>
 /// KaSA (methods.md §2.2) served on the frozen shared base. KaSA's own forward is

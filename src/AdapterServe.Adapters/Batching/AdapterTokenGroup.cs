@@ -1,0 +1,61 @@
+using AdapterServe.Modeling;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters;
+
+/// <summary>
+/// The tokens of one forward step that one (adapter, scale) applies to: the rows of the step's <c>[N, d]</c> tensors
+/// that the adapter's kind reads and writes. Built by the step hook on the engine thread; owns a small index tensor
+/// when the rows are not one contiguous range.
+/// </summary>
+public sealed class AdapterTokenGroup : IDisposable
+{
+    private readonly Tensor? _index; // [n_g] int64 token rows, null when they are one contiguous range
+
+    internal AdapterTokenGroup(LoadedAdapter adapter, float scale, List<int> tokens)
+    {
+        Adapter = adapter;
+        Scale = scale;
+        tokens.Sort();
+        Tokens = tokens;
+        Start = tokens.Count == 0 ? 0 : tokens[0];
+        Count = tokens.Count;
+        IsContiguous = tokens.Count == 0 || tokens[^1] - tokens[0] + 1 == tokens.Count;
+        if (!IsContiguous)
+        {
+            using var inferenceOff = inference_mode(false);
+            _index = tensor(tokens.Select(t => (long)t).ToArray(), ScalarType.Int64, adapter.Device).DetachFromDisposeScope();
+        }
+    }
+
+    public LoadedAdapter Adapter { get; }
+    /// <summary>The request's scale for this adapter (duplicates within a sequence already summed).</summary>
+    public float Scale { get; }
+    /// <summary>The step's token rows, ascending.</summary>
+    public IReadOnlyList<int> Tokens { get; }
+    /// <summary>First row.</summary>
+    public long Start { get; }
+    /// <summary>Number of rows.</summary>
+    public long Count { get; }
+    /// <summary>True when the rows are <c>[Start, Start + Count)</c> (a narrow, no gather).</summary>
+    public bool IsContiguous { get; }
+
+    /// <summary>This group's rows of <paramref name="t"/> <c>[N, d]</c> → <c>[n_g, d]</c>.</summary>
+    public Tensor Rows(Tensor t) => _index is null ? t.narrow(0, Start, Count) : t.index_select(0, _index);
+
+    /// <summary><c>y[rows] += delta</c>.</summary>
+    public void AddRows(Tensor y, Tensor delta)
+    {
+        if (_index is null) TorchScalars.AddInPlace(y.narrow(0, Start, Count), delta);
+        else y.index_add_(0, _index, delta, TorchScalars.One);
+    }
+
+    /// <summary><c>y[rows] = values</c>.</summary>
+    public void SetRows(Tensor y, Tensor values)
+    {
+        if (_index is null) y.narrow(0, Start, Count).copy_(values);
+        else y.index_copy_(0, _index, values);
+    }
+
+    public void Dispose() => _index?.Dispose();
+}
