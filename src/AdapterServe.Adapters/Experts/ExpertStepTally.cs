@@ -16,11 +16,12 @@ public sealed class ExpertStepTally : IDisposable
 {
     private readonly ExpertUsage _usage;
     private readonly List<(ExpertSite Site, long RoutedTokens, Tensor Counts)> _pending = [];
+    private readonly List<(ExpertSite Site, long RoutedTokens)> _dense = [];
 
     internal ExpertStepTally(ExpertUsage usage) => _usage = usage;
 
     /// <summary>Sites recorded since the last flush.</summary>
-    public int PendingSites => _pending.Count;
+    public int PendingSites => _pending.Count + _dense.Count;
 
     /// <summary>
     /// Records a top-K routing: <paramref name="indices"/> <c>[N, K]</c> (int64) holds the expert ids chosen for each of
@@ -52,9 +53,23 @@ public sealed class ExpertStepTally : IDisposable
         Keep(site, selections.shape[0], counts);
     }
 
+    /// <summary>
+    /// Records a dense routing: each of the <paramref name="routedTokens"/> tokens used every expert of the site
+    /// (OMoE without top_k, a dense gate). Known on the host: no device work.
+    /// </summary>
+    public void RecordAll(ExpertSite site, long routedTokens)
+    {
+        ArgumentNullException.ThrowIfNull(site);
+        ArgumentOutOfRangeException.ThrowIfNegative(routedTokens);
+        _dense.Add((site, routedTokens));
+    }
+
     /// <summary>Copies every recorded count to the host in one transfer and adds them to the totals. Idempotent.</summary>
     public void Flush()
     {
+        foreach (var (site, routed) in _dense)
+            _usage.Add(site, routed, Enumerable.Repeat(routed, site.Experts.Count).ToArray());
+        _dense.Clear();
         if (_pending.Count == 0) return;
         long[] host;
         using (var scope = NewDisposeScope())
@@ -77,6 +92,7 @@ public sealed class ExpertStepTally : IDisposable
     {
         foreach (var p in _pending) p.Counts.Dispose();
         _pending.Clear();
+        _dense.Clear();
     }
 
     public void Dispose() => Discard();

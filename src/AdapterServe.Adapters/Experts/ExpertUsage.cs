@@ -29,6 +29,14 @@ public sealed class ExpertUsage
 
     public ExpertUsage(ExpertUsageMetrics? metrics = null) => Metrics = metrics ?? new ExpertUsageMetrics();
 
+    /// <summary>
+    /// The process's accounting (Prometheus default registry), which the mixture kinds' step executors report into:
+    /// kind handlers are shared singletons, like the Prometheus registry they feed.
+    /// </summary>
+    public static ExpertUsage Shared => SharedInstance.Value;
+
+    private static readonly Lazy<ExpertUsage> SharedInstance = new(() => new ExpertUsage());
+
     public ExpertUsageMetrics Metrics { get; }
 
     /// <summary>A fresh per-step tally that reports into this accounting when flushed.</summary>

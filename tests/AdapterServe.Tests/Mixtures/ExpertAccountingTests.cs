@@ -96,6 +96,21 @@ public class ExpertAccountingTests
     }
 
     [Fact]
+    public void A_dense_routing_counts_every_expert_once_per_routed_token()
+    {
+        var usage = NewUsage();
+        var site = new ExpertSite("omoe", 0, Projection.Up, ExpertSite.Indexed(4));
+        using var tally = usage.BeginStep();
+        tally.RecordAll(site, 6);
+        tally.RecordAll(site, 3);
+        tally.Flush();
+        var module = usage.Snapshot("omoe")!.Modules.Single();
+        Assert.Equal(9, module.RoutedTokens);
+        Assert.All(module.Experts, e => Assert.Equal(9, e.Selections));
+        Assert.Equal(1.0, module.LoadBalance!.Value, 12);
+    }
+
+    [Fact]
     public void A_discarded_step_counts_nothing()
     {
         var usage = NewUsage();

@@ -1,0 +1,159 @@
+using AdapterServe.Modeling;
+using TorchSharp;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn.functional;
+
+namespace AdapterServe.Adapters.Kinds.Omoe;
+
+/// <summary>
+/// OMoE at one adapted projection (methods.md §4.2): n LoRA experts of rank r whose per-token outputs
+/// <c>E_i = s·B_i(A_i x)</c> are orthonormalised in expert order (Gram–Schmidt, done as a batched reduced QR with the
+/// sign fix <c>Q ← Q·sign(diag R)</c>) and combined as <c>Σ_i g_i · ‖E_i‖ · q_i</c> (<c>rescale: "norm"</c>) or
+/// <c>Σ_i g_i · q_i</c> (<c>"none"</c>), with <c>g = softmax(x W_gᵀ)</c>; with <c>top_k</c> only the K selected experts
+/// (kept in expert order, gates renormalised over them) are orthonormalised. ε guard: an expert whose Gram–Schmidt
+/// residual is shorter than ε contributes nothing; such columns are moved behind the others before the QR so they
+/// cannot bend the directions of the remaining experts (exactly Gram–Schmidt with a skipped column).
+/// Per step a fixed number of native calls whatever n, K or the routing: one GEMM for all A (<c>A_all [n·r, d_in]</c>),
+/// one einsum for all B (<c>B_all [n, d_out, r]</c>), one batched QR. Built once at load; owns its tensors.
+/// </summary>
+public sealed class OmoeModule : IDisposable
+{
+    private readonly Tensor _eps;     // [] float32
+    private readonly Tensor _order;   // [k] float32, i / k: ranks the experts in expert order, guarded columns last
+
+    private OmoeModule(int experts, int rank, int? topK, bool rescaleNorm, Tensor router, Tensor aAll, Tensor bAll, Tensor eps, Tensor order)
+    {
+        Experts = experts;
+        Rank = rank;
+        TopK = topK;
+        RescaleNorm = rescaleNorm;
+        Router = router;
+        AAll = aAll;
+        BAll = bAll;
+        _eps = eps;
+        _order = order;
+        InFeatures = aAll.shape[1];
+        OutFeatures = bAll.shape[1];
+        Bytes = new[] { router, aAll, bAll }.Sum(t => t.NumberOfElements * t.ElementSize);
+    }
+
+    public int Experts { get; }
+    public int Rank { get; }
+    /// <summary>null: every expert takes part.</summary>
+    public int? TopK { get; }
+    public bool RescaleNorm { get; }
+    public long InFeatures { get; }
+    public long OutFeatures { get; }
+    public long Bytes { get; }
+    /// <summary><c>W_g [n, d_in]</c>, float32.</summary>
+    public Tensor Router { get; }
+    /// <summary><c>[n·r, d_in]</c>.</summary>
+    public Tensor AAll { get; }
+    /// <summary><c>[n, d_out, r]</c>, s folded in.</summary>
+    public Tensor BAll { get; }
+
+    /// <summary>Experts that take part per token: K, or n.</summary>
+    public int Active => TopK ?? Experts;
+
+    /// <param name="router"><c>W_g [n, d_in]</c>.</param>
+    /// <param name="a">Per expert <c>A_i [r, d_in]</c>.</param>
+    /// <param name="b">Per expert <c>B_i [d_out, r]</c> (unscaled).</param>
+    /// <param name="scaling">s = lora_alpha / r.</param>
+    public static OmoeModule Build(Tensor router, IReadOnlyList<Tensor> a, IReadOnlyList<Tensor> b, double scaling, int? topK, bool rescaleNorm, double eps, Device device, ScalarType dtype)
+    {
+        ArgumentNullException.ThrowIfNull(router);
+        int n = a.Count;
+        if (n < 1 || b.Count != n) throw new ArgumentException($"need as many A as B (got {a.Count} and {b.Count})", nameof(b));
+        if (router.dim() != 2 || router.shape[0] != n) throw new ArgumentException($"router must be [{n}, d_in], got [{string.Join(", ", router.shape)}]", nameof(router));
+        if (topK is { } k && (k < 1 || k > n)) throw new ArgumentOutOfRangeException(nameof(topK), $"top_k must be in 1..{n}, got {k}");
+        if (!(eps >= 0) || !double.IsFinite(eps)) throw new ArgumentOutOfRangeException(nameof(eps), "eps must be a finite number ≥ 0");
+
+        using var inferenceOff = inference_mode(false);
+        using var scope = NewDisposeScope();
+        var aAll = cat(a.Select(t => t.to(ScalarType.Float32)).ToArray(), 0);                                  // [n·r, d_in]
+        var bAll = TorchScalars.Mul(stack(b.Select(t => t.to(ScalarType.Float32)).ToArray(), 0), scaling);     // [n, d_out, r] = s·B_i
+        int active = topK ?? n;
+        var order = tensor(Enumerable.Range(0, active).Select(i => (float)i / active).ToArray());                  // [k] i / k < 1
+        Tensor Keep(Tensor t, ScalarType type) => t.to(type, device, copy: true).contiguous().DetachFromDisposeScope();
+        return new OmoeModule(n, (int)a[0].shape[0], topK, rescaleNorm,
+            Keep(router, ScalarType.Float32), Keep(aAll, dtype), Keep(bAll, dtype),
+            Keep(tensor((float)eps), ScalarType.Float32), Keep(order, ScalarType.Float32));
+    }
+
+    /// <summary>
+    /// Gates and the participating experts for every token: gates <c>[N, k]</c> and, with top_k, the selected expert
+    /// ids <c>[N, K]</c> in ascending (expert) order; without top_k, null (all experts, in order).
+    /// </summary>
+    public (Tensor Gates, Tensor? Selected) Route(Tensor x)
+    {
+        var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);      // [N, d_in]
+        var g = softmax(linear(xf, Router), -1);                                     // [N, n]
+        if (TopK is not { } k) return (g, null);
+        var (top, chosen) = g.topk(k, -1);                                           // [N, K] by probability
+        var (selected, perm) = chosen.sort(-1);                                      // [N, K] expert order
+        var gates = top.gather(1, perm);                                             // [N, K]
+        gates = gates.div(gates.sum(-1, keepdim: true));                  // renormalised over the K
+        return (gates, selected);
+    }
+
+    /// <summary>The per-token expert outputs <c>M [N, d_out, n]</c>, column i = s·B_i(A_i x), float32.</summary>
+    public Tensor ExpertOutputs(Tensor x)
+    {
+        long t = x.shape[0];
+        var xa = x.dtype == AAll.dtype ? x : x.to(AAll.dtype);
+        var h = linear(xa, AAll).view(t, Experts, Rank);                             // [N, n, r]
+        var m = einsum("nir,ior->noi", h, BAll);                                     // [N, d_out, n]
+        return m.dtype == ScalarType.Float32 ? m : m.to(ScalarType.Float32);
+    }
+
+    /// <summary>The adapter's contribution for every token <c>x [N, d_in]</c> → <c>[N, d_out]</c> (float32); <paramref name="selected"/> as <see cref="Route"/>.</summary>
+    public Tensor Delta(Tensor x, out Tensor? selected)
+    {
+        var (gates, chosen) = Route(x);                                              // [N, k], [N, K]?
+        selected = chosen;
+        var m = ExpertOutputs(x);                                                    // [N, d_out, n]
+        if (chosen is not null)
+            m = m.gather(2, chosen.unsqueeze(1).expand(-1, m.shape[1], -1));         // [N, d_out, K]
+        var (q, norms, perm) = Orthonormalise(m, _eps, _order);                      // [N, d_out, k], [N, k], [N, k]
+        var coefficients = gates.gather(1, perm);                                    // [N, k] g in q's column order
+        if (RescaleNorm) coefficients = coefficients.mul(norms);                     // g_i · ‖E_i‖
+        return q.matmul(coefficients.unsqueeze(-1)).squeeze(-1);                     // [N, d_out] = Σ_i c_i q_i
+    }
+
+    /// <summary>
+    /// Gram–Schmidt of the columns of <paramref name="m"/> <c>[N, d, k]</c> (float32) for every token at once. Columns
+    /// shorter than ε are moved behind the others first (a stable order: expert order, guarded last), then a reduced
+    /// QR; <c>Q ← Q · sign(diag R)</c>, and a column whose residual <c>|R_ii|</c> is below ε becomes zero.
+    /// </summary>
+    /// <param name="eps">0-dim float32.</param>
+    /// <param name="order"><c>[k]</c> float32, <c>i / k</c>.</param>
+    /// <returns>Q <c>[N, d, k]</c> (orthonormal or zero columns), the norms ‖E‖ <c>[N, k]</c> and the expert index of each column <c>[N, k]</c>, all in Q's column order.</returns>
+    public static (Tensor Q, Tensor Norms, Tensor Perm) Orthonormalise(Tensor m, Tensor eps, Tensor order)
+    {
+        var norms = m.mul(m).sum(1).sqrt();                                          // [N, k] ‖E_i‖ (no Scalar-taking norm op)
+        var key = TorchScalars.Add(norms.lt(eps).to(ScalarType.Float32), order);     // [N, k] guarded columns ≥ 1, the rest i/k
+        var perm = key.argsort(-1);                                                  // [N, k]
+        var sorted = m.gather(2, perm.unsqueeze(1).expand(-1, m.shape[1], -1));      // [N, d, k]
+        var (q, r) = linalg.qr(sorted);                                              // [N, d, k], [N, k, k]
+        var diagonal = r.diagonal(0, -2, -1);                                        // [N, k] ±‖residual_i‖
+        var fix = diagonal.sign().mul(diagonal.abs().ge(eps).to(ScalarType.Float32)); // [N, k] ±1, 0 where guarded
+        return (q.mul(fix.unsqueeze(1)), norms.gather(1, perm), perm);
+    }
+
+    /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
+    public OmoeModule To(Device device)
+    {
+        using var inferenceOff = inference_mode(false);
+        Tensor Copy(Tensor t) => t.to(device, copy: true).DetachFromDisposeScope();
+        return new OmoeModule(Experts, Rank, TopK, RescaleNorm, Copy(Router), Copy(AAll), Copy(BAll), Copy(_eps), Copy(_order));
+    }
+
+    public void Dispose()
+    {
+        Router.Dispose();
+        AAll.Dispose();
+        BAll.Dispose();
+        _eps.Dispose();
+        _order.Dispose();
+    }
+}
