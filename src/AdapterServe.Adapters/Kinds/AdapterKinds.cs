@@ -1,4 +1,5 @@
 using AdapterServe.Adapters.Kinds.Lora;
+using AdapterServe.Adapters.Kinds.Smore;
 
 namespace AdapterServe.Adapters;
 
@@ -15,6 +16,7 @@ public sealed class AdapterKinds
     public static AdapterKinds BuiltIn { get; } = new(
     [
         LoraKind.Instance,          // LORA: LoRA, rsLoRA, DoRA, KaSA
+        SmoreKind.Instance,         // HIER_MOE (moe_arch smore): S'MoRE
     ]);
 
     public AdapterKinds(IEnumerable<IAdapterKindHandler> handlers)

@@ -65,7 +65,7 @@ public static class LoraMixerValidator
             description = registered(name) ?? throw new AdapterValidationException(
                 $"adapter_config.json: expert '{name}' is not a registered adapter and not embedded under {LoraMixerConfig.ExpertsFolder}/{name}/", "expert_not_found");
         }
-        if (description.Kind is not (AdapterKind.Lora or AdapterKind.Kasa))
+        if (description.Kind != AdapterKind.Lora && description.Kind != AdapterKind.Kasa)
             throw new AdapterValidationException(
                 $"adapter_config.json: expert '{name}' is a {description.Kind} adapter; a LoRA-Mixer's experts must be plain LoRA (rsLoRA, KaSA) adapters", "invalid_expert");
         return new MixerExpert(name, Directory.Exists(embedded), description);
@@ -94,7 +94,7 @@ public static class LoraMixerValidator
             MixtureTensors.ExpectShape(file, router, [e, dIn], $"[experts = {e}, d_in = {dIn}] for {projection.ShortName()} of the base model");
             bool hasBias = parts.TryGetValue(RouterBiasSuffix, out var bias);
             if (hasBias) MixtureTensors.ExpectShape(file, bias!, [e], $"[experts = {e}]");
-            if (!experts.Any(x => x.Description.Modules.Any(m => m.Layer == layer && m.Projection == projection)))
+            if (!experts.Any(x => x.Description.ModuleSummaries.Any(m => m.Layer == layer && m.Projection == projection)))
                 throw MixtureTensors.Tensor(file, router.Name, $"routes '{module}', but none of the experts ({string.Join(", ", config.Experts)}) adapts it", "invalid_adapter_weights");
             routers.Add(new MixerRouterSpec(layer, projection, hasBias, prefix));
             bytes += parts.Values.Sum(p => p.End - p.Begin);

@@ -1,3 +1,4 @@
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Adapters.Store;
 

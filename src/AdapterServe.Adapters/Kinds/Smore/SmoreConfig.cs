@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Store;
 
 namespace AdapterServe.Adapters.Kinds.Smore;

@@ -1,22 +1,10 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 using AdapterServe.Modeling;
+using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling.Safetensors;
-using static TorchSharp.torch;
 
 namespace AdapterServe.Adapters.Kinds.Smore;
-
-/// <summary>One S'MoRE-adapted projection as validated: where its tensors are in the file.</summary>
-/// <param name="TensorPrefix">e.g. <c>base_model.model.model.layers.0.mlp.up_proj</c>.</param>
-public sealed record SmoreModuleSpec(int Layer, Projection Projection, string TensorPrefix);
-
-/// <summary>What a validated S'MoRE directory holds. Plain data: no tensors.</summary>
-public sealed record SmoreDescription(SmoreConfig Config, IReadOnlyList<SmoreModuleSpec> Modules, long WeightBytes)
-{
-    /// <summary>Expert labels of one module in the accounting's order: <c>l&lt;level&gt;.&lt;index&gt;</c>, leaf level first.</summary>
-    public IReadOnlyList<string> ExpertLabels =>
-        Enumerable.Range(0, Config.Levels).SelectMany(l => Enumerable.Range(0, Config.NumExperts[l]).Select(e => $"l{l}.{e}")).ToArray();
-}
 
 /// <summary>
 /// Checks an S'MoRE directory (<c>adapter_config.json</c> with peft_type HIER_MOE + <c>adapter_model.safetensors</c>)
@@ -27,31 +15,22 @@ public sealed record SmoreDescription(SmoreConfig Config, IReadOnlyList<SmoreMod
 /// </summary>
 public static partial class SmoreValidator
 {
-    public const string WeightsFileName = "adapter_model.safetensors";
-    public const string KeyPrefix = "base_model.model.";
+    public const string WeightsFileName = AdapterFiles.WeightsFileName;
+    public const string KeyPrefix = AdapterValidator.KeyPrefix;
 
     private static readonly SafetensorsDType[] ServedDTypes = [SafetensorsDType.F32, SafetensorsDType.F16, SafetensorsDType.BF16];
 
-    public static SmoreDescription Validate(string directory, ModelConfig baseModel, bool scanWeights = true)
+    /// <summary>Reads <c>adapter_config.json</c> of <paramref name="directory"/> and validates the directory.</summary>
+    public static SmoreDescription Validate(string directory, ModelConfig baseModel, bool scanWeights = true) =>
+        Validate(directory, SmoreConfig.Parse(AdapterValidator.ReadConfig(directory)), baseModel, scanWeights);
+
+    public static SmoreDescription Validate(string directory, SmoreConfig config, ModelConfig baseModel, bool scanWeights = true)
     {
-        var config = SmoreConfig.Load(Path.Combine(directory, SmoreConfig.FileName));
-        string weightsPath = Path.Combine(directory, WeightsFileName);
-        if (!File.Exists(weightsPath)) throw new AdapterValidationException($"{WeightsFileName} is missing", "missing_adapter_weights");
-
-        SafetensorsFile file;
-        try { file = SafetensorsFile.Open(weightsPath); }
-        catch (SafetensorsFormatException e)
-        {
-            throw new AdapterValidationException($"{WeightsFileName}: {e.Message.Replace(weightsPath, WeightsFileName)}", "invalid_safetensors");
-        }
-        catch (IOException e) { throw new AdapterValidationException($"{WeightsFileName} cannot be read: {e.Message.Replace(weightsPath, WeightsFileName)}", "invalid_safetensors"); }
-
-        using (file)
-        {
-            var description = Describe(file.Tensors.Values, config, baseModel);
-            if (scanWeights) ScanForNonFinite(file);
-            return description;
-        }
+        if (!File.Exists(Path.Combine(directory, WeightsFileName))) throw new AdapterValidationException($"{WeightsFileName} is missing", "missing_adapter_weights");
+        using var file = AdapterValidator.OpenSafetensors(directory, WeightsFileName);
+        var description = Describe(file.Tensors.Values, config, baseModel);
+        if (scanWeights) AdapterValidator.RefuseNonFinite(directory, WeightsFileName, file.Tensors.Values);
+        return description;
     }
 
     /// <summary>Checks the tensor names, dtypes and shapes of a header against the config and the base.</summary>
@@ -90,7 +69,7 @@ public static partial class SmoreValidator
             }
             foreach (var spec in layout.Where(t => !t.Optional && !parts.ContainsKey(t.Suffix)))
                 throw Tensor($"{prefix}.{spec.Suffix}", $"is missing (S'MoRE needs {spec.Why})", "missing_tensor");
-            specs.Add(new SmoreModuleSpec(layer, projection, prefix));
+            specs.Add(new SmoreModuleSpec(layer, projection, dIn, dOut, prefix));
         }
         return new SmoreDescription(config, specs, bytes);
     }
@@ -115,23 +94,6 @@ public static partial class SmoreValidator
 
     [GeneratedRegex(@"^model\.layers\.(?<layer>0|[1-9][0-9]*)\.(?:self_attn\.(?<proj>q_proj|k_proj|v_proj|o_proj)|mlp\.(?<proj>gate_proj|up_proj|down_proj))$")]
     private static partial Regex ModulePathRegex();
-
-    /// <summary>Reads every tensor (converted to float32) and refuses the first that holds NaN or ±Inf.</summary>
-    private static void ScanForNonFinite(SafetensorsFile file)
-    {
-        foreach (var entry in file.Tensors.Values.OrderBy(e => e.Begin))
-        {
-            using var scope = NewDisposeScope();
-            var values = file.Read(entry.Name, ScalarType.Float32);
-            if (values.NumberOfElements == 0) continue;
-            if (!isfinite(values).all().item<bool>())
-            {
-                long element = isfinite(values).logical_not().flatten().nonzero()[0, 0].item<long>();
-                string what = float.IsNaN(values.flatten()[element].item<float>()) ? "NaN" : "Inf";
-                throw Tensor(entry.Name, $"holds {what} (element {element}); weights must be finite", "non_finite_weights");
-            }
-        }
-    }
 
     private static AdapterValidationException Tensor(string name, string problem, string code) =>
         new($"{WeightsFileName}: tensor '{name}' {problem}", code);

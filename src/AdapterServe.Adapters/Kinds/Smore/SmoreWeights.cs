@@ -10,7 +10,7 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// <see cref="ExpertSite"/> under which each module's selections are counted (experts labelled <c>l&lt;level&gt;.&lt;index&gt;</c>).
 /// Owns its tensors.
 /// </summary>
-public sealed class SmoreWeights : IDisposable
+public sealed class SmoreWeights : IAdapterModules
 {
     private readonly Dictionary<(int Layer, Projection Projection), SmoreModule> _modules;
     private readonly Dictionary<(int Layer, Projection Projection), ExpertSite> _sites;
@@ -32,17 +32,19 @@ public sealed class SmoreWeights : IDisposable
 
     public SmoreModule? Module(int layer, Projection projection) => _modules.GetValueOrDefault((layer, projection));
 
+    public bool Targets(int layer, Projection projection) => _modules.ContainsKey((layer, projection));
+
     /// <summary>The accounting site of one module (built once at load).</summary>
     public ExpertSite Site(int layer, Projection projection) => _sites[(layer, projection)];
 
     /// <summary>Reads <c>adapter_model.safetensors</c> of <paramref name="directory"/> into float32 tensors on <paramref name="device"/>.</summary>
-    public static SmoreWeights Load(string adapter, string directory, SmoreDescription description, ModelConfig baseModel, Device device)
+    public static SmoreWeights Load(string adapter, string directory, SmoreDescription description, Device device)
     {
         string path = Path.Combine(directory, SmoreValidator.WeightsFileName);
         try
         {
             using var file = SafetensorsFile.Open(path);
-            return FromTensors(adapter, description, baseModel, key => file.Tensors.ContainsKey(key) ? file.Read(key, ScalarType.Float32, CPU) : null, device);
+            return FromTensors(adapter, description, key => file.Tensors.ContainsKey(key) ? file.Read(key, ScalarType.Float32, CPU) : null, device);
         }
         catch (SafetensorsFormatException e)
         {
@@ -55,16 +57,15 @@ public sealed class SmoreWeights : IDisposable
     }
 
     /// <param name="stored">The tensor stored under a full key (<c>{TensorPrefix}.moe_A.0</c>), or null.</param>
-    public static SmoreWeights FromTensors(string adapter, SmoreDescription description, ModelConfig baseModel, Func<string, Tensor?> stored, Device device)
+    public static SmoreWeights FromTensors(string adapter, SmoreDescription description, Func<string, Tensor?> stored, Device device)
     {
         var modules = new Dictionary<(int, Projection), SmoreModule>();
         try
         {
             foreach (var spec in description.Modules)
             {
-                var (dIn, dOut) = baseModel.ProjectionShape(spec.Projection);
                 using var scope = NewDisposeScope();
-                modules.Add((spec.Layer, spec.Projection), SmoreModule.FromTensors(description.Config, spec.Layer, spec.Projection, dIn, dOut,
+                modules.Add((spec.Layer, spec.Projection), SmoreModule.FromTensors(description.Config, spec.Layer, spec.Projection, spec.InFeatures, spec.OutFeatures,
                     suffix => stored($"{spec.TensorPrefix}.{suffix}"), device, spec.TensorPrefix));
             }
         }
@@ -77,6 +78,8 @@ public sealed class SmoreWeights : IDisposable
     }
 
     /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
+    IAdapterModules IAdapterModules.To(Device device) => To(device);
+
     public SmoreWeights To(Device device)
     {
         var copies = new Dictionary<(int, Projection), SmoreModule>();
