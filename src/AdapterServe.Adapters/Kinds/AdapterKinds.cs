@@ -1,4 +1,6 @@
 using AdapterServe.Adapters.Kinds.Lora;
+using AdapterServe.Adapters.Kinds.LoraMixer;
+using AdapterServe.Adapters.Kinds.Omoe;
 using AdapterServe.Adapters.Kinds.Smore;
 
 namespace AdapterServe.Adapters;
@@ -16,6 +18,8 @@ public sealed class AdapterKinds
     public static AdapterKinds BuiltIn { get; } = new(
     [
         LoraKind.Instance,          // LORA: LoRA, rsLoRA, DoRA, KaSA
+        LoraMixerKind.Instance,     // LORA_MIXER: routed top-K mixture of LoRA experts
+        OmoeKind.Instance,          // OMOE: orthogonal mixture of LoRA experts
         SmoreKind.Instance,         // HIER_MOE (moe_arch smore): S'MoRE
     ]);
 
@@ -39,4 +43,14 @@ public sealed class AdapterKinds
     public AdapterKinds With(params IEnumerable<IAdapterKindHandler> handlers) => new(Handlers.Concat(handlers));
 
     public bool TryFind(string peftType, out IAdapterKindHandler handler) => _byPeftType.TryGetValue(peftType, out handler!);
+
+    /// <summary>Does some kind place a file at this relative path (segments)? Before the kind is known (an upload), this decides what is received.</summary>
+    public bool Places(IReadOnlyList<string> segments) => Handlers.Any(h => h.Files.Places(segments));
+
+    /// <summary>The files of every kind present in <paramref name="directory"/> (see <see cref="AdapterFiles.Find"/>).</summary>
+    public IReadOnlyList<string> Find(string directory) =>
+        [.. Handlers.SelectMany(h => h.Files.Find(directory)).Distinct().Order(StringComparer.Ordinal)];
+
+    /// <summary>Every file pattern of every kind, for messages.</summary>
+    public string DescribeFiles() => string.Join(", ", Handlers.SelectMany(h => h.Files.Patterns).Select(p => p.Pattern).Distinct());
 }

@@ -8,24 +8,27 @@ namespace AdapterServe.Adapters.Store;
 public sealed record ArchiveLimits(int MaxEntries, long MaxUncompressedBytes);
 
 /// <summary>
-/// Takes the PEFT files out of an uploaded <c>.zip</c> or <c>.tar.gz</c> of an adapter directory (files at the root
+/// Takes the adapter files out of an uploaded <c>.zip</c> or <c>.tar.gz</c> of an adapter directory (files at the root
 /// or inside one top folder). Every entry is checked, not only the ones kept: no absolute paths or <c>..</c>
 /// segments (zip-slip), no symbolic or hard links, no devices, no duplicate names, at most
 /// <see cref="ArchiveLimits.MaxEntries"/> entries and <see cref="ArchiveLimits.MaxUncompressedBytes"/> bytes.
-/// Only the PEFT files are written to disk.
+/// Only files some kind places (<see cref="AdapterKinds.Places"/>, nested folders included) are written to disk;
+/// other files at the adapter folder's top (a README) are left behind, and a nested file no kind places is refused
+/// rather than silently dropped.
 /// </summary>
 public static class AdapterArchive
 {
-    /// <summary>The files an adapter directory may contribute (adapter_model.bin only to say why it is refused).</summary>
-    public static readonly string[] PeftFileNames = [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName, "adapter_model.bin"];
+    /// <summary>The files whose presence marks the adapter folder (adapter_model.bin only to say why it is refused).</summary>
+    public static readonly string[] PeftFileNames = [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName, AdapterValidator.PickleFileName];
 
     private enum EntryKind { File, Directory, Link, Metadata, Other }
 
     private sealed record Entry(string RawName, EntryKind Kind, long DeclaredLength, Func<Stream> Open);
 
-    /// <summary>Extracts into <paramref name="targetDirectory"/> and returns the folder that holds the PEFT files.</summary>
-    public static string ExtractPeftFiles(string archivePath, string targetDirectory, ArchiveLimits limits)
+    /// <summary>Extracts into <paramref name="targetDirectory"/> the files <paramref name="kinds"/> place and returns the adapter folder.</summary>
+    public static string ExtractPeftFiles(string archivePath, string targetDirectory, ArchiveLimits limits, AdapterKinds kinds)
     {
+        ArgumentNullException.ThrowIfNull(kinds);
         Directory.CreateDirectory(targetDirectory);
         string target = Path.GetFullPath(targetDirectory);
         try
@@ -34,8 +37,8 @@ public static class AdapterArchive
             Span<byte> magic = stackalloc byte[4];
             int read = stream.ReadAtLeast(magic, 4, throwOnEndOfStream: false);
             stream.Position = 0;
-            if (read >= 4 && magic[0] == 'P' && magic[1] == 'K' && magic[2] is 3 or 5) ExtractZip(stream, target, limits);
-            else if (read >= 2 && magic[0] == 0x1F && magic[1] == 0x8B) ExtractTarGz(stream, target, limits);
+            if (read >= 4 && magic[0] == 'P' && magic[1] == 'K' && magic[2] is 3 or 5) ExtractZip(stream, target, limits, kinds);
+            else if (read >= 2 && magic[0] == 0x1F && magic[1] == 0x8B) ExtractTarGz(stream, target, limits, kinds);
             else throw Invalid("the 'file' part is neither a .zip nor a .tar.gz archive", "unsupported_archive");
         }
         catch (InvalidDataException e) { throw Invalid($"the archive is corrupt: {e.Message}", "corrupt_archive"); }
@@ -49,7 +52,7 @@ public static class AdapterArchive
         return LocatePeftDirectory(target);
     }
 
-    private static void ExtractZip(Stream stream, string target, ArchiveLimits limits)
+    private static void ExtractZip(Stream stream, string target, ArchiveLimits limits, AdapterKinds kinds)
     {
         using var zip = new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: true);
         if (zip.Entries.Count > limits.MaxEntries)
@@ -63,14 +66,14 @@ public static class AdapterArchive
                 : unixType is 0 or regular ? EntryKind.File
                 : EntryKind.Other;
             return new Entry(e.FullName, kind, e.Length, e.Open);
-        }), target, limits);
+        }), target, limits, kinds);
     }
 
-    private static void ExtractTarGz(Stream stream, string target, ArchiveLimits limits)
+    private static void ExtractTarGz(Stream stream, string target, ArchiveLimits limits, AdapterKinds kinds)
     {
         using var gzip = new GZipStream(stream, CompressionMode.Decompress, leaveOpen: true);
         using var tar = new TarReader(gzip);
-        Extract(TarEntries(tar), target, limits);
+        Extract(TarEntries(tar), target, limits, kinds);
     }
 
     private static IEnumerable<Entry> TarEntries(TarReader tar)
@@ -89,7 +92,7 @@ public static class AdapterArchive
         }
     }
 
-    private static void Extract(IEnumerable<Entry> entries, string target, ArchiveLimits limits)
+    private static void Extract(IEnumerable<Entry> entries, string target, ArchiveLimits limits, AdapterKinds kinds)
     {
         int count = 0;
         long declared = 0, written = 0;
@@ -114,7 +117,12 @@ public static class AdapterArchive
             declared += Math.Max(0, entry.DeclaredLength);
             if (declared > limits.MaxUncompressedBytes)
                 throw TooLarge(limits);
-            if (segments.Count > 2 || !PeftFileNames.Contains(segments[^1])) continue;
+            if (!Placed(segments, kinds))
+            {
+                if (segments.Count <= 2) continue;   // a file at the adapter folder's top that no kind uses (README.md): left behind
+                throw Invalid($"archive entry '{shown}' is in a folder no adapter kind uses (adapter files: {kinds.DescribeFiles()}); " +
+                    "refusing rather than dropping it", "archive_unplaced_entry");
+            }
 
             string path = Path.GetFullPath(Path.Combine(target, Path.Combine([.. segments])));
             if (!path.StartsWith(target + Path.DirectorySeparatorChar, StringComparison.Ordinal))
@@ -132,6 +140,11 @@ public static class AdapterArchive
             }
         }
     }
+
+    /// <summary>Some kind places the entry, with the adapter folder at the archive's root or as its one top folder.</summary>
+    private static bool Placed(List<string> segments, AdapterKinds kinds) =>
+        kinds.Places(segments) || (segments.Count > 1 && kinds.Places(segments[1..]))
+        || (segments.Count <= 2 && segments[^1] == AdapterValidator.PickleFileName);
 
     /// <summary>The path's segments, refusing absolute paths, drive letters, '..' and NUL; '.' and empty segments dropped.</summary>
     private static List<string> SafeSegments(string rawName, string shown)

@@ -7,10 +7,12 @@ namespace AdapterServe.Adapters.Store;
 /// </summary>
 public sealed class AdapterStaging : IDisposable
 {
+    private readonly AdapterKinds _kinds;
     private int _uploads;
 
-    internal AdapterStaging(string tmpDirectory)
+    internal AdapterStaging(string tmpDirectory, AdapterKinds kinds)
     {
+        _kinds = kinds;
         Root = Path.Combine(tmpDirectory, Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(ReceivedDirectory);
         PeftDirectory = ReceivedDirectory;
@@ -18,20 +20,23 @@ public sealed class AdapterStaging : IDisposable
 
     public string Root { get; }
 
-    /// <summary>Where loose PEFT files are written and archives are unpacked.</summary>
+    /// <summary>Where loose adapter files are written and archives are unpacked.</summary>
     public string ReceivedDirectory => Path.Combine(Root, "received");
 
-    /// <summary>The folder holding adapter_config.json and adapter_model.safetensors (moved by <see cref="UseArchive"/>).</summary>
+    /// <summary>The adapter folder: adapter_config.json and the kind's other files (moved by <see cref="UseArchive"/>).</summary>
     public string PeftDirectory { get; private set; }
 
     /// <summary>A fresh path for a raw uploaded file (an archive before unpacking).</summary>
     public string NewUploadPath() => Path.Combine(Root, $"upload-{Interlocked.Increment(ref _uploads)}.bin");
 
-    /// <summary>Creates one loose PEFT file in <see cref="ReceivedDirectory"/>; refuses other names and a second copy.</summary>
+    /// <summary>True when some kind has a file of this name at the adapter folder's top (a loose upload part).</summary>
+    public bool IsAdapterFile(string fileName) => _kinds.Places([fileName]);
+
+    /// <summary>Creates one loose adapter file in <see cref="ReceivedDirectory"/>; refuses names no kind uses and a second copy.</summary>
     public FileStream CreateReceivedFile(string fileName)
     {
-        if (fileName is not (AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName))
-            throw new AdapterValidationException($"'{fileName}' is not a PEFT adapter file (expected {AdapterValidator.ConfigFileName} or {AdapterValidator.WeightsFileName})", "unexpected_part");
+        if (!IsAdapterFile(fileName))
+            throw new AdapterValidationException($"'{fileName}' is not an adapter file (expected one of: {_kinds.DescribeFiles()})", "unexpected_part");
         string path = Path.Combine(ReceivedDirectory, fileName);
         if (File.Exists(path)) throw new AdapterValidationException($"'{fileName}' was sent twice", "duplicate_part");
         return new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous);
@@ -42,18 +47,19 @@ public sealed class AdapterStaging : IDisposable
     {
         if (Directory.EnumerateFileSystemEntries(ReceivedDirectory).Any())
             throw new AdapterValidationException("send either one archive in the 'file' part or the loose PEFT files, not both", "conflicting_parts");
-        PeftDirectory = AdapterArchive.ExtractPeftFiles(archivePath, ReceivedDirectory, limits);
+        PeftDirectory = AdapterArchive.ExtractPeftFiles(archivePath, ReceivedDirectory, limits, _kinds);
     }
 
     /// <summary>
-    /// Copies the PEFT files of a folder on this machine. Only regular files are read (a FIFO, device or socket is refused
+    /// Copies the files of a folder on this machine that some kind places (nested folders included, see
+    /// <see cref="AdapterFiles.Find"/>). Only regular files are read (a FIFO, device or socket is refused
     /// before it is opened); a file that is a symbolic link is followed only when it resolves inside one of
     /// <paramref name="linkRoots"/> (the folder itself, the allowed folders). Stops at <paramref name="cancellationToken"/>
     /// between chunks.
     /// </summary>
     public void CopyFrom(string directory, IReadOnlyList<string> linkRoots, CancellationToken cancellationToken = default)
     {
-        foreach (var name in new[] { AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName, "adapter_model.bin" })
+        foreach (var name in _kinds.Find(directory).Append(AdapterValidator.PickleFileName).Distinct())
         {
             string source = Path.Combine(directory, name);
             var kind = HostPath.KindOf(source);
@@ -67,7 +73,9 @@ public sealed class AdapterStaging : IDisposable
             }
             if (kind != HostFileKind.RegularFile)
                 throw new AdapterValidationException($"'{name}' in lora_path is not a regular file (FIFOs, devices, sockets and folders are not read)", "adapter_path_not_regular");
-            CopyFile(source, Path.Combine(ReceivedDirectory, name), cancellationToken);
+            string target = Path.Combine(ReceivedDirectory, name);
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            CopyFile(source, target, cancellationToken);
         }
     }
 

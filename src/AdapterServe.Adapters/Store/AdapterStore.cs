@@ -69,7 +69,7 @@ public sealed class AdapterStore
     public long MaxUploadBytes => _options.MaxUploadBytes;
 
     /// <summary>A fresh staging folder for one incoming adapter; dispose it when done (commit moves what it keeps).</summary>
-    public AdapterStaging BeginStaging() => new(TmpDirectory);
+    public AdapterStaging BeginStaging() => new(TmpDirectory, _kinds);
 
     /// <summary>Refuses early (409) a new adapter whose name is taken, before its files are received.</summary>
     public void EnsureCanCreate(string name, bool replace)
@@ -371,17 +371,36 @@ public sealed class AdapterStore
 
     private (AdapterDescription, IReadOnlyList<StoredFile>) Prepare(string peftDirectory, string versionStaging)
     {
-        var description = AdapterValidator.Validate(peftDirectory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation));
+        var description = AdapterValidator.Validate(peftDirectory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation,
+            Registered: name => Registry.TryResolve(name, out var expert) ? expert : null));
+        var layout = description.Handler.Files;
+        RefuseUnplaced(peftDirectory, layout, description.Kind);
+        var names = layout.Find(peftDirectory);
         Directory.CreateDirectory(versionStaging);
-        string[] names = [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName];
+        var folders = new SortedSet<string>(StringComparer.Ordinal);
         foreach (var file in names)
         {
             string target = Path.Combine(versionStaging, file);
+            string folder = Path.GetDirectoryName(target)!;
+            if (folder != versionStaging && folders.Add(folder)) Directory.CreateDirectory(folder);
             File.Move(Path.Combine(peftDirectory, file), target);
             DurableFiles.FlushFile(target);
         }
+        foreach (var folder in folders.Reverse()) DurableFiles.FlushDirectory(folder);     // nested folders (a mixer's experts), deepest first
         var (_, files) = ContentHash.Compute(versionStaging, names);
         return (description, files);
+    }
+
+    /// <summary>Refuses a received file in a subfolder that the adapter's kind does not place (it would be dropped silently).</summary>
+    private static void RefuseUnplaced(string peftDirectory, AdapterFiles layout, AdapterKind kind)
+    {
+        foreach (var path in Directory.EnumerateFiles(peftDirectory, "*", SearchOption.AllDirectories))
+        {
+            string relative = Path.GetRelativePath(peftDirectory, path).Replace(Path.DirectorySeparatorChar, '/');
+            if (relative.Contains('/') && !layout.Places(relative))
+                throw new AdapterValidationException(
+                    $"'{relative}' is not a file of a {kind} adapter (its files: {string.Join(", ", layout.Patterns.Select(p => p.Pattern))})", "unexpected_adapter_file");
+        }
     }
 
     private void Open()

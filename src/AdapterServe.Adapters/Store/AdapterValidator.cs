@@ -8,7 +8,8 @@ namespace AdapterServe.Adapters.Store;
 
 /// <param name="ScanWeights">Read every weight and refuse NaN/Inf (false: config and header only, for listing at start).</param>
 /// <param name="DefaultKasaTruncation">KaSA truncation when the adapter's config does not say: "peft" or "official".</param>
-public sealed record AdapterValidationOptions(bool ScanWeights = true, string DefaultKasaTruncation = "peft");
+/// <param name="Registered">The current stored version of a registered adapter by name (a LoRA-Mixer's referenced experts), or null.</param>
+public sealed record AdapterValidationOptions(bool ScanWeights = true, string DefaultKasaTruncation = "peft", Func<string, AdapterRecord?>? Registered = null);
 
 /// <summary>
 /// Checks an adapter directory against the base model and describes it: reads <c>adapter_config.json</c>, picks the
@@ -19,6 +20,8 @@ public static class AdapterValidator
 {
     public const string ConfigFileName = AdapterFiles.ConfigFileName;
     public const string WeightsFileName = AdapterFiles.WeightsFileName;
+    /// <summary>PyTorch pickle weights: never loaded, only recognised to say why an adapter is refused.</summary>
+    public const string PickleFileName = "adapter_model.bin";
     /// <summary>PEFT's prefix of every adapter tensor key.</summary>
     public const string KeyPrefix = "base_model.model.";
 

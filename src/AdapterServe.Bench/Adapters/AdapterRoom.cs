@@ -56,7 +56,7 @@ public sealed class AdapterRoom : IAsyncDisposable
             try
             {
                 var description = AdapterValidator.Validate(dir, _model);
-                var (hash, _) = ContentHash.Compute(dir, [AdapterValidator.ConfigFileName, AdapterValidator.WeightsFileName]);
+                var (hash, _) = ContentHash.Compute(dir, description.Handler.Files.Find(dir));
                 _validated[dir] = known = (description, hash);
             }
             catch (AdapterValidationException e)

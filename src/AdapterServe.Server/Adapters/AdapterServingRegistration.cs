@@ -4,7 +4,6 @@ using AdapterServe.Engine;
 using AdapterServe.Modeling;
 using AdapterServe.Server.Generation;
 using AdapterServe.Server.OpenAI;
-using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 
 namespace AdapterServe.Server.Adapters;
@@ -23,7 +22,6 @@ public static class AdapterServingRegistration
         services.AddOptions<ResidencyOptions>().Bind(configuration.GetSection(ResidencySection))
             .Validate(o => { o.Validate(); return true; }).ValidateOnStart();
         services.AddSingleton(sp => sp.GetRequiredService<IGenerationEngine>().Config);
-        services.TryAddSingleton(sp => AdapterKinds.BuiltIn.With(sp.GetServices<IAdapterKindHandler>()));
         services.AddSingleton(sp =>
         {
             var engine = sp.GetRequiredService<IOptions<EngineOptions>>().Value;

@@ -42,6 +42,7 @@ public static class AdapterStoreRegistration
             .ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<AdapterStoreOptions>, AdapterStoreOptionsValidation>());
         services.TryAddSingleton<AdapterRegistry>();
+        services.TryAddSingleton(sp => AdapterKinds.BuiltIn.With(sp.GetServices<IAdapterKindHandler>()));   // plus AddAdapterKind<T>()
         services.TryAddSingleton(sp => new AdapterStore(
             sp.GetRequiredService<IOptions<AdapterStoreOptions>>().Value,
             baseModel?.Invoke(sp) ?? sp.GetRequiredService<ModelConfig>(),
@@ -50,7 +51,7 @@ public static class AdapterStoreRegistration
             sp.GetService<ILogger<AdapterStore>>(),
             sp.GetService<TimeProvider>(),
             sp.GetService<IGenerationEngine>()?.Model.Id,
-            sp.GetService<AdapterKinds>()));
+            sp.GetRequiredService<AdapterKinds>()));
         services.AddHostedService<AdapterStoreHost>();
         return services;
     }

@@ -53,8 +53,7 @@ internal static class AdapterUpload
                 name = await ReadTextAsync(section.Body, cancellationToken);
                 store.EnsureCanCreate(name, replace);
             }
-            else if (part is AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName
-                     || (part == "file" && fileName is AdapterValidator.ConfigFileName or AdapterValidator.WeightsFileName))
+            else if (staging.IsAdapterFile(part) || (part == "file" && staging.IsAdapterFile(fileName)))
             {
                 if (archive is not null) throw Conflicting();
                 string file = part == "file" ? fileName : part;

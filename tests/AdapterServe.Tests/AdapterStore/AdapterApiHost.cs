@@ -33,7 +33,7 @@ public sealed class AdapterApiHost : IAsyncDisposable
     public IServiceProvider Services => _app.Services;
 
     public static async Task<AdapterApiHost> StartAsync(string dataDirectory, FakeResidency? residency = null, ModelConfig? baseModel = null,
-        IDictionary<string, string?>? settings = null, string[]? args = null, bool swagger = false)
+        IDictionary<string, string?>? settings = null, string[]? args = null, bool swagger = false, Action<IServiceCollection>? services = null)
     {
         residency ??= new FakeResidency();
         var builder = WebApplication.CreateBuilder(args ?? []);
@@ -53,6 +53,7 @@ public sealed class AdapterApiHost : IAsyncDisposable
         builder.Services.AddSingleton(baseModel ?? TestAdapter.TinyBase);
         builder.Services.AddSingleton<IAdapterResidency>(residency);
         builder.Services.AddAdapterStore(builder.Configuration);
+        services?.Invoke(builder.Services);
         builder.Services.AddEndpointsApiExplorer();
         if (swagger) builder.Services.AddSwaggerGen();
         var app = builder.Build();

@@ -19,27 +19,27 @@ public class NewKindTests
     private static string ModelDir => TinyModels.Directory(Base);
     private static readonly Projection[] Square = [Projection.Q, Projection.O];
 
-    private static TestAdapter Gains(int seed)
+    /// <summary>Random gains for every square projection of every layer of <paramref name="baseModel"/>.</summary>
+    private static Dictionary<(int Layer, Projection Projection), float[]> Gains(int seed, ModelConfig baseModel)
     {
-        var adapter = new TestAdapter
-        {
-            Config = new JsonObject
-            {
-                ["peft_type"] = ScaledIdentityKind.PeftType,
-                ["target_modules"] = new JsonArray(Square.Select(p => (JsonNode)p.ShortName()).ToArray()),
-            },
-        };
         var random = new Random(seed);
-        for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
+        var gains = new Dictionary<(int, Projection), float[]>();
+        for (int layer = 0; layer < baseModel.NumHiddenLayers; layer++)
             foreach (var p in Square)
-                adapter.Add($"{TestAdapter.Prefix(layer, p)}{ScaledIdentityKind.Suffix}", [Base.ProjectionShape(p).In], random);
-        return adapter;
+                gains[(layer, p)] = Enumerable.Range(0, baseModel.ProjectionShape(p).In).Select(_ => (float)(random.NextDouble() - 0.5)).ToArray();
+        return gains;
     }
 
-    /// <summary><c>y + scale · x ⊙ g</c> on the adapted modules, from the adapter's own tensors (float64).</summary>
-    private static Func<string, Tensor, Tensor, Tensor> GainDelta(TestAdapter adapter, double scale) => (module, x, y) =>
-        adapter.Tensors.SingleOrDefault(t => t.Name == $"base_model.model.{module}{ScaledIdentityKind.Suffix}") is { } g
-            ? y + x * tensor(g.Values, g.Shape).to_type(ScalarType.Float64) * scale
+    private static string WriteGains(string directory, Dictionary<(int, Projection), float[]> gains)
+    {
+        ScaledIdentityKind.Write(directory, gains);
+        return directory;
+    }
+
+    /// <summary><c>y + scale · x ⊙ g</c> on the adapted modules, from the gains as written (float64).</summary>
+    private static Func<string, Tensor, Tensor, Tensor> GainDelta(Dictionary<(int, Projection), float[]> gains, double scale) => (module, x, y) =>
+        gains.FirstOrDefault(g => ProjectionNames.ModulePath(g.Key.Item1, g.Key.Item2) == module).Value is { } g
+            ? y + x * tensor(g).to_type(ScalarType.Float64) * scale
             : y;
 
     /// <summary><c>y + scale · x (s·B·A)ᵀ</c> on the adapted modules, from the adapter's own tensors (float64).</summary>
@@ -60,12 +60,13 @@ public class NewKindTests
         var kinds = AdapterKinds.BuiltIn.With(new ScaledIdentityKind());
         await using var f = await AdapterEngineFixture.StartAsync(ModelDir, kinds: kinds);
         using var tmp = new TempDir();
-        var gains = Gains(51);
+        var gains = Gains(51, Base);
         var lora = TestAdapter.Lora(r: 4, alpha: 8, projections: ProjectionNames.All, seed: 52, baseModel: Base);
-        var stored = (await f.RegisterAsync("gain", gains.WriteTo(tmp.Sub("gain")))).Record;
+        var stored = (await f.RegisterAsync("gain", WriteGains(tmp.Sub("gain"), gains))).Record;     // nested files, copied by path registration
         await f.RegisterAsync("lora", lora.WriteTo(tmp.Sub("lora")));
         Assert.Equal(ScaledIdentityKind.Name, stored.Description.Kind);
         Assert.Equal(["q_proj", "o_proj"], stored.Description.TargetModules);
+        Assert.True(File.Exists(Path.Combine(stored.Directory, ScaledIdentityKind.GainPath(Base.NumHiddenLayers - 1))));
 
         AdapterRef[][] adapters = [[], [new("gain")], [new("lora")], [new("gain", 0.5f), new("lora", 0.7f)], [new("gain", 2f)]];
         Func<string, Tensor, Tensor, Tensor>?[] merged =
@@ -102,13 +103,13 @@ public class NewKindTests
     public void The_built_in_kinds_refuse_the_new_peft_type_and_the_extended_list_describes_it()
     {
         using var tmp = new TempDir();
-        string dir = Gains(53).WriteTo(tmp.Sub("gain"));
+        string dir = WriteGains(tmp.Sub("gain"), Gains(53, Base));
         var e = Assert.Throws<AdapterValidationException>(() => AdapterValidator.Validate(dir, Base));
         Assert.Contains($"peft_type '{ScaledIdentityKind.PeftType}' is not supported", e.Message);
 
         var d = AdapterValidator.Validate(dir, Base, AdapterKinds.BuiltIn.With(new ScaledIdentityKind()));
         Assert.Equal(2 * Base.NumHiddenLayers, d.ModuleSummaries.Count);
-        Assert.All(d.ModuleSummaries, m => Assert.Equal(true, m.Details["gain"]));
+        Assert.All(d.ModuleSummaries, m => Assert.Equal(ScaledIdentityKind.GainPath(m.Layer), m.Details["gain_file"]));
     }
 
     [Fact]

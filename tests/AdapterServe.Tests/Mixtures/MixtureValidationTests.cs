@@ -37,7 +37,7 @@ public class MixtureValidationTests : IDisposable
         return dir;
     }
 
-    static AdapterDescription? NoneRegistered(string name) => null;
+    static AdapterRecord? NoneRegistered(string name) => null;
 
     static void EditConfig(string dir, Action<JsonObject> edit)
     {
@@ -75,7 +75,7 @@ public class MixtureValidationTests : IDisposable
     {
         string expertDir = Path.Combine(_root, "zara");
         PeftLoraWriter.Write(expertDir, Base, 2, Targets, seed: 1);
-        var zara = AdapterValidator.Validate(expertDir, Base);
+        var zara = new AdapterRecord("zara", 1, expertDir, AdapterValidator.Validate(expertDir, Base), "hash", "test", DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch);
         var layout = LoraMixerValidator.Validate(Mixer(registered: ["zara", "zara2"]), Base, n => n.StartsWith("zara") ? zara : null);
         Assert.All(layout.Experts, e => Assert.False(e.Embedded));
     }
@@ -178,7 +178,7 @@ public class MixtureValidationTests : IDisposable
         SafetensorsWriter.Write(weights, magnitudes);
         var e = Refused(() => LoraMixerValidator.Validate(dir, Base, NoneRegistered));
         Assert.Contains("expert 'expert-2'", e.Message);
-        Assert.Contains("Dora", e.Message);
+        Assert.Contains("dora", e.Message);
     }
 
     [Fact]

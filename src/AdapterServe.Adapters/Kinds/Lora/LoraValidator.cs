@@ -31,7 +31,7 @@ internal static partial class LoraValidator
         string weightsPath = Path.Combine(directory, WeightsFileName);
         if (!File.Exists(weightsPath))
         {
-            string hint = File.Exists(Path.Combine(directory, "adapter_model.bin"))
+            string hint = File.Exists(Path.Combine(directory, AdapterValidator.PickleFileName))
                 ? " (adapter_model.bin, a PyTorch pickle, is not accepted: save the adapter with safe_serialization=True)" : "";
             throw new AdapterValidationException($"{WeightsFileName} is missing{hint}", "missing_adapter_weights");
         }

@@ -1,3 +1,4 @@
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
@@ -10,7 +11,8 @@ public sealed record MixerRouterSpec(int Layer, Projection Projection, bool HasB
 
 /// <summary>One expert of a mixer: where it comes from and what it adapts.</summary>
 /// <param name="Embedded">True: the expert's files are in the mixer's <c>experts/&lt;Name&gt;/</c>; false: a registered adapter.</param>
-public sealed record MixerExpert(string Name, bool Embedded, AdapterDescription Description)
+/// <param name="Record">The registered version the mixer was validated against (null when embedded).</param>
+public sealed record MixerExpert(string Name, bool Embedded, AdapterDescription Description, AdapterRecord? Record = null)
 {
     /// <summary>The expert's folder inside the mixer's directory, when embedded.</summary>
     public string EmbeddedDirectory(string mixerDirectory) => Path.Combine(mixerDirectory, LoraMixerConfig.ExpertsFolder, Name);
@@ -30,10 +32,12 @@ public static class LoraMixerValidator
     private const string RouterSuffix = "router.weight", RouterBiasSuffix = "router.bias";
 
     /// <param name="registered">The current description of a registered adapter, or null when the name is not registered.</param>
-    public static LoraMixerLayout Validate(string directory, ModelConfig baseModel, Func<string, AdapterDescription?> registered, AdapterValidationOptions? options = null)
+    public static LoraMixerLayout Validate(string directory, ModelConfig baseModel, Func<string, AdapterRecord?> registered, AdapterValidationOptions? options = null) =>
+        Validate(directory, LoraMixerConfig.Load(Path.Combine(directory, LoraMixerConfig.FileName)), baseModel, registered, options);
+
+    public static LoraMixerLayout Validate(string directory, LoraMixerConfig config, ModelConfig baseModel, Func<string, AdapterRecord?> registered, AdapterValidationOptions? options = null)
     {
         options ??= new AdapterValidationOptions();
-        var config = LoraMixerConfig.Load(Path.Combine(directory, LoraMixerConfig.FileName));
         var experts = config.Experts.Select(name => Expert(directory, name, baseModel, registered, options)).ToList();
         var (routers, bytes) = Routers(Path.Combine(directory, LoraMixerConfig.RouterFileName), config, experts, baseModel, options.ScanWeights);
 
@@ -48,10 +52,11 @@ public static class LoraMixerValidator
     }
 
     /// <summary>Checks one expert: embedded (validated as a PEFT LoRA against the base) or registered.</summary>
-    public static MixerExpert Expert(string directory, string name, ModelConfig baseModel, Func<string, AdapterDescription?> registered, AdapterValidationOptions options)
+    public static MixerExpert Expert(string directory, string name, ModelConfig baseModel, Func<string, AdapterRecord?> registered, AdapterValidationOptions options)
     {
         string embedded = Path.Combine(directory, LoraMixerConfig.ExpertsFolder, name);
         AdapterDescription description;
+        AdapterRecord? record = null;
         if (Directory.Exists(embedded))
         {
             try { description = AdapterValidator.Validate(embedded, baseModel, options); }
@@ -62,13 +67,14 @@ public static class LoraMixerValidator
         }
         else
         {
-            description = registered(name) ?? throw new AdapterValidationException(
+            record = registered(name) ?? throw new AdapterValidationException(
                 $"adapter_config.json: expert '{name}' is not a registered adapter and not embedded under {LoraMixerConfig.ExpertsFolder}/{name}/", "expert_not_found");
+            description = record.Description;
         }
-        if (description.Kind != AdapterKind.Lora && description.Kind != AdapterKind.Kasa)
+        if (description is not LoraDescription lora || lora.NotMixable is not null)
             throw new AdapterValidationException(
                 $"adapter_config.json: expert '{name}' is a {description.Kind} adapter; a LoRA-Mixer's experts must be plain LoRA (rsLoRA, KaSA) adapters", "invalid_expert");
-        return new MixerExpert(name, Directory.Exists(embedded), description);
+        return new MixerExpert(name, record is null, description, record);
     }
 
     private static (List<MixerRouterSpec>, long) Routers(string path, LoraMixerConfig config, List<MixerExpert> experts, ModelConfig baseModel, bool scan)

@@ -1,6 +1,6 @@
+using AdapterServe.Adapters.Kinds.Lora;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Store;
 
 namespace AdapterServe.Adapters.Kinds.Mixtures;

@@ -17,10 +17,12 @@ public sealed record OmoeLayout(OmoeConfig Config, IReadOnlyList<OmoeModuleSpec>
 /// </summary>
 public static class OmoeValidator
 {
-    public static OmoeLayout Validate(string directory, ModelConfig baseModel, AdapterValidationOptions? options = null)
+    public static OmoeLayout Validate(string directory, ModelConfig baseModel, AdapterValidationOptions? options = null) =>
+        Validate(directory, OmoeConfig.Load(Path.Combine(directory, OmoeConfig.FileName)), baseModel, options);
+
+    public static OmoeLayout Validate(string directory, OmoeConfig config, ModelConfig baseModel, AdapterValidationOptions? options = null)
     {
         options ??= new AdapterValidationOptions();
-        var config = OmoeConfig.Load(Path.Combine(directory, OmoeConfig.FileName));
         const string file = OmoeConfig.WeightsFileName;
         int n = config.NumExperts, r = config.R;
         bool Known(string suffix) => suffix == "omoe_router.weight"

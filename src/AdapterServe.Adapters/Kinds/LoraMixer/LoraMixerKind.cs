@@ -1,0 +1,129 @@
+using System.Text.Json.Nodes;
+using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Lora;
+using AdapterServe.Adapters.Kinds.LoraMixer;
+using AdapterServe.Adapters.Kinds.Mixtures;
+using AdapterServe.Adapters.Store;
+using AdapterServe.Modeling;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters
+{
+    public readonly partial record struct AdapterKind
+    {
+        public static readonly AdapterKind LoraMixer = new("lora_mixer");
+    }
+}
+
+namespace AdapterServe.Adapters.Kinds.LoraMixer
+{
+    /// <summary>A validated LoRA-Mixer. Plain data: no tensors.</summary>
+    public sealed record LoraMixerDescription(LoraMixerLayout Layout)
+        : AdapterDescription(AdapterKind.LoraMixer, Layout.RouterBytes + Layout.Experts.Where(e => e.Embedded).Sum(e => e.Description.WeightBytes))
+    {
+        public override IAdapterKindHandler Handler => LoraMixerKind.Instance;
+        public override int MaxRank => Layout.Experts.Max(e => e.Description.MaxRank);
+        public override IReadOnlyList<string> TargetModules => Layout.Routers.Select(r => r.Projection.ShortName()).Distinct().ToList();
+        public override IReadOnlyList<AdapterModuleSummary> ModuleSummaries =>
+            Layout.Routers.Select(r => new AdapterModuleSummary(r.Layer, r.Projection, MaxRank, new Dictionary<string, object>
+            {
+                ["experts"] = string.Join(",", Layout.Config.Experts),
+                ["top_k"] = Layout.Config.TopK,
+                ["router_bias"] = r.HasBias,
+            })).ToList();
+        /// <summary>The registered LoRAs this mixer routes to (embedded experts belong to the mixer).</summary>
+        public override IReadOnlyList<string> DependsOn => Layout.Experts.Where(e => !e.Embedded).Select(e => e.Name).ToList();
+    }
+
+    /// <summary>
+    /// peft_type LORA_MIXER (methods.md §4.1): a router per module over LoRA experts, top-K, renormalised, served fused.
+    /// Files: <c>adapter_config.json</c>, <c>mixer_model.safetensors</c> and embedded experts under <c>experts/*/</c>.
+    /// </summary>
+    public sealed class LoraMixerKind : IAdapterKindHandler
+    {
+        public static LoraMixerKind Instance { get; } = new();
+
+        private LoraMixerKind() { }
+
+        public IReadOnlyList<string> PeftTypes { get; } = [LoraMixerConfig.PeftType];
+
+        public AdapterFiles Files { get; } = new(
+        [
+            new(AdapterFiles.ConfigFileName),
+            new(LoraMixerConfig.RouterFileName),
+            new($"{LoraMixerConfig.ExpertsFolder}/*/{AdapterFiles.ConfigFileName}", Required: false),
+            new($"{LoraMixerConfig.ExpertsFolder}/*/{AdapterFiles.WeightsFileName}", Required: false),
+        ]);
+
+        public AdapterDescription Describe(string directory, JsonObject config, ModelConfig baseModel, AdapterValidationOptions options) =>
+            new LoraMixerDescription(LoraMixerValidator.Validate(directory, LoraMixerConfig.Parse(MixtureConfigFields.From(config, LoraMixerConfig.FileName)),
+                baseModel, options.Registered ?? (_ => null), options));
+
+        public IAdapterModules Load(AdapterRecord record, IBaseWeights baseWeights, Device device, ScalarType dtype)
+        {
+            var description = record.Description as LoraMixerDescription
+                ?? throw new ArgumentException($"adapter '{record.Name}' is a '{record.Description.Kind}' adapter, not a LoRA-Mixer", nameof(record));
+            var layout = description.Layout;
+            var experts = new Dictionary<string, LoraModules>();
+            try
+            {
+                // Each expert's served LoRA weights (scalings folded, KaSA converted) are computed once in float32 and
+                // stacked; the per-expert copies are dropped after stacking.
+                foreach (var expert in layout.Experts)
+                {
+                    var expertRecord = expert.Embedded
+                        ? new AdapterRecord($"{record.Name}/{expert.Name}", record.Version, expert.EmbeddedDirectory(record.Directory), expert.Description, record.ContentHash, record.Source, record.CreatedAt, record.UpdatedAt)
+                        : expert.Record ?? throw new AdapterValidationException($"adapter '{record.Name}': expert '{expert.Name}' has no stored version", "expert_not_found");
+                    experts[expert.Name] = LoraModules.Load(expertRecord, baseWeights, CPU, ScalarType.Float32);
+                }
+                var weights = MixerWeights.Load(record.Directory, layout, record.Name, (name, layer, projection) =>
+                    experts[name].Module(layer, projection) is { } w ? new ExpertDelta(w.A, w.B, w.Bias) : null, device, dtype);
+                return new MixerModules(weights);
+            }
+            finally
+            {
+                foreach (var m in experts.Values) m.Dispose();
+            }
+        }
+
+        public IAdapterStepExecutor CreateStepExecutor(IReadOnlyList<AdapterTokenGroup> groups) =>
+            new MixerStepExecutor(groups, ExpertUsage.Shared.BeginStep());
+    }
+
+    /// <summary>The loaded tensors of one LoRA-Mixer version.</summary>
+    public sealed class MixerModules(MixerWeights weights) : IAdapterModules
+    {
+        public MixerWeights Weights { get; } = weights;
+        public long Bytes => Weights.Bytes;
+        public bool Targets(int layer, Projection projection) => Weights.Module(layer, projection) is not null;
+        public IAdapterModules To(Device device) => new MixerModules(Weights.To(device));
+        public void Dispose() => Weights.Dispose();
+    }
+
+    /// <summary>
+    /// The LoRA-Mixer's share of one step: per routed projection and mixer group, the fixed sequence of
+    /// <see cref="MixerModule.Delta"/> (two GEMMs on the stacked experts whatever E, K or the routing), the top-K ids
+    /// recorded on the device, the rows added in place.
+    /// </summary>
+    internal sealed class MixerStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally) : IAdapterStepExecutor
+    {
+        private readonly (AdapterTokenGroup Group, MixerWeights Weights)[] _groups =
+            [.. groups.Select(g => (g, (g.Adapter.Modules as MixerModules ?? throw new InvalidOperationException($"{g.Adapter} is not a LoRA-Mixer")).Weights))];
+
+        public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
+        {
+            foreach (var (g, weights) in _groups)
+            {
+                if (weights.Module(layer, projection) is not var (module, site)) continue;
+                if (module.InFeatures != x.shape[1] || module.OutFeatures != y.shape[1])
+                    throw new InvalidOperationException($"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.shape[1]}, {x.shape[1]}]");
+                var delta = module.Delta(g.Rows(x), out var selected);                 // [n_g, d_out]
+                tally.RecordTopK(site, selected);
+                if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
+                g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
+            }
+        }
+
+        public void Complete() => tally.Flush();
+    }
+}

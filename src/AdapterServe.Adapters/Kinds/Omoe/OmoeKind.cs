@@ -1,0 +1,96 @@
+using System.Text.Json.Nodes;
+using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Mixtures;
+using AdapterServe.Adapters.Kinds.Omoe;
+using AdapterServe.Adapters.Store;
+using AdapterServe.Modeling;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters
+{
+    public readonly partial record struct AdapterKind
+    {
+        public static readonly AdapterKind Omoe = new("omoe");
+    }
+}
+
+namespace AdapterServe.Adapters.Kinds.Omoe
+{
+    /// <summary>A validated OMoE adapter. Plain data: no tensors.</summary>
+    public sealed record OmoeDescription(OmoeLayout Layout) : AdapterDescription(AdapterKind.Omoe, Layout.WeightBytes)
+    {
+        public override IAdapterKindHandler Handler => OmoeKind.Instance;
+        public override int MaxRank => Layout.Config.R;
+        public override IReadOnlyList<string> TargetModules => Layout.Modules.Select(m => m.Projection.ShortName()).Distinct().ToList();
+        public override IReadOnlyList<AdapterModuleSummary> ModuleSummaries =>
+            Layout.Modules.Select(m => new AdapterModuleSummary(m.Layer, m.Projection, Layout.Config.R, new Dictionary<string, object>
+            {
+                ["experts"] = Layout.Config.NumExperts,
+                ["top_k"] = Layout.Config.TopK ?? Layout.Config.NumExperts,
+                ["scaling"] = Layout.Config.Scaling,
+                ["rescale"] = Layout.Config.RescaleNorm ? "norm" : "none",
+            })).ToList();
+    }
+
+    /// <summary>peft_type OMOE (methods.md §4.2): per-token Gram–Schmidt over n LoRA experts, in the PEFT two-file layout.</summary>
+    public sealed class OmoeKind : IAdapterKindHandler
+    {
+        public static OmoeKind Instance { get; } = new();
+
+        private OmoeKind() { }
+
+        public IReadOnlyList<string> PeftTypes { get; } = [OmoeConfig.PeftType];
+
+        public AdapterFiles Files => AdapterFiles.Peft;
+
+        public AdapterDescription Describe(string directory, JsonObject config, ModelConfig baseModel, AdapterValidationOptions options) =>
+            new OmoeDescription(OmoeValidator.Validate(directory, OmoeConfig.Parse(MixtureConfigFields.From(config, OmoeConfig.FileName)), baseModel, options));
+
+        public IAdapterModules Load(AdapterRecord record, IBaseWeights baseWeights, Device device, ScalarType dtype)
+        {
+            var description = record.Description as OmoeDescription
+                ?? throw new ArgumentException($"adapter '{record.Name}' is a '{record.Description.Kind}' adapter, not an OMoE one", nameof(record));
+            return new OmoeModules(OmoeWeights.Load(record.Directory, description.Layout, record.Name, device, dtype));
+        }
+
+        public IAdapterStepExecutor CreateStepExecutor(IReadOnlyList<AdapterTokenGroup> groups) =>
+            new OmoeStepExecutor(groups, ExpertUsage.Shared.BeginStep());
+    }
+
+    /// <summary>The loaded tensors of one OMoE adapter version.</summary>
+    public sealed class OmoeModules(OmoeWeights weights) : IAdapterModules
+    {
+        public OmoeWeights Weights { get; } = weights;
+        public long Bytes => Weights.Bytes;
+        public bool Targets(int layer, Projection projection) => Weights.Module(layer, projection) is not null;
+        public IAdapterModules To(Device device) => new OmoeModules(Weights.To(device));
+        public void Dispose() => Weights.Dispose();
+    }
+
+    /// <summary>
+    /// OMoE's share of one step: per adapted projection and OMoE group, the fixed sequence of <see cref="OmoeModule.Delta"/>
+    /// (whatever n, top_k or the routing), the selections recorded on the device, the rows added in place.
+    /// </summary>
+    internal sealed class OmoeStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally) : IAdapterStepExecutor
+    {
+        private readonly (AdapterTokenGroup Group, OmoeWeights Weights)[] _groups =
+            [.. groups.Select(g => (g, (g.Adapter.Modules as OmoeModules ?? throw new InvalidOperationException($"{g.Adapter} is not an OMoE adapter")).Weights))];
+
+        public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
+        {
+            foreach (var (g, weights) in _groups)
+            {
+                if (weights.Module(layer, projection) is not var (module, site)) continue;
+                if (module.InFeatures != x.shape[1] || module.OutFeatures != y.shape[1])
+                    throw new InvalidOperationException($"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.shape[1]}, {x.shape[1]}]");
+                var delta = module.Delta(g.Rows(x), out var selected);                 // [n_g, d_out] float32
+                if (selected is null) tally.RecordAll(site, g.Count);
+                else tally.RecordTopK(site, selected);
+                if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
+                g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
+            }
+        }
+
+        public void Complete() => tally.Flush();
+    }
+}
