@@ -30,7 +30,7 @@ public class SmoreServingTests
     /// <summary>
     /// <c>y + scale · naive tree(x)</c> on the adapted modules (float64), reporting each token's selections to <paramref name="seen"/>.
     /// </summary>
-    private static Func<string, Tensor, Tensor, Tensor> SmoreDelta(SmoreTestAdapter adapter, double scale, Action<string, List<int>[]>? seen = null) => (module, x, y) =>
+    internal static Func<string, Tensor, Tensor, Tensor> SmoreDelta(SmoreTestAdapter adapter, double scale, Action<string, List<int>[]>? seen = null) => (module, x, y) =>
     {
         string prefix = $"base_model.model.{module}";
         if (!adapter.Tensors.ContainsKey(prefix + ".moe_W_final")) return y;
@@ -48,7 +48,7 @@ public class SmoreServingTests
     };
 
     /// <summary><c>y + scale · x (s·B·A)ᵀ</c> on the adapted modules, from the adapter's own tensors (float64).</summary>
-    private static Func<string, Tensor, Tensor, Tensor> LoraDelta(TestAdapter adapter, double scale) => (module, x, y) =>
+    internal static Func<string, Tensor, Tensor, Tensor> LoraDelta(TestAdapter adapter, double scale) => (module, x, y) =>
     {
         string prefix = $"base_model.model.{module}";
         if (!adapter.Tensors.Any(t => t.Name == prefix + ".lora_A.weight")) return y;
