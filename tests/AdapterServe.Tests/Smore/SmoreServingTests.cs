@@ -41,10 +41,10 @@ public class SmoreServingTests
         for (int t = 0; t < tokens; t++)
         {
             var (d, selected) = naive.Token(rows.Skip(t * dIn).Take(dIn).ToArray());
-            Array.Copy(d, 0, delta, t * dOut, dOut);
+            for (int o = 0; o < dOut; o++) delta[t * dOut + o] = scale * d[o];
             seen?.Invoke(module, selected);
         }
-        return y + tensor(delta).view(tokens, dOut) * scale;
+        return TorchScalars.Add(y, tensor(delta).view(tokens, dOut));          // no implicit Scalar (platform notes)
     };
 
     /// <summary><c>y + scale · x (s·B·A)ᵀ</c> on the adapted modules, from the adapter's own tensors (float64).</summary>
@@ -56,7 +56,7 @@ public class SmoreServingTests
         var a = T(prefix + ".lora_A.weight");                                        // [r, d_in]
         var b = T(prefix + ".lora_B.weight");                                        // [d_out, r]
         double s = adapter.Config["lora_alpha"]!.GetValue<double>() / a.shape[0];
-        return y + x.matmul(b.matmul(a).t()) * (s * scale);
+        return TorchScalars.Add(y, x.matmul(b.matmul(a).t()), s * scale);
     };
 
     [Fact]
