@@ -43,6 +43,15 @@ public abstract record AdapterDescription(AdapterKind Kind, long WeightBytes)
     /// refuse deleting an adapter that others depend on.
     /// </summary>
     public virtual IReadOnlyList<string> DependsOn => [];
+    /// <summary>
+    /// The stored versions of <see cref="DependsOn"/> this description was validated against (the store checks they are
+    /// still current when it publishes, and re-validates dependents when one of them is replaced).
+    /// </summary>
+    public virtual IReadOnlyList<AdapterRecord> Dependencies => [];
+    /// <summary>A mixture's expert labels, in router order (the <c>expert</c> label of the expert metrics); null for kinds without experts.</summary>
+    public virtual IReadOnlyList<string>? Experts => null;
+    /// <summary>Experts chosen per token (a mixture's top-K; all experts for a dense mixture); null for kinds without experts.</summary>
+    public virtual int? TopK => null;
 }
 
 /// <summary>One stored version of a named adapter. Immutable; the registry swaps whole snapshots of these.</summary>

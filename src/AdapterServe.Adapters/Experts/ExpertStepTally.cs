@@ -18,7 +18,23 @@ public sealed class ExpertStepTally : IDisposable
     private readonly List<(ExpertSite Site, long RoutedTokens, Tensor Counts)> _pending = [];
     private readonly List<(ExpertSite Site, long RoutedTokens)> _dense = [];
 
+    private int _holders;
+
     internal ExpertStepTally(ExpertUsage usage) => _usage = usage;
+
+    internal ExpertUsage Usage => _usage;
+
+    /// <summary>True while executors of a step hold it (<see cref="ExpertUsage.JoinStep"/>).</summary>
+    internal bool Open => _holders > 0;
+
+    internal void Join() => _holders++;
+
+    /// <summary>One holder of the step is done (its executor completed); the last one flushes the step's counts in one copy.</summary>
+    public void Leave()
+    {
+        if (_holders <= 0) return;
+        if (--_holders == 0) Flush();
+    }
 
     /// <summary>Sites recorded since the last flush.</summary>
     public int PendingSites => _pending.Count + _dense.Count;

@@ -10,8 +10,9 @@ namespace AdapterServe.Adapters.Experts;
 public sealed record ExpertCount(string Expert, long Selections, double Share, double Utilisation);
 
 /// <summary>The counts of one (layer, module) of a mixture adapter.</summary>
-/// <param name="LoadBalance">Normalised entropy of the shares, 0 (one expert takes everything) … 1 (perfectly even); null before any selection.</param>
-public sealed record ExpertModuleUsage(int Layer, string Module, long RoutedTokens, long Selections, double? LoadBalance, IReadOnlyList<ExpertCount> Experts);
+/// <param name="LoadBalance">Normalised entropy of the shares since start, 0 (one expert takes everything) … 1 (perfectly even); null before any selection.</param>
+/// <param name="WindowLoadBalance">The same over the sliding window of <see cref="ExpertUsage.LoadBalanceWindowSteps"/> (the gauge's value).</param>
+public sealed record ExpertModuleUsage(int Layer, string Module, long RoutedTokens, long Selections, double? LoadBalance, double? WindowLoadBalance, IReadOnlyList<ExpertCount> Experts);
 
 /// <summary>Everything counted for one mixture adapter (all versions of the name), modules in (layer, projection) order.</summary>
 public sealed record ExpertAdapterUsage(string Adapter, IReadOnlyList<ExpertModuleUsage> Modules);
@@ -29,6 +30,26 @@ public sealed class ExpertUsage
 
     public ExpertUsage(ExpertUsageMetrics? metrics = null) => Metrics = metrics ?? new ExpertUsageMetrics();
 
+    /// <summary>Default of <see cref="LoadBalanceWindowSteps"/>.</summary>
+    public const int DefaultLoadBalanceWindowSteps = 64;
+
+    private int _window = DefaultLoadBalanceWindowSteps;
+
+    /// <summary>
+    /// The sliding window of <c>adapterserve_expert_load_balance</c>: the last this-many steps that routed tokens through
+    /// a module (steps where the module saw no token do not count). Set it at start (Experts:LoadBalanceWindowSteps);
+    /// a change applies to windows from then on.
+    /// </summary>
+    public int LoadBalanceWindowSteps
+    {
+        get => Volatile.Read(ref _window);
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(value, 1);
+            Volatile.Write(ref _window, value);
+        }
+    }
+
     /// <summary>
     /// The process's accounting (Prometheus default registry), which the mixture kinds' step executors report into:
     /// kind handlers are shared singletons, like the Prometheus registry they feed.
@@ -41,6 +62,21 @@ public sealed class ExpertUsage
 
     /// <summary>A fresh per-step tally that reports into this accounting when flushed.</summary>
     public ExpertStepTally BeginStep() => new(this);
+
+    [ThreadStatic] private static ExpertStepTally? t_openStep;
+
+    /// <summary>
+    /// The tally of the step being built on this thread (the engine thread), shared by every mixture kind of the step
+    /// so the whole step's counts reach the host in ONE copy. Each caller calls <see cref="ExpertStepTally.Leave"/>
+    /// once when its step is over; the last one flushes.
+    /// </summary>
+    public ExpertStepTally JoinStep()
+    {
+        var open = t_openStep;
+        if (open is null || !open.Open || !ReferenceEquals(open.Usage, this)) t_openStep = open = new ExpertStepTally(this);
+        open.Join();
+        return open;
+    }
 
     /// <summary>Adds one step's counts of one site: <paramref name="selections"/>[i] belongs to <c>site.Experts[i]</c>.</summary>
     public void Add(ExpertSite site, long routedTokens, ReadOnlySpan<long> selections)
@@ -55,6 +91,7 @@ public sealed class ExpertUsage
             var key = (site.Adapter, site.Layer, site.Projection);
             if (!_sites.TryGetValue(key, out var totals)) _sites[key] = totals = new SiteTotals();
             totals.RoutedTokens += routedTokens;
+            totals.Window.Push(selections, LoadBalanceWindowSteps);
             for (int i = 0; i < selections.Length; i++)
             {
                 long n = selections[i];
@@ -65,6 +102,7 @@ public sealed class ExpertUsage
                 if (n > 0) Metrics.Selections.WithLabels(site.Adapter, layer, site.Module, expert).Inc(n);
                 else Metrics.Selections.WithLabels(site.Adapter, layer, site.Module, expert).Publish();
             }
+            if (totals.Window.LoadBalance() is { } balance) Metrics.LoadBalance.WithLabels(site.Adapter, layer, site.Module).Set(balance);
         }
         Metrics.RoutedTokens.WithLabels(site.Adapter, layer, site.Module).Inc(routedTokens);
     }
@@ -92,7 +130,11 @@ public sealed class ExpertUsage
     public void Forget(string adapter)
     {
         lock (_lock)
-            foreach (var key in _sites.Keys.Where(k => k.Adapter == adapter).ToList()) _sites.Remove(key);
+            foreach (var key in _sites.Keys.Where(k => k.Adapter == adapter).ToList())
+            {
+                _sites.Remove(key);
+                Metrics.LoadBalance.RemoveLabelled(adapter, key.Layer.ToString(System.Globalization.CultureInfo.InvariantCulture), key.Projection.ShortName());
+            }
     }
 
     /// <summary>Normalised entropy <c>−Σ pᵢ ln pᵢ / ln E</c> of the shares pᵢ over E experts; 1 for a single expert; null when nothing was selected.</summary>
@@ -111,8 +153,36 @@ public sealed class ExpertUsage
         return entropy / Math.Log(selections.Count);
     }
 
+    /// <summary>The load balance of <paramref name="adapter"/>'s module over the sliding window (the gauge's value), or null.</summary>
+    public double? WindowLoadBalance(string adapter, int layer, Projection projection)
+    {
+        lock (_lock) return _sites.TryGetValue((adapter, layer, projection), out var totals) ? totals.Window.LoadBalance() : null;
+    }
+
+    /// <summary>The selections of the last <c>capacity</c> steps of one site, per expert index, with their running sum.</summary>
+    private sealed class SelectionWindow
+    {
+        private readonly Queue<long[]> _steps = new();
+        private long[] _sum = [];
+
+        public void Push(ReadOnlySpan<long> selections, int capacity)
+        {
+            if (_sum.Length != selections.Length) { _steps.Clear(); _sum = new long[selections.Length]; }
+            _steps.Enqueue(selections.ToArray());
+            for (int i = 0; i < selections.Length; i++) _sum[i] += selections[i];
+            while (_steps.Count > capacity)
+            {
+                var old = _steps.Dequeue();
+                for (int i = 0; i < old.Length; i++) _sum[i] -= old[i];
+            }
+        }
+
+        public double? LoadBalance() => ExpertUsage.LoadBalance(_sum);
+    }
+
     private sealed class SiteTotals
     {
+        public readonly SelectionWindow Window = new();
         public long RoutedTokens;
         public readonly List<string> Order = [];
         public readonly Dictionary<string, long> Selections = new(StringComparer.Ordinal);
@@ -124,7 +194,7 @@ public sealed class ExpertUsage
             var experts = Order.Select(e => new ExpertCount(e, Selections[e],
                 total == 0 ? 0 : (double)Selections[e] / total,
                 RoutedTokens == 0 ? 0 : (double)Selections[e] / RoutedTokens)).ToList();
-            return new ExpertModuleUsage(layer, module, RoutedTokens, total, LoadBalance(counts), experts);
+            return new ExpertModuleUsage(layer, module, RoutedTokens, total, LoadBalance(counts), Window.LoadBalance(), experts);
         }
     }
 }

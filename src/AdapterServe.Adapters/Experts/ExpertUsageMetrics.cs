@@ -14,8 +14,12 @@ public sealed class ExpertUsageMetrics
         RoutedTokens = factory.CreateCounter("adapterserve_expert_routed_tokens_total",
             "Token positions routed by a mixture adapter's router, per adapter, layer and module (utilisation = selections / routed tokens).",
             ["adapter", "layer", "module"]);
+        LoadBalance = factory.CreateGauge("adapterserve_expert_load_balance",
+            "Normalised entropy (0 = one expert takes every selection, 1 = perfectly even) of a mixture module's expert selection shares over the last Experts:LoadBalanceWindowSteps steps that routed tokens through it.",
+            ["adapter", "layer", "module"]);
     }
 
     public Counter Selections { get; }
     public Counter RoutedTokens { get; }
+    public Gauge LoadBalance { get; }
 }

@@ -103,6 +103,7 @@ public sealed class AdapterStore
 
         await _writes.WaitAsync(cancellationToken);
         AdapterCommit commit;
+        IReadOnlyList<AdapterRecord> refreshed;
         try
         {
             Registry.TryResolve(name, out var existing);
@@ -113,6 +114,8 @@ public sealed class AdapterStore
             string finalDirectory = Path.Combine(nameDirectory, VersionPrefix + version.ToString(CultureInfo.InvariantCulture));
             var now = _time.GetUtcNow();
             var record = new AdapterRecord(name, version, finalDirectory, description, ContentHash.Combine(files), source, existing?.CreatedAt ?? now, now);
+            EnsureDependenciesCurrent(record);
+            var dependents = existing is null ? [] : RevalidateDependents(record);
             AdapterManifest.For(record, files, _baseModel).Write(versionStaging);
             DurableFiles.FlushDirectory(versionStaging);
             WritePause.At("manifest");
@@ -129,8 +132,10 @@ public sealed class AdapterStore
             DurableFiles.FlushDirectory(nameDirectory);
             WritePause.At("renamed");
             Registry.Publish(record);
+            foreach (var dependent in dependents) Registry.Publish(dependent);
             if (existing is not null) _retired[(name, existing.Version)] = now;
             commit = new AdapterCommit(record, existing);
+            refreshed = dependents;
         }
         finally { _writes.Release(); }
 
@@ -139,6 +144,8 @@ public sealed class AdapterStore
         if (commit.Replaced is not null)
         {
             _residency.Forget(name);
+            // A mixture over the replaced adapter: new requests load it again with the new expert; running ones keep theirs.
+            foreach (var dependent in refreshed) _residency.Forget(dependent.Name);
             CollectRetiredVersions();
         }
         return commit;
@@ -234,6 +241,7 @@ public sealed class AdapterStore
         try
         {
             if (!Registry.TryResolve(name, out var record)) throw AdapterStoreException.NotFound(name);
+            EnsureNotReferenced(name, "deleted");
             int active = _residency.ActiveSequences(name);
             if (active > 0)
             {
@@ -280,6 +288,7 @@ public sealed class AdapterStore
         try
         {
             if (!Registry.TryResolve(name, out var record)) throw AdapterStoreException.NotFound(name);
+            EnsureNotReferenced(name, "unloaded");
             Withdraw(record);
             int active = _residency.ActiveSequences(name);
             if (active == 0)
@@ -369,6 +378,57 @@ public sealed class AdapterStore
     public IReadOnlyList<int> VersionsOnDisk(string name) =>
         AdapterName.IsValid(name) ? StoredVersions(Path.Combine(AdaptersDirectory, name)).Order().ToList() : [];
 
+    /// <summary>Registered adapters that use <paramref name="name"/> (a mixture's referenced experts), by name.</summary>
+    public IReadOnlyList<AdapterRecord> Dependents(string name) =>
+        Registry.List().Where(r => r.Name != name && r.Description.DependsOn.Contains(name, StringComparer.Ordinal)).ToList();
+
+    /// <summary>409 <c>adapter_referenced</c> naming the adapters that use <paramref name="name"/>.</summary>
+    private void EnsureNotReferenced(string name, string verb)
+    {
+        var users = Dependents(name);
+        if (users.Count > 0)
+            throw new AdapterStoreException(
+                $"adapter '{name}' cannot be {verb}: it is an expert of {string.Join(", ", users.Select(u => $"'{u.Name}'"))}; delete or replace {(users.Count == 1 ? "that adapter" : "those adapters")} first",
+                "adapter_referenced", 409, "name");
+    }
+
+    /// <summary>The registered versions a new adapter was validated against must still be the current ones (writes lock held).</summary>
+    private void EnsureDependenciesCurrent(AdapterRecord record)
+    {
+        foreach (var dependency in record.Description.Dependencies)
+        {
+            if (!Registry.TryResolve(dependency.Name, out var now))
+                throw new AdapterValidationException($"adapter_config.json: expert '{dependency.Name}' was deleted while '{record.Name}' was being stored", "expert_not_found");
+            if (!ReferenceEquals(now, dependency))
+                throw new AdapterStoreException($"expert '{dependency.Name}' was replaced while '{record.Name}' was being stored; send it again", "expert_changed", 409, "name");
+        }
+    }
+
+    /// <summary>
+    /// The adapters that use <paramref name="replacement"/>'s name, validated again against it (same version, new
+    /// expert); a dependent the replacement no longer fits refuses the replacement with 409 naming it (writes lock held).
+    /// </summary>
+    private IReadOnlyList<AdapterRecord> RevalidateDependents(AdapterRecord replacement)
+    {
+        var refreshed = new List<AdapterRecord>();
+        foreach (var dependent in Dependents(replacement.Name))
+        {
+            try
+            {
+                var description = AdapterValidator.Validate(dependent.Directory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: false, _options.KasaTruncation,
+                    Registered: n => n == replacement.Name ? replacement : Registry.TryResolve(n, out var r) ? r : null));
+                refreshed.Add(dependent with { Description = description });
+            }
+            catch (AdapterValidationException e)
+            {
+                throw new AdapterStoreException(
+                    $"adapter '{replacement.Name}' cannot be replaced by this version: '{dependent.Name}' uses it as an expert and would not fit it ({e.Message})",
+                    "adapter_referenced", 409, "name");
+            }
+        }
+        return refreshed;
+    }
+
     private (AdapterDescription, IReadOnlyList<StoredFile>) Prepare(string peftDirectory, string versionStaging)
     {
         var description = AdapterValidator.Validate(peftDirectory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: true, _options.KasaTruncation,
@@ -417,42 +477,56 @@ public sealed class AdapterStore
         if (stale > 0) DurableFiles.FlushDirectory(TmpDirectory);
         var expectedBase = BaseModelShape.Of(_baseModel);
 
-        foreach (var nameDirectory in Directory.EnumerateDirectories(AdaptersDirectory).Order(StringComparer.Ordinal))
+        // Two passes: a mixture whose referenced expert is listed after it opens once the others are open.
+        var pending = Directory.EnumerateDirectories(AdaptersDirectory).Order(StringComparer.Ordinal).ToList();
+        for (int pass = 0; pass < 2 && pending.Count > 0; pass++)
         {
-            string name = Path.GetFileName(nameDirectory);
-            if (!AdapterName.IsValid(name)) { _logger.LogWarning("Ignoring {Path}: not a valid adapter name", nameDirectory); continue; }
-            if (IsBaseModelName(name)) { _logger.LogWarning("Ignoring {Path}: an adapter may not be named like the base model", nameDirectory); continue; }
-            var versions = StoredVersions(nameDirectory).OrderDescending().ToList();
-            foreach (int uncommitted in versions.Where(v => !File.Exists(Path.Combine(VersionDirectory(name, v), AdapterManifest.FileName))).ToList())
+            bool retrying = pass == 1;
+            var deferred = new List<string>();
+            foreach (var nameDirectory in pending)
             {
-                _logger.LogWarning("Removing uncommitted {Path} (no manifest)", VersionDirectory(name, uncommitted));
-                TryDelete(VersionDirectory(name, uncommitted));
-                versions.Remove(uncommitted);
-            }
-            if (versions.Count == 0)
-            {
-                if (!Directory.EnumerateFileSystemEntries(nameDirectory).Any()) TryDelete(nameDirectory);
-                continue;
-            }
+                string name = Path.GetFileName(nameDirectory);
+                if (!AdapterName.IsValid(name)) { _logger.LogWarning("Ignoring {Path}: not a valid adapter name", nameDirectory); continue; }
+                if (IsBaseModelName(name)) { _logger.LogWarning("Ignoring {Path}: an adapter may not be named like the base model", nameDirectory); continue; }
+                var versions = StoredVersions(nameDirectory).OrderDescending().ToList();
+                foreach (int uncommitted in versions.Where(v => !File.Exists(Path.Combine(VersionDirectory(name, v), AdapterManifest.FileName))).ToList())
+                {
+                    _logger.LogWarning("Removing uncommitted {Path} (no manifest)", VersionDirectory(name, uncommitted));
+                    TryDelete(VersionDirectory(name, uncommitted));
+                    versions.Remove(uncommitted);
+                }
+                if (versions.Count == 0)
+                {
+                    if (!Directory.EnumerateFileSystemEntries(nameDirectory).Any()) TryDelete(nameDirectory);
+                    continue;
+                }
 
-            int current = versions[0];
-            string directory = VersionDirectory(name, current);
-            try
-            {
-                var manifest = AdapterManifest.Read(directory);
-                if (manifest.Name != name || manifest.Version != current)
-                    throw new InvalidDataException($"manifest says '{manifest.Name}' v{manifest.Version}");
-                if (manifest.BaseModel != expectedBase)
-                    throw new InvalidDataException($"it was stored for another base model ({manifest.BaseModel}, this one is {expectedBase})");
-                var description = AdapterValidator.Validate(directory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: false, _options.KasaTruncation));
-                Registry.Publish(new AdapterRecord(name, current, directory, description, manifest.ContentHash, manifest.Source, manifest.CreatedAt, manifest.UpdatedAt));
+                int current = versions[0];
+                string directory = VersionDirectory(name, current);
+                try
+                {
+                    var manifest = AdapterManifest.Read(directory);
+                    if (manifest.Name != name || manifest.Version != current)
+                        throw new InvalidDataException($"manifest says '{manifest.Name}' v{manifest.Version}");
+                    if (manifest.BaseModel != expectedBase)
+                        throw new InvalidDataException($"it was stored for another base model ({manifest.BaseModel}, this one is {expectedBase})");
+                    var description = AdapterValidator.Validate(directory, _baseModel, _kinds, new AdapterValidationOptions(ScanWeights: false, _options.KasaTruncation,
+                        Registered: n => Registry.TryResolve(n, out var r) ? r : null));
+                    Registry.Publish(new AdapterRecord(name, current, directory, description, manifest.ContentHash, manifest.Source, manifest.CreatedAt, manifest.UpdatedAt));
+                }
+                catch (AdapterValidationException e) when (e.Code == "expert_not_found" && !retrying)
+                {
+                    deferred.Add(nameDirectory);    // a mixture over an adapter listed after it: once the others are open
+                    continue;
+                }
+                catch (Exception e) when (e is AdapterValidationException or InvalidDataException or IOException)
+                {
+                    _logger.LogWarning("Adapter {Name} v{Version} in {Path} is not served: {Reason}", name, current, directory, e.Message);
+                    continue;
+                }
+                foreach (int old in versions.Skip(1)) TryDelete(VersionDirectory(name, old));
             }
-            catch (Exception e) when (e is AdapterValidationException or InvalidDataException or IOException)
-            {
-                _logger.LogWarning("Adapter {Name} v{Version} in {Path} is not served: {Reason}", name, current, directory, e.Message);
-                continue;
-            }
-            foreach (int old in versions.Skip(1)) TryDelete(VersionDirectory(name, old));
+            pending = deferred;
         }
         _logger.LogInformation("Adapter store {StorePath} for base model {BaseModelIdentity}: {Count} adapter(s)", DataDirectory, BaseModelIdentity, Registry.Count);
         if (_allowedPaths.Count == 0)

@@ -25,15 +25,32 @@ public sealed record AdapterInfo(
     string Source,
     [property: JsonPropertyName("created_at")] long CreatedAt,
     [property: JsonPropertyName("updated_at")] long UpdatedAt,
-    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyList<AdapterModuleInfo>? Modules = null)
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyList<AdapterModuleInfo>? Modules = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyList<string>? Experts = null,
+    [property: JsonPropertyName("top_k"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] int? TopK = null,
+    [property: JsonPropertyName("depends_on"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyList<string>? DependsOn = null)
 {
     public static AdapterInfo From(AdapterRecord record, AdapterRuntimeStatus status, bool withModules = false) => new(
         record.Name, "adapter", record.Name, record.Description.Kind.ToString().ToLowerInvariant(), record.Description.MaxRank,
         record.Description.TargetModules, record.Description.WeightBytes, record.Version, record.ContentHash,
         status.Tier.ToString().ToLowerInvariant(), status.Pinned, status.LoadCount, status.LastUsed?.ToUnixTimeSeconds(),
         status.ActiveSequences, status.ResidentBytes, record.Source, record.CreatedAt.ToUnixTimeSeconds(), record.UpdatedAt.ToUnixTimeSeconds(),
-        withModules ? record.Description.ModuleSummaries.Select(AdapterModuleInfo.From).ToList() : null);
+        withModules ? record.Description.ModuleSummaries.Select(AdapterModuleInfo.From).ToList() : null,
+        record.Description.Experts, record.Description.TopK, record.Description.DependsOn is { Count: > 0 } d ? d : null);
 }
+
+/// <summary>
+/// <c>GET /v1/adapters/{name}/experts</c>: where a mixture's tokens went, per module, since start.
+/// <c>load_balance_window_steps</c> is the window of each module's <c>window_load_balance</c> (and of the Prometheus gauge).
+/// </summary>
+public sealed record AdapterExperts(
+    string Object,
+    string Adapter,
+    string Kind,
+    IReadOnlyList<string> Experts,
+    [property: JsonPropertyName("top_k")] int? TopK,
+    [property: JsonPropertyName("load_balance_window_steps")] int LoadBalanceWindowSteps,
+    IReadOnlyList<AdapterServe.Adapters.Experts.ExpertModuleUsage> Modules);
 
 /// <summary>One adapted projection of one layer; the adapter's kind adds its own fields (LoRA: scaling, bias, magnitude, diag).</summary>
 public sealed record AdapterModuleInfo(int Layer, string Module, int Rank)

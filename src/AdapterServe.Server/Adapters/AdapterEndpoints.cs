@@ -1,5 +1,6 @@
 using System.Text.Json;
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Experts;
 using AdapterServe.Adapters.Store;
 using Microsoft.AspNetCore.Mvc;
 
@@ -24,6 +25,17 @@ public static class AdapterEndpoints
             .WithDescription("Like one entry of the list, plus every adapted module with its rank and scaling.")
             .Produces<AdapterInfo>()
             .Produces<ApiError>(StatusCodes.Status404NotFound);
+
+        api.MapGet("/adapters/{name}/experts", GetExperts)
+            .WithName("GetAdapterExperts")
+            .WithSummary("Where a mixture's tokens went")
+            .WithDescription("Per routed module of a mixture adapter (LoRA-Mixer, OMoE): routed tokens, each expert's selections, share and utilisation since start, and the load balance (normalised entropy of the shares, 0..1) since start and over the sliding window of the adapterserve_expert_load_balance gauge. 400 not_a_mixture for kinds without experts.")
+            .Produces<AdapterExperts>()
+            .Produces<ApiError>(StatusCodes.Status400BadRequest)
+            .Produces<ApiError>(StatusCodes.Status404NotFound);
+
+        // The process's expert accounting, configured (window, forgetting deleted adapters) before the first request.
+        app.ServiceProvider.GetRequiredService<ExpertUsage>();
 
         var admin = api.MapGroup("").AddEndpointFilter<AdminKeyFilter>();
 
@@ -99,6 +111,16 @@ public static class AdapterEndpoints
         registry.TryResolve(name, out var record)
             ? Json(AdapterInfo.From(record, residency.Status(name), withModules: true))
             : throw AdapterStoreException.NotFound(name);
+
+    private static IResult GetExperts(string name, AdapterRegistry registry, ExpertUsage usage)
+    {
+        if (!registry.TryResolve(name, out var record)) throw AdapterStoreException.NotFound(name);
+        var description = record.Description;
+        if (description.Experts is not { } experts)
+            throw new AdapterValidationException($"adapter '{name}' is a {description.Kind} adapter: it has no experts (only mixtures such as lora_mixer and omoe do)", "not_a_mixture");
+        var modules = usage.Snapshot(name)?.Modules ?? [];
+        return Json(new AdapterExperts("adapter.experts", name, description.Kind.ToString(), experts, description.TopK, usage.LoadBalanceWindowSteps, modules));
+    }
 
     private static async Task<IResult> Upload(HttpContext http, AdapterStore store, IAdapterResidency residency, [FromQuery] bool? replace, CancellationToken cancellationToken)
     {

@@ -1,4 +1,5 @@
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Experts;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Engine;
 using AdapterServe.Modeling;
@@ -16,6 +17,8 @@ namespace AdapterServe.Server.Adapters;
 public static class AdapterServingRegistration
 {
     public const string ResidencySection = "Adapters:Residency";
+    /// <summary>Steps in the sliding window of <c>adapterserve_expert_load_balance</c> (default <see cref="ExpertUsage.DefaultLoadBalanceWindowSteps"/>).</summary>
+    public const string LoadBalanceWindowKey = "Experts:LoadBalanceWindowSteps";
 
     public static IServiceCollection AddAdapterServing(this IServiceCollection services, IConfiguration configuration)
     {

@@ -1,4 +1,5 @@
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Experts;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Engine;
 using AdapterServe.Modeling;
@@ -52,6 +53,21 @@ public static class AdapterStoreRegistration
             sp.GetService<TimeProvider>(),
             sp.GetService<IGenerationEngine>()?.Model.Id,
             sp.GetRequiredService<AdapterKinds>()));
+        services.TryAddSingleton(sp =>
+        {
+            // The mixture kinds report into the process's accounting (kind handlers are shared, like Prometheus' registry).
+            var usage = ExpertUsage.Shared;
+            if (configuration.GetValue<int?>(AdapterServingRegistration.LoadBalanceWindowKey) is { } window)
+            {
+                if (window < 1) throw new OptionsValidationException(AdapterServingRegistration.LoadBalanceWindowKey, typeof(int), [$"{AdapterServingRegistration.LoadBalanceWindowKey} must be at least 1 step, got {window}"]);
+                usage.LoadBalanceWindowSteps = window;
+            }
+            sp.GetRequiredService<AdapterRegistry>().Changed += change =>
+            {
+                if (change.Current is null) usage.Forget(change.Name);   // deleted or unloaded: its counts go from the JSON view
+            };
+            return usage;
+        });
         services.AddHostedService<AdapterStoreHost>();
         return services;
     }

@@ -193,12 +193,12 @@ public class AdapterEndpointTests : IDisposable
         var endpoints = host.Services.GetRequiredService<EndpointDataSource>().Endpoints.OfType<RouteEndpoint>()
             .Where(e => e.Metadata.GetMetadata<IExcludeFromDescriptionMetadata>() is not { ExcludeFromDescription: true })
             .ToList();
-        Assert.Equal(8, endpoints.Count);
+        Assert.Equal(9, endpoints.Count);                                   // 8 + GET /v1/adapters/{name}/experts
         Assert.All(endpoints, e => Assert.False(string.IsNullOrWhiteSpace(e.Metadata.GetMetadata<IEndpointSummaryMetadata>()?.Summary), e.DisplayName));
 
         var document = await Json(await host.SendAsync(HttpMethod.Get, "/swagger/v1/swagger.json", key: null), HttpStatusCode.OK);
         var operations = document["paths"]!.AsObject().SelectMany(p => p.Value!.AsObject().Select(o => (Path: p.Key, Method: o.Key, Operation: o.Value!))).ToList();
-        Assert.Equal(8, operations.Count);
+        Assert.Equal(9, operations.Count);
         Assert.All(operations, o => Assert.False(string.IsNullOrWhiteSpace((string?)o.Operation["summary"]), $"{o.Method} {o.Path}"));
         var upload = operations.Single(o => o.Path == "/v1/adapters" && o.Method == "post").Operation;
         Assert.NotNull(upload["requestBody"]!["content"]!["multipart/form-data"]);

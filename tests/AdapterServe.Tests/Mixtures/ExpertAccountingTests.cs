@@ -154,4 +154,62 @@ public class ExpertAccountingTests
         Assert.Null(usage.Snapshot("a"));
         Assert.Equal(["b"], usage.Adapters);
     }
+
+    [Fact]
+    public async Task Load_balance_gauge_is_the_normalised_entropy_of_the_last_window_steps_of_selections()
+    {
+        var registry = Metrics.NewCustomRegistry();
+        var usage = new ExpertUsage(new ExpertUsageMetrics(Metrics.WithCustomRegistry(registry))) { LoadBalanceWindowSteps = 2 };
+        var site = new ExpertSite("balance", 1, Projection.V, ["a", "b", "c"]);
+        // Hand computation: H = -Σ p ln p / ln 3 over the summed counts of the last two steps.
+        static double Entropy(params double[] counts)
+        {
+            double total = counts.Sum(), h = 0;
+            foreach (var n in counts) if (n > 0) h -= n / total * Math.Log(n / total);
+            return h / Math.Log(counts.Length);
+        }
+        double Gauge() => usage.Metrics.LoadBalance.WithLabels("balance", "1", "v_proj").Value;
+
+        usage.Add(site, 4, [4, 0, 0]);                       // one expert takes everything: 0
+        Assert.Equal(0, Gauge(), 12);
+        usage.Add(site, 4, [0, 4, 0]);                       // window {4,0,0}+{0,4,0} = {4,4,0}
+        Assert.Equal(Entropy(4, 4, 0), Gauge(), 12);
+        Assert.Equal(Math.Log(2) / Math.Log(3), Gauge(), 12);
+        usage.Add(site, 6, [1, 2, 3]);                       // the first step leaves: {0,4,0}+{1,2,3} = {1,6,3}
+        Assert.Equal(Entropy(1, 6, 3), Gauge(), 12);
+        usage.Add(site, 3, [1, 1, 1]);                       // {1,2,3}+{1,1,1} = {2,3,4}
+        Assert.Equal(Entropy(2, 3, 4), Gauge(), 12);
+        Assert.Equal(Entropy(2, 3, 4), usage.WindowLoadBalance("balance", 1, Projection.V)!.Value, 12);
+
+        // The JSON view has both figures: since start {6,7,4}, window {2,3,4}.
+        var module = usage.Snapshot("balance")!.Modules.Single();
+        Assert.Equal(Entropy(6, 7, 4), module.LoadBalance!.Value, 12);
+        Assert.Equal(Entropy(2, 3, 4), module.WindowLoadBalance!.Value, 12);
+
+        // Forgetting the adapter drops its gauge series.
+        usage.Forget("balance");
+        using var text = new MemoryStream();
+        await registry.CollectAndExportAsTextAsync(text, TestContext.Current.CancellationToken);
+        var gaugeLines = System.Text.Encoding.UTF8.GetString(text.ToArray()).Split('\n').Where(l => l.StartsWith("adapterserve_expert_load_balance{", StringComparison.Ordinal));
+        Assert.DoesNotContain(gaugeLines, l => l.Contains("adapter=\"balance\"", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Mixture_kinds_of_one_step_share_one_tally_and_the_last_to_leave_flushes_it()
+    {
+        var usage = NewUsage();
+        var mixer = new ExpertSite("mixer", 0, Projection.Q, ["a", "b"]);
+        var omoe = new ExpertSite("omoe", 0, Projection.Q, ExpertSite.Indexed(3));
+        var first = usage.JoinStep();                                            // the LoRA-Mixer kind's executor
+        var second = usage.JoinStep();                                           // the OMoE kind's executor, same step
+        Assert.Same(first, second);
+        first.RecordTopK(mixer, tensor(new long[] { 0, 1, 1 }, ScalarType.Int64).view(3, 1));   // [N=3, K=1]
+        second.RecordAll(omoe, 2);
+        first.Leave();
+        Assert.Null(usage.Snapshot("mixer"));                                    // nothing copied while the step is held
+        second.Leave();
+        Assert.Equal([1L, 2L], usage.Snapshot("mixer")!.Modules.Single().Experts.Select(e => e.Selections));
+        Assert.Equal([2L, 2L, 2L], usage.Snapshot("omoe")!.Modules.Single().Experts.Select(e => e.Selections));
+        Assert.NotSame(first, usage.JoinStep());                                 // the next step gets a fresh tally
+    }
 }

@@ -79,7 +79,7 @@ public sealed class LoraWeights : IDisposable
         var delta = b.to(ScalarType.Float32, dev).matmul(a.to(ScalarType.Float32, dev));                       // [d_out, d_in]
         using var alpha = scale.ToScalar();                                                                    // held across the native call
         var merged = w0.add(delta, alpha);                                                                     // W' = W0 + scale·ΔW
-        var rowNorm = linalg.vector_norm(merged, 2, [1]);                                                      // [d_out]
+        var rowNorm = linalg.norm(merged, 2.0, [1]);                                                           // [d_out]; linalg_vector_norm(ord 2) natively, without vector_norm's Scalar temporary
         return magnitude.to(ScalarType.Float32, dev).div(rowNorm).MoveToOuterDisposeScope();                  // [d_out]
     }
 

@@ -33,6 +33,9 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
             })).ToList();
         /// <summary>The registered LoRAs this mixer routes to (embedded experts belong to the mixer).</summary>
         public override IReadOnlyList<string> DependsOn => Layout.Experts.Where(e => !e.Embedded).Select(e => e.Name).ToList();
+        public override IReadOnlyList<AdapterRecord> Dependencies => Layout.Experts.Select(e => e.Record).OfType<AdapterRecord>().ToList();
+        public override IReadOnlyList<string> Experts => Layout.Config.Experts;
+        public override int? TopK => Layout.Config.TopK;
     }
 
     /// <summary>
@@ -87,7 +90,7 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
         }
 
         public IAdapterStepExecutor CreateStepExecutor(IReadOnlyList<AdapterTokenGroup> groups) =>
-            new MixerStepExecutor(groups, ExpertUsage.Shared.BeginStep());
+            new MixerStepExecutor(groups, ExpertUsage.Shared.JoinStep());
     }
 
     /// <summary>The loaded tensors of one LoRA-Mixer version.</summary>
@@ -124,6 +127,14 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
             }
         }
 
-        public void Complete() => tally.Flush();
+        private bool _completed;
+
+        /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
+        public void Complete()
+        {
+            if (_completed) return;
+            _completed = true;
+            tally.Leave();
+        }
     }
 }

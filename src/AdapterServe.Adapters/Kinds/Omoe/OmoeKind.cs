@@ -30,6 +30,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe
                 ["scaling"] = Layout.Config.Scaling,
                 ["rescale"] = Layout.Config.RescaleNorm ? "norm" : "none",
             })).ToList();
+        public override IReadOnlyList<string> Experts => ExpertSite.Indexed(Layout.Config.NumExperts);
+        public override int? TopK => Layout.Config.TopK ?? Layout.Config.NumExperts;
     }
 
     /// <summary>peft_type OMOE (methods.md §4.2): per-token Gram–Schmidt over n LoRA experts, in the PEFT two-file layout.</summary>
@@ -54,7 +56,7 @@ namespace AdapterServe.Adapters.Kinds.Omoe
         }
 
         public IAdapterStepExecutor CreateStepExecutor(IReadOnlyList<AdapterTokenGroup> groups) =>
-            new OmoeStepExecutor(groups, ExpertUsage.Shared.BeginStep());
+            new OmoeStepExecutor(groups, ExpertUsage.Shared.JoinStep());
     }
 
     /// <summary>The loaded tensors of one OMoE adapter version.</summary>
@@ -91,6 +93,14 @@ namespace AdapterServe.Adapters.Kinds.Omoe
             }
         }
 
-        public void Complete() => tally.Flush();
+        private bool _completed;
+
+        /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
+        public void Complete()
+        {
+            if (_completed) return;
+            _completed = true;
+            tally.Leave();
+        }
     }
 }
