@@ -112,6 +112,10 @@ public sealed class SmoreHttpTests
         var listed = Listed(list!, name);
         Assert.Equal("smore", (string?)listed["kind"]);
         Assert.Equal("stored", (string?)listed["status"]);
+        string[] expertLabels = ["l0.0", "l0.1", "l0.2", "l0.3", "l1.0", "l1.1", "l1.2", "l1.3"];
+        Assert.Equal(expertLabels, listed["experts"]!.AsArray().Select(e => (string)e!));
+        Assert.Equal(4, (int)listed["top_k"]!);                                      // leaf paths per token: 2 · 2
+        Assert.Equal((long)body["bytes"]!, (long)listed["bytes"]!);
 
         using var naive = new NaiveLlama(TinyModel.Directory);
         var fed = new Dictionary<(string Module, string Expert), long>();
@@ -149,6 +153,19 @@ public sealed class SmoreHttpTests
                 foreach (int e in selected[l]) fed[(m, $"l{l}.{e}")] = fed.GetValueOrDefault((m, $"l{l}.{e}")) + 1;
         }));
         var metrics = await server.MetricsAsync();
+        var (expertsStatus, usage) = await server.GetAsync($"/v1/adapters/{name}/experts");
+        Assert.Equal(200, expertsStatus);
+        Assert.Equal(expertLabels, usage!["experts"]!.AsArray().Select(e => (string)e!));
+        Assert.Equal(4, (int)usage["top_k"]!);
+        var modules = usage["modules"]!.AsArray();
+        Assert.Equal(TinyModel.Config.NumHiddenLayers * Mlp.Length, modules.Count);
+        foreach (var m in modules)
+        {
+            string path = ProjectionNames.ModulePath((int)m!["layer"]!, Mlp.Single(p => p.ShortName() == (string?)m["module"]));
+            Assert.Equal(routed[path], (long)m["routed_tokens"]!);
+            foreach (var e in m["experts"]!.AsArray())
+                Assert.Equal(fed.GetValueOrDefault((path, (string)e!["expert"]!)), (long)e["selections"]!);
+        }
         for (int layer = 0; layer < TinyModel.Config.NumHiddenLayers; layer++)
             foreach (var p in Mlp)
             {

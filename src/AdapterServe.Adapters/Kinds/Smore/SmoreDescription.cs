@@ -52,6 +52,12 @@ namespace AdapterServe.Adapters.Kinds.Smore
             }
         }
 
+        /// <summary>The accounting's expert labels <c>l&lt;level&gt;.&lt;index&gt;</c>, leaf level first.</summary>
+        public override IReadOnlyList<string> Experts => ExpertLabels;
+
+        /// <summary>Leaf paths each token is routed through: Π f_l (every expert for the dense gate).</summary>
+        public override int? TopK => Config.PathsAt(0);
+
         /// <summary>Expert labels of one module in the accounting's order: <c>l&lt;level&gt;.&lt;index&gt;</c>, leaf level first.</summary>
         public IReadOnlyList<string> ExpertLabels =>
             Enumerable.Range(0, Config.Levels).SelectMany(l => Enumerable.Range(0, Config.NumExperts[l]).Select(e => $"l{l}.{e}")).ToArray();

@@ -7,19 +7,20 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// <summary>
 /// S'MoRE's share of one step: per adapted projection, each (adapter, scale) group runs its tokens through the fused
 /// tree (<see cref="SmoreTree"/>: a fixed number of calls per sub-layer, whatever the experts, fan-outs or routing) and
-/// adds <c>scale · y_delta</c> into its rows. Selections are tallied on the device and reach the host once, in
-/// <see cref="Complete"/>.
+/// adds <c>scale · y_delta</c> into its rows. Selections are tallied on the device in the step's tally shared by every
+/// mixture kind (<see cref="ExpertUsage.JoinStep"/>), which reaches the host once per step, when the last kind completes.
 /// </summary>
 internal sealed class SmoreStepExecutor : IAdapterStepExecutor
 {
     private readonly (AdapterTokenGroup Group, SmoreWeights Weights)[] _groups;
     private readonly ExpertStepTally _tally;
+    private bool _completed;
 
     public SmoreStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertUsage usage)
     {
         _groups = [.. groups.Select(g => (g, g.Adapter.Modules as SmoreWeights
             ?? throw new InvalidOperationException($"{g.Adapter} is a '{g.Adapter.Kind}' adapter, not an S'MoRE one")))];
-        _tally = usage.BeginStep();
+        _tally = usage.JoinStep();
     }
 
     public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
@@ -37,5 +38,11 @@ internal sealed class SmoreStepExecutor : IAdapterStepExecutor
         }
     }
 
-    public void Complete() => _tally.Flush();
+    /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
+    public void Complete()
+    {
+        if (_completed) return;
+        _completed = true;
+        _tally.Leave();
+    }
 }
