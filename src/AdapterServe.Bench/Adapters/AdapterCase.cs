@@ -33,6 +33,7 @@ public sealed record AdapterCase(
 public static class AdapterCases
 {
     private static readonly Projection[] All = ProjectionNames.All;
+    private static readonly Projection[] Mlp = [Projection.Gate, Projection.Up, Projection.Down];
 
     public static readonly IReadOnlyList<AdapterCase> Table =
     [
@@ -42,6 +43,9 @@ public static class AdapterCases
         new("lora-r16-x4", AdapterKind.Lora, 16, All, 4, PeftLoraWriter.Write, ComparedTo: "lora-r16"),
         new("lora-r16-x16", AdapterKind.Lora, 16, All, 16, PeftLoraWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 0.85), TargetBatches: [32]),
         new("lora-r16-x32", AdapterKind.Lora, 16, All, 32, PeftLoraWriter.Write, ComparedTo: "lora-r16"),
+        // S'MoRE acts on the MLP projections: compared with one r16 LoRA on the same three (issue 10: ≤ 1.15× its time per token).
+        new("lora-r16-mlp", AdapterKind.Lora, 16, Mlp, 1, PeftLoraWriter.Write),
+        new("smore-2x4", AdapterKind.Smore, 4, Mlp, 1, SmoreWriter.Write, ComparedTo: "lora-r16-mlp", Target: new Target(AtLeast: 1 / 1.15), TargetBatches: [1, 16]),
     ];
 
     /// <summary>The table, or the named subset of it (<c>--cases</c>).</summary>
