@@ -120,6 +120,30 @@ public sealed class SmoreTreeTests
         Assert.Equal(expected, counted.Experts.ToDictionary(c => c.Expert, c => c.Selections));
     }
 
+    [Theory]
+    [InlineData("noisy_topk")]
+    [InlineData("switch")]
+    [InlineData("dense")]
+    public void The_fused_tree_creates_the_same_number_of_tensors_whatever_experts_fan_outs_tokens_and_routing(string gate)
+    {
+        // Every TorchSharp op that returns a tensor registers it in the dispose scope: a fixed count per sub-layer means
+        // no loop over tokens, experts or paths in C#. (Fan-outs of 1 skip the renormalisation: all fan-outs here are ≥ 2.)
+        var counts = new List<(string Case, int Tensors)>();
+        foreach (var (experts, active) in new[] { (new[] { 2, 3 }, new[] { 2, 2 }), (new[] { 6, 4 }, new[] { 3, 2 }), (new[] { 8, 8 }, new[] { 4, 3 }) })
+            foreach (var (tokens, seed) in new[] { (1, 1), (9, 2), (40, 3) })
+            {
+                var adapter = new SmoreTestAdapter(new SmoreShape(experts, active, [3, 2], [5, 4], GateType: gate), Base, [(0, Projection.Up)], seed);
+                using var module = Load(adapter, Projection.Up);
+                var x = randn([tokens, Base.HiddenSize], generator: new Generator((ulong)(seed * 31)));   // [N, d_in]
+                using var scope = NewDisposeScope();
+                int before = scope.DisposablesCount;
+                SmoreTree.Forward(module, x);
+                counts.Add(($"s={string.Join(",", experts)} f={string.Join(",", active)} N={tokens} seed={seed}", scope.DisposablesCount - before));
+            }
+        Assert.True(counts.Select(c => c.Tensors).Distinct().Count() == 1, string.Join("; ", counts.Select(c => $"{c.Case}: {c.Tensors}")));
+        Assert.InRange(counts[0].Tensors, 1, 80);                                    // ~30 per sub-layer of 2, gate included
+    }
+
     private static SmoreModule Load(SmoreTestAdapter adapter, Projection projection)
     {
         var config = SmoreConfig.Parse(adapter.Config);
