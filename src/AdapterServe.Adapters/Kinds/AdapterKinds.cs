@@ -2,6 +2,7 @@ using AdapterServe.Adapters.Kinds.Kronecker;
 using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Kinds.LoraMixer;
 using AdapterServe.Adapters.Kinds.Omoe;
+using AdapterServe.Adapters.Kinds.Smore;
 
 namespace AdapterServe.Adapters;
 
@@ -21,6 +22,7 @@ public sealed class AdapterKinds
         KroneckerKind.Instance,     // LOKR, MOKA: Kronecker products, never materialised
         LoraMixerKind.Instance,     // LORA_MIXER: routed top-K mixture of LoRA experts
         OmoeKind.Instance,          // OMOE: orthogonal mixture of LoRA experts
+        SmoreKind.Instance,         // HIER_MOE (moe_arch smore): S'MoRE
     ]);
 
     public AdapterKinds(IEnumerable<IAdapterKindHandler> handlers)

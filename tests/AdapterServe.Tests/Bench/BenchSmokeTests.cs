@@ -148,7 +148,7 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
     {
         var (rc, report, output, progress) = await RunTinyAsync("adapters");
         Assert.True(rc == 0, progress);
-        string[] single = ["lora-r8", "lora-r16", "lora-r64"];
+        string[] single = ["lora-r8", "lora-r16", "lora-r64", "lora-r16-mlp", "smore-2x4"];
         var figures = new List<string>();
         var ratios = new List<string>();
         foreach (int b in new[] { 1, 4 })
@@ -164,6 +164,7 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
                 figures.AddRange([$"adapters.{c}.b{b}.tokens_per_s", $"adapters.{c}.b{b}.itl_ms_p50"]);
                 ratios.AddRange([$"adapters.{c}.b{b}/base", $"adapters.{c}.b{b}/lora-r16"]);
             }
+            ratios.Add($"adapters.smore-2x4.b{b}/lora-r16-mlp");                     // S'MoRE against the r16 LoRA on the same MLP projections
         }
         figures.AddRange(["adapters.lora-r16-x4.b4.tokens_per_s", "adapters.lora-r16-x4.b4.itl_ms_p50"]);
         ratios.AddRange(["adapters.lora-r16-x4.b4/base", "adapters.lora-r16-x4.b4/lora-r16"]);
@@ -175,13 +176,13 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         Assert.Equal(1, report["figures"]!.AsArray().Select(f => f!["runs"]!.AsArray().Count).Distinct().Single());   // --quick: one recorded run
         // Issue 5's targets sit on exactly the ratios they name (16 distinct adapters need a batch of 32: skipped here).
         var targeted = report["ratios"]!.AsArray().Where(r => r!["target"] is not null).Select(r => r!["name"]!.GetValue<string>()).ToList();
-        Assert.Equal(["adapters.lora-r16.b1/base", "adapters.lokr-r16.b1/lora-r16", "adapters.moka-4.b1/lora-r16"], targeted);   // issue 9: Kronecker vs one r16 LoRA
+        Assert.Equal(["adapters.lora-r16.b1/base", "adapters.lokr-r16.b1/lora-r16", "adapters.moka-4.b1/lora-r16", "adapters.mixer-top3-of-6.b1/lora-r16", "adapters.omoe-4.b1/lora-r16", "adapters.smore-2x4.b1/lora-r16-mlp"], targeted);   // issues 9 and 10: vs one r16 LoRA on the same projections
         Assert.Equal(0.90, report["ratios"]!.AsArray().Single(r => r!["name"]!.GetValue<string>() == "adapters.lora-r16.b1/base")!["target"]!["at_least"]!.GetValue<double>());
         var notes = report["notes"]!.AsArray().Select(n => n!.GetValue<string>()).ToList();
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x16 skipped: 16 distinct adapters need a batch of at least 16", StringComparison.Ordinal));
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x32 skipped", StringComparison.Ordinal));
-        // r8-0, r16-0..3, r64-0, LoKr, MoKA and the two mixtures all stay resident: more slots than --quick's 4.
-        Assert.Contains("device cache raised from 4 to 10: the run uses 10 distinct adapters, all kept resident", notes);
+        // r8-0, r16-0..3, r64-0, LoKr, MoKA, the two mixtures, r16-mlp-0 and the S'MoRE tree all stay resident: more slots than --quick's 4.
+        Assert.Contains("device cache raised from 4 to 12: the run uses 12 distinct adapters, all kept resident", notes);
         Assert.Contains("adapters.lora-r16-x4.b4/lora-r16", output);
     }
 

@@ -21,6 +21,8 @@ namespace AdapterServe.Tests.Mixtures;
 public sealed class MixtureHttpTests
 {
     static readonly string[] ExpertNames = ["e-zara", "e-forest", "e-sea"];
+    /// <summary>The counted mixer's name, used by no other test: expert counters are per process (Prometheus' registry), so a name shared with another test's server would add its counts.</summary>
+    const string Mix = "mix-counted";
 
     static async Task<(int Status, JsonNode? Body)> UploadFilesAsync(AdapterServer server, string name, IEnumerable<(string Part, byte[] Bytes)> parts, bool replace = false)
     {
@@ -82,7 +84,7 @@ public sealed class MixtureHttpTests
         for (int i = 0; i < experts.Length; i++) await server.UploadOkAsync(ExpertNames[i], experts[i]);
 
         // Referenced experts: loose adapter_config.json + mixer_model.safetensors.
-        var (status, body) = await UploadFilesAsync(server, "mix", FilesOf(WriteMixer(tmp, "referenced", embedded: null)));
+        var (status, body) = await UploadFilesAsync(server, Mix, FilesOf(WriteMixer(tmp, "referenced", embedded: null)));
         Assert.True(status == 201, $"{status} {body?.ToJsonString()}");
         Assert.Equal("lora_mixer", (string?)body!["kind"]);
         Assert.Equal(ExpertNames, body["experts"]!.AsArray().Select(e => (string)e!));
@@ -95,7 +97,7 @@ public sealed class MixtureHttpTests
         Assert.Null(body!["depends_on"]);
 
         var (_, list) = await server.GetAsync("/v1/adapters");
-        var listed = list!["data"]!.AsArray().Single(a => (string?)a!["id"] == "mix")!;
+        var listed = list!["data"]!.AsArray().Single(a => (string?)a!["id"] == Mix)!;
         Assert.Equal("lora_mixer", (string?)listed["kind"]);
         Assert.Equal(ExpertNames, listed["experts"]!.AsArray().Select(e => (string)e!));
         Assert.Equal(2, (int)listed["top_k"]!);
@@ -106,8 +108,8 @@ public sealed class MixtureHttpTests
         // Alone, then all at once in one batch (mixers, a plain LoRA, the base): each sequence gets what it gets alone.
         GreedyRequest[] requests =
         [
-            new("mix", "Once upon a time", 8), new("mix-embedded", "Once upon a time", 8), new(ExpertNames[0], "The cat", 8),
-            new(AdapterServer.Base, "Hello there", 8), new("mix", "A dog ran", 6),
+            new(Mix, "Once upon a time", 8), new("mix-embedded", "Once upon a time", 8), new(ExpertNames[0], "The cat", 8),
+            new(AdapterServer.Base, "Hello there", 8), new(Mix, "A dog ran", 6),
         ];
         var alone = new List<(Completion Completion, long Routed)>();
         foreach (var r in requests) alone.Add(await CompleteAsync(server, r));
@@ -117,12 +119,12 @@ public sealed class MixtureHttpTests
         AssertClose(alone[0].Completion, alone[1].Completion, "mixer with registered vs embedded experts");
         var baseStory = await server.CompleteAsync(new GreedyRequest(AdapterServer.Base, "Once upon a time", 8));
         Assert.NotEqual(baseStory.Logprobs, alone[0].Completion.Logprobs);
-        (_, listed) = await server.GetAsync("/v1/adapters/mix");
+        (_, listed) = await server.GetAsync($"/v1/adapters/{Mix}");
         Assert.Equal("device", (string?)listed!["status"]);                                // loaded just in time
 
         // The experts endpoint: every routed position counted once per module, top-2 selections each.
-        long routed = Enumerable.Range(0, requests.Length).Where(i => requests[i].Model == "mix").Sum(i => alone[i].Routed + together[i].RoutedTokens);
-        var (expertsStatus, usage) = await server.GetAsync("/v1/adapters/mix/experts");
+        long routed = Enumerable.Range(0, requests.Length).Where(i => requests[i].Model == Mix).Sum(i => alone[i].Routed + together[i].RoutedTokens);
+        var (expertsStatus, usage) = await server.GetAsync($"/v1/adapters/{Mix}/experts");
         Assert.Equal(200, expertsStatus);
         Assert.Equal(ExpertNames, usage!["experts"]!.AsArray().Select(e => (string)e!));
         var modules = usage["modules"]!.AsArray();
@@ -136,10 +138,10 @@ public sealed class MixtureHttpTests
             Assert.Equal(1.0, m["experts"]!.AsArray().Sum(e => (double)e!["share"]!), 9);
             Assert.Equal(Entropy(counts), (double)m["load_balance"]!, 9);
             // Fewer steps ran than the window (64): the gauge covers them all.
-            string series = $"adapterserve_expert_load_balance{{adapter=\"mix\",layer=\"{m["layer"]}\",module=\"{m["module"]}\"}}";
+            string series = $"adapterserve_expert_load_balance{{adapter=\"{Mix}\",layer=\"{m["layer"]}\",module=\"{m["module"]}\"}}";
             Assert.Equal(Entropy(counts), metrics.Value(series), 9);
             for (int e = 0; e < counts.Count; e++)
-                Assert.Equal(counts[e], metrics.Value($"adapterserve_expert_selections_total{{adapter=\"mix\",layer=\"{m["layer"]}\",module=\"{m["module"]}\",expert=\"{ExpertNames[e]}\"}}"));
+                Assert.Equal(counts[e], metrics.Value($"adapterserve_expert_selections_total{{adapter=\"{Mix}\",layer=\"{m["layer"]}\",module=\"{m["module"]}\",expert=\"{ExpertNames[e]}\"}}"));
         }
         PromtoolAccepts(metrics.Text);
 
@@ -151,12 +153,12 @@ public sealed class MixtureHttpTests
         var (deleteStatus, refused) = await server.DeleteAsync(ExpertNames[1]);
         Assert.Equal(409, deleteStatus);
         Assert.Equal("adapter_referenced", (string?)Http.Error(refused)["code"]);
-        Assert.Contains("'mix'", (string?)Http.Error(refused)["message"]);
+        Assert.Contains($"'{Mix}'", (string?)Http.Error(refused)["message"]);
         var (unloadStatus, unloadText) = await UnloadAsync(server, ExpertNames[1]);
         Assert.True(unloadStatus == 409, unloadText);
-        Assert.Contains("'mix'", (string?)Http.Error(JsonNode.Parse(unloadText))["message"]);
+        Assert.Contains($"'{Mix}'", (string?)Http.Error(JsonNode.Parse(unloadText))["message"]);
         Assert.Equal(200, (await server.GetAsync($"/v1/adapters/{ExpertNames[1]}")).Status);
-        Assert.Equal(200, (await server.DeleteAsync("mix")).Status);
+        Assert.Equal(200, (await server.DeleteAsync(Mix)).Status);
         Assert.Equal(200, (await server.DeleteAsync(ExpertNames[1])).Status);
     }
 

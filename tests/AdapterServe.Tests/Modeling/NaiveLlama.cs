@@ -24,7 +24,10 @@ public sealed class NaiveLlama : IDisposable
     private Tensor W(string name) => _w[name];
     private Tensor? Opt(string name) => _w.GetValueOrDefault(name);
 
-    private Tensor RmsNorm(Tensor x, Tensor w) => x.div(TorchScalars.Add(x.square().mean([-1L], keepdim: true), _c.RmsNormEps).sqrt()).mul(w);
+    // Written without implicit Scalars (a + b, t * 2.0, pow(2)): TorchSharp may free those during the native call
+    // (platform notes), which made this reference crash under the GC pressure of its own per-element loops.
+    private Tensor RmsNorm(Tensor x, Tensor w) =>
+        x.div(TorchScalars.Add(x.mul(x).mean([-1L], keepdim: true), tensor(_c.RmsNormEps, ScalarType.Float64)).sqrt()).mul(w);
 
     private Tensor Linear(Tensor x, string module, Func<string, Tensor, Tensor, Tensor>? adapter)
     {
@@ -34,16 +37,16 @@ public sealed class NaiveLlama : IDisposable
     }
 
     /// <summary>Rotates one head vector at position p: pairs (i, i + d/2) by angle p·θ_i.</summary>
-    private Tensor Rope(Tensor v, int p, double[] invFreq)
+    private double[] Rope(double[] v, int p, double[] invFreq)
     {
         int half = _c.HeadDim / 2;
-        var outv = v.clone();
+        var outv = (double[])v.Clone();
         for (int i = 0; i < half; i++)
         {
             double a = p * invFreq[i];
-            var x1 = v[i]; var x2 = v[i + half];
-            outv[i] = TorchScalars.Add(TorchScalars.Mul(x1, Math.Cos(a)), x2, -Math.Sin(a));
-            outv[i + half] = TorchScalars.Add(TorchScalars.Mul(x2, Math.Cos(a)), x1, Math.Sin(a));
+            double x1 = v[i], x2 = v[i + half];
+            outv[i] = x1 * Math.Cos(a) - x2 * Math.Sin(a);
+            outv[i + half] = x2 * Math.Cos(a) + x1 * Math.Sin(a);
         }
         return outv;
     }
@@ -62,23 +65,32 @@ public sealed class NaiveLlama : IDisposable
             var q = Linear(x, p + "self_attn.q_proj", adapter).view(T, H, D);
             var k = Linear(x, p + "self_attn.k_proj", adapter).view(T, KV, D);
             var v = Linear(x, p + "self_attn.v_proj", adapter).view(T, KV, D);
-            var attn = zeros(T, H * D, dtype: ScalarType.Float64);
+            double[] qs = q.contiguous().data<double>().ToArray(), ks = k.contiguous().data<double>().ToArray(), vs = v.contiguous().data<double>().ToArray();
+            double[] Row(double[] all, int t, int heads, int head) => all.AsSpan((t * heads + head) * D, D).ToArray();
+            var attn = new double[T * H * D];                                        // [T, H·D]
             for (int head = 0; head < H; head++)
             {
                 int kvHead = head / (H / KV);
                 for (int i = 0; i < T; i++)
                 {
-                    var qi = Rope(q[i, head], i, invFreq);
+                    var qi = Rope(Row(qs, i, H, head), i, invFreq);
                     var scores = new double[i + 1];
                     for (int j = 0; j <= i; j++)
-                        scores[j] = qi.dot(Rope(k[j, kvHead], j, invFreq)).item<double>() / Math.Sqrt(D);
+                    {
+                        var kj = Rope(Row(ks, j, KV, kvHead), j, invFreq);
+                        double dot = 0;
+                        for (int d = 0; d < D; d++) dot += qi[d] * kj[d];
+                        scores[j] = dot / Math.Sqrt(D);
+                    }
                     double max = scores.Max(), sum = scores.Sum(s => Math.Exp(s - max));
-                    var o = zeros(D, dtype: ScalarType.Float64);
-                    for (int j = 0; j <= i; j++) o = TorchScalars.Add(o, v[j, kvHead], Math.Exp(scores[j] - max) / sum);
-                    attn[i, TensorIndex.Slice(head * D, (head + 1) * D)] = o;
+                    for (int j = 0; j <= i; j++)
+                    {
+                        double weight = Math.Exp(scores[j] - max) / sum;
+                        for (int d = 0; d < D; d++) attn[(i * H + head) * D + d] += weight * vs[(j * KV + kvHead) * D + d];
+                    }
                 }
             }
-            h = TorchScalars.Add(h, Linear(attn, p + "self_attn.o_proj", adapter));
+            h = TorchScalars.Add(h, Linear(tensor(attn).view(T, H * D), p + "self_attn.o_proj", adapter));
             var m = RmsNorm(h, W(p + "post_attention_layernorm.weight"));
             var gate = Linear(m, p + "mlp.gate_proj", adapter);
             var up = Linear(m, p + "mlp.up_proj", adapter);

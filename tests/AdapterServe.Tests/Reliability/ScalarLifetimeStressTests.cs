@@ -48,6 +48,8 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
             MixtureWriters.WriteLoraMixer(dir, m, experts: 4, topK: 2, rank: 2, Enum.GetValues<Projection>(), seed), Scale: 0.8f),
         new("stress-omoe", (_, _) => null, WriteFolder: (m, seed, dir) =>
             MixtureWriters.WriteOmoe(dir, m, experts: 3, rank: 2, Enum.GetValues<Projection>(), seed, topK: 2)),
+        new("stress-smore", (_, _) => null, WriteFolder: (m, seed, dir) =>
+            SmoreWriter.Write(dir, m, SmoreWriter.TwoByFour, [Projection.Gate, Projection.Up, Projection.Down], seed)),
     ];
 
     private const int Rounds = 16;          // each: every kind alone, then all kinds in one batch

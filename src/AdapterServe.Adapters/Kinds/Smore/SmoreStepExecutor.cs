@@ -1,0 +1,56 @@
+using AdapterServe.Adapters.Experts;
+using AdapterServe.Modeling;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters.Kinds.Smore;
+
+/// <summary>
+/// S'MoRE's share of one step: per adapted projection, each (adapter, scale) group runs its tokens through the fused
+/// tree (<see cref="SmoreTree"/>: a fixed number of calls per sub-layer, whatever the experts, fan-outs or routing) and
+/// adds <c>scale · y_delta</c> into its rows. Selections are tallied on the device in the step's tally shared by every
+/// mixture kind (<see cref="ExpertUsage.JoinStep"/>), which reaches the host once per step, when the last kind completes.
+/// </summary>
+internal sealed class SmoreStepExecutor : IAdapterStepExecutor
+{
+    private readonly (AdapterTokenGroup Group, SmoreWeights Weights)[] _groups;
+    private readonly ExpertStepTally _tally;
+    private bool _completed;
+
+    public SmoreStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertUsage usage)
+    {
+        _groups = [.. groups.Select(g => (g, g.Adapter.Modules as SmoreWeights
+            ?? throw new InvalidOperationException($"{g.Adapter} is a '{g.Adapter.Kind}' adapter, not an S'MoRE one")))];
+        _tally = usage.JoinStep();
+    }
+
+    public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
+    {
+        foreach (var (g, weights) in _groups)
+        {
+            if (weights.Module(layer, projection) is not { } module) continue;
+            if (module.InFeatures != x.shape[1] || module.OutFeatures != y.shape[1])
+                throw new InvalidOperationException(
+                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.shape[1]}, {x.shape[1]}]");
+            var (delta, routing) = SmoreTree.Forward(module, g.Rows(x));                    // [n_g, d_out] float32
+            SmoreTree.Record(_tally, weights.Site(layer, projection), module, routing);
+            if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
+            g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
+        }
+    }
+
+    /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
+    public void Complete()
+    {
+        if (_completed) return;
+        _completed = true;
+        _tally.Leave();
+    }
+
+    /// <summary>The forward threw: leaves the step's shared tally without counting (the step's counts are dropped, not copied).</summary>
+    public void Abandon()
+    {
+        if (_completed) return;
+        _completed = true;
+        _tally.Abandon();
+    }
+}
