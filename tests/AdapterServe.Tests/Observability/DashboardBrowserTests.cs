@@ -1,4 +1,8 @@
+using AdapterServe.Bench.Adapters;
 using AdapterServe.Engine;
+using AdapterServe.Modeling;
+using AdapterServe.Tests.AdapterStore;
+using AdapterServe.Tests.Infrastructure;
 using AdapterServe.Tests.AdapterHttp;
 using AdapterServe.Tests.Server;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -34,6 +38,41 @@ public sealed class DashboardBrowserTests
         await page.WaitForFunctionAsync("() => [...document.querySelectorAll('#serving .card')].some(c => c.innerText.includes('adapter loads'))");
         await page.WaitForFunctionAsync("""() => !document.querySelector('#serving').innerText.includes('generated tokens/s\n–')""", null, new() { Timeout = 15_000 });
         await page.ScreenshotAsync(new() { Path = Path.Combine(ArtifactsDirectory, "dashboard-serving.png"), FullPage = true });
+        Assert.Empty(browser.ConsoleErrors);
+    }
+
+    [Fact]
+    public async Task Once_a_mixture_served_tokens_its_heatmap_has_a_cell_per_layer_and_expert_and_its_shares_sum_to_one()
+    {
+        const int experts = 4;
+        string name = "dash-omoe-" + Guid.NewGuid().ToString("N")[..8];   // expert series are process-wide: a name no other test serves
+        await using var server = await LoopbackServer.StartAsync();
+        using var tmp = new TempDir();
+        string dir = tmp.Sub("omoe");
+        MixtureWriters.WriteOmoe(dir, TinyModel.Config, experts, rank: 4, [Projection.Q, Projection.V], seed: 17, topK: 2);
+        await server.UploadAsync(name, dir);
+        await server.CompleteAsync(name, 8);
+
+        await using var browser = await BrowserSession.OpenAsync();
+        var page = browser.Page;
+        await page.GotoAsync(server.Url + "/dashboard");
+        await page.WaitForFunctionAsync($"() => [...document.querySelectorAll('#adapter option')].some(o => o.value === '{name}')", null, new() { Timeout = 15_000 });
+        await page.SelectOptionAsync("#adapter", name);
+        await page.SelectOptionAsync("#module", "v_proj");
+        int cells = TinyModel.Config.NumHiddenLayers * experts;
+        await page.WaitForFunctionAsync($"() => document.querySelectorAll('#heatmap .cell').length === {cells}", null, new() { Timeout = 15_000 });
+
+        // Every (layer, expert) once; top-2 of 4 routes each token to two experts, so per layer the utilisations sum to 2.
+        var labels = await page.EvalOnSelectorAllAsync<string[]>("#heatmap .cell", "cs => cs.map(c => c.dataset.layer + '/' + c.dataset.expert)");
+        Assert.Equal(cells, labels.Distinct().Count());
+        var perLayer = await page.EvalOnSelectorAllAsync<double[]>("#heatmap .cell", "cs => cs.map(c => Number(c.innerText))");
+        for (int layer = 0; layer < TinyModel.Config.NumHiddenLayers; layer++)
+            Assert.Equal(2.0, perLayer.Skip(layer * experts).Take(experts).Sum(), 1);
+        var shares = await page.EvalOnSelectorAllAsync<double[]>("#shares .bar .share", "ss => ss.map(s => parseFloat(s.innerText))");
+        Assert.Equal(experts, shares.Length);
+        Assert.Equal(100.0, shares.Sum(), 0);
+        Assert.Contains("v_proj", await page.InnerTextAsync("#balance tbody"));
+        await page.ScreenshotAsync(new() { Path = Path.Combine(ArtifactsDirectory, "dashboard-experts.png"), FullPage = true });
         Assert.Empty(browser.ConsoleErrors);
     }
 
@@ -106,6 +145,18 @@ public sealed class DashboardBrowserTests
         {
             var (status, body) = await Http.PostAsync(_client, "/v1/completions", $$"""{"model":"{{model}}","prompt":"hello there","max_tokens":{{maxTokens}},"temperature":0,"ignore_eos":true}""");
             Assert.True(status == 200, body?.ToJsonString());
+        }
+
+        /// <summary>Uploads the files of <paramref name="directory"/> as a new adapter (201 expected).</summary>
+        public async Task UploadAsync(string name, string directory)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "/v1/adapters")
+            {
+                Content = AdapterApiHost.Form(name, Directory.GetFiles(directory).Select(f => (Path.GetFileName(f), (string?)Path.GetFileName(f), File.ReadAllBytes(f)))),
+            };
+            request.Headers.Authorization = new("Bearer", AdapterServer.AdminKey);
+            using var response = await _client.SendAsync(request);
+            Assert.True((int)response.StatusCode == 201, await response.Content.ReadAsStringAsync());
         }
 
         public async ValueTask DisposeAsync()

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Collections.Concurrent;
 using AdapterServe.Adapters;
 using AdapterServe.Adapters.Store;
@@ -28,6 +29,7 @@ public sealed record StressKind(string Name, Func<ModelConfig, int, TestAdapter?
 /// keeping it alive is freed mid-call under this load (libtorch "Expected false to be true … toFloat"), which fails the
 /// whole step; the fixed code must go through without a single failed step or changed token.
 /// </summary>
+[Collection(GcPressureCollection.Name)]
 public class ScalarLifetimeStressTests(ITestOutputHelper output)
 {
     private static readonly ModelConfig Model = TinyModels.Llama;
@@ -52,7 +54,7 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
             SmoreWriter.Write(dir, m, SmoreWriter.TwoByFour, [Projection.Gate, Projection.Up, Projection.Down], seed)),
     ];
 
-    private const int Rounds = 16;          // each: every kind alone, then all kinds in one batch
+    private const int Rounds = 8;           // each: every kind alone, then all kinds in one batch
     private const int TokensPerRequest = 24; // one decode step per token
 
     [Fact]
@@ -93,7 +95,7 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
                 steps += TokensPerRequest;                                   // the kinds share these steps
                 requests += Kinds.Length;
             }
-            output.WriteLine($"{requests} requests, ≥ {steps} forward steps, {pressure.Collections} forced full collections");
+            output.WriteLine($"{requests} requests, ≥ {steps} forward steps, {pressure.Collections} forced full collections of {pressure.MeanCollection.TotalMilliseconds:0.0} ms on average, {pressure.YoungCollections} forced gen0 collections between them");
         }
         Assert.True(errors.IsEmpty, $"{errors.Count} failure(s) under GC pressure; first:\n{string.Join("\n---\n", errors.Take(3))}");
         Assert.True(steps >= 2000, $"only {steps} steps ran");
@@ -157,15 +159,16 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// Full blocking collections with finalizers run to completion, back to back on one thread (the loop of issue 8),
-    /// and short-lived allocations on another so that gen0 collections also land at arbitrary points.
+    /// Full blocking collections with finalizers run to completion in a loop on one thread (the loop of issue 8), forced
+    /// gen0 collections with finalizers between them, and short-lived allocations on another thread so that collections
+    /// also land at arbitrary points.
     /// </summary>
     private sealed class GcPressure : IDisposable
     {
         private volatile bool _stop;
         private readonly Thread _collector;
         private readonly Thread _allocator;
-        private long _collections;
+        private long _collections, _collectionTicks, _youngCollections;
 
         public GcPressure()
         {
@@ -173,9 +176,24 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
             {
                 while (!_stop)
                 {
+                    long start = Stopwatch.GetTimestamp();
                     GC.Collect();
                     GC.WaitForPendingFinalizers();
+                    var took = Stopwatch.GetElapsedTime(start);
                     Interlocked.Increment(ref _collections);
+                    Interlocked.Add(ref _collectionTicks, took.Ticks);
+                    // As long again before the next full one: full collections back to back (each stops every thread)
+                    // made a step take 0.2 s, and one costs more the larger the test process's heap has grown (~70 ms at
+                    // the end of the suite). Meanwhile cheap gen0 collections with finalizers keep freeing the step's
+                    // fresh garbage (a Scalar is young) every millisecond or so.
+                    long until = Stopwatch.GetTimestamp() + Math.Max(took.Ticks * Stopwatch.Frequency / TimeSpan.TicksPerSecond, Stopwatch.Frequency / 1000);
+                    do
+                    {
+                        GC.Collect(0, GCCollectionMode.Forced, blocking: true);
+                        GC.WaitForPendingFinalizers();
+                        Interlocked.Increment(ref _youngCollections);
+                        Thread.Sleep(1);
+                    } while (!_stop && Stopwatch.GetTimestamp() < until);
                 }
             }) { IsBackground = true, Name = "gc-collector" };
             _allocator = new Thread(() =>
@@ -189,6 +207,8 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
         }
 
         public long Collections => Interlocked.Read(ref _collections);
+        public long YoungCollections => Interlocked.Read(ref _youngCollections);
+        public TimeSpan MeanCollection => TimeSpan.FromTicks(Interlocked.Read(ref _collectionTicks) / Math.Max(1, Collections));
 
         public void Dispose()
         {
@@ -249,4 +269,14 @@ public class ScalarLifetimeStressTests(ITestOutputHelper output)
         }
         public void Dispose() { }
     }
+}
+
+/// <summary>
+/// Forced collections stop every thread of the process: the stress test runs alone, after the parallel tests, so that
+/// it neither slows them nor is slowed by them.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class GcPressureCollection
+{
+    public const string Name = "GcPressure";
 }

@@ -20,31 +20,6 @@ public sealed class ObservabilityTests(RealServer server)
     }
 
     [Fact]
-    public async Task Metrics_count_requests_by_model_and_status_next_to_the_engines_token_metrics()
-    {
-        string ok = """adapterserve_requests_total{model="tiny",status="200"}""";
-        string notFound = """adapterserve_requests_total{model="unknown",status="404"}""";
-        string invalid = """adapterserve_requests_total{model="tiny",status="400"}""";
-        var before = await Metrics.ReadAsync(server.Client);
-
-        await server.PostAsync("/v1/completions", """{"model":"tiny","prompt":"a","max_tokens":2}""");
-        await Http.StreamAsync(server.Client, "/v1/chat/completions", """{"model":"tiny","messages":[{"role":"user","content":"a"}],"max_tokens":2,"stream":true}""");
-        await server.PostAsync("/v1/completions", """{"model":"no-such-adapter","prompt":"a"}""");
-        await server.PostAsync("/v1/completions", """{"model":"tiny","prompt":"a","temperature":9}""");
-
-        var after = await Metrics.ReadAsync(server.Client);
-        Assert.Equal(2, after.Value(ok) - before.Value(ok));
-        Assert.Equal(1, after.Value(notFound) - before.Value(notFound));
-        Assert.Equal(1, after.Value(invalid) - before.Value(invalid));
-        Assert.DoesNotContain("no-such-adapter", after.Text);
-        foreach (var name in new[] { "adapterserve_time_to_first_token_seconds", "adapterserve_time_per_output_token_seconds", "adapterserve_e2e_request_latency_seconds",
-                                     "adapterserve_num_requests_running", "adapterserve_num_requests_waiting", "adapterserve_batch_size", "adapterserve_prompt_tokens_total", "adapterserve_generation_tokens_total" })
-            Assert.Contains(name, after.Text);
-        foreach (var noise in new[] { "quic", "microsoft_aspnetcore", "system_net", "system_runtime", "kestrel" })
-            Assert.DoesNotContain(noise, after.Text, StringComparison.OrdinalIgnoreCase);
-    }
-
-    [Fact]
     public async Task Each_generation_request_writes_one_information_line_with_its_numbers_and_never_the_prompt()
     {
         var capture = new LogCapture();
@@ -119,4 +94,43 @@ internal sealed record Metrics(string Text)
                 return double.Parse(line[(series.Length + 1)..].Trim(), CultureInfo.InvariantCulture);
         return 0;
     }
+}
+
+/// <summary>
+/// Request counters of the process's Prometheus registry, which every test server in this process shares and serves
+/// model "tiny" through: counted alone, after the parallel tests, so that no other test's request lands in between.
+/// </summary>
+[Collection(RequestCountersCollection.Name)]
+public sealed class RequestCounterTests(RealServer server)
+{
+    [Fact]
+    public async Task Metrics_count_requests_by_model_and_status_next_to_the_engines_token_metrics()
+    {
+        string ok = """adapterserve_requests_total{model="tiny",status="200"}""";
+        string notFound = """adapterserve_requests_total{model="unknown",status="404"}""";
+        string invalid = """adapterserve_requests_total{model="tiny",status="400"}""";
+        var before = await Metrics.ReadAsync(server.Client);
+
+        await server.PostAsync("/v1/completions", """{"model":"tiny","prompt":"a","max_tokens":2}""");
+        await Http.StreamAsync(server.Client, "/v1/chat/completions", """{"model":"tiny","messages":[{"role":"user","content":"a"}],"max_tokens":2,"stream":true}""");
+        await server.PostAsync("/v1/completions", """{"model":"no-such-adapter","prompt":"a"}""");
+        await server.PostAsync("/v1/completions", """{"model":"tiny","prompt":"a","temperature":9}""");
+
+        var after = await Metrics.ReadAsync(server.Client);
+        Assert.Equal(2, after.Value(ok) - before.Value(ok));
+        Assert.Equal(1, after.Value(notFound) - before.Value(notFound));
+        Assert.Equal(1, after.Value(invalid) - before.Value(invalid));
+        Assert.DoesNotContain("no-such-adapter", after.Text);
+        foreach (var name in new[] { "adapterserve_time_to_first_token_seconds", "adapterserve_time_per_output_token_seconds", "adapterserve_e2e_request_latency_seconds",
+                                     "adapterserve_num_requests_running", "adapterserve_num_requests_waiting", "adapterserve_batch_size", "adapterserve_prompt_tokens_total", "adapterserve_generation_tokens_total" })
+            Assert.Contains(name, after.Text);
+        foreach (var noise in new[] { "quic", "microsoft_aspnetcore", "system_net", "system_runtime", "kestrel" })
+            Assert.DoesNotContain(noise, after.Text, StringComparison.OrdinalIgnoreCase);
+    }
+}
+
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class RequestCountersCollection : ICollectionFixture<RealServer>
+{
+    public const string Name = "RequestCounters";
 }
