@@ -49,6 +49,9 @@ public static class AdapterCases
         // Mixtures (issue 10): 6 embedded r16 LoRA experts, top-3 per token; 4 r16 OMoE experts, dense. Ratio to one r16 LoRA: at most 1.3x its time per token.
         new("mixer-top3-of-6", AdapterKind.LoraMixer, 16, All, 1,
             (dir, model, c, seed) => MixtureWriters.WriteLoraMixer(dir, model, experts: 6, topK: 3, c.Rank, c.Targets, seed), ComparedTo: "lora-r16", Target: new Target(AtLeast: 1 / 1.3), TargetBatches: [1, 16]),
+        // Issue 10: 16 concurrent requests over 4 different mixers >= 0.85x the same load on one mixer.
+        new("mixer-top3-of-6-x4", AdapterKind.LoraMixer, 16, All, 4,
+            (dir, model, c, seed) => MixtureWriters.WriteLoraMixer(dir, model, experts: 6, topK: 3, c.Rank, c.Targets, seed), ComparedTo: "mixer-top3-of-6", Target: new Target(AtLeast: 0.85), TargetBatches: [16]),
         new("omoe-4", AdapterKind.Omoe, 16, All, 1,
             (dir, model, c, seed) => MixtureWriters.WriteOmoe(dir, model, experts: 4, c.Rank, c.Targets, seed), ComparedTo: "lora-r16", Target: new Target(AtLeast: 1 / 1.3), TargetBatches: [1, 16]),
         // S'MoRE acts on the MLP projections: compared with one r16 LoRA on the same three (issue 10: ≤ 1.15× its time per token).

@@ -168,6 +168,8 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         }
         figures.AddRange(["adapters.lora-r16-x4.b4.tokens_per_s", "adapters.lora-r16-x4.b4.itl_ms_p50"]);
         ratios.AddRange(["adapters.lora-r16-x4.b4/base", "adapters.lora-r16-x4.b4/lora-r16"]);
+        figures.AddRange(["adapters.mixer-top3-of-6-x4.b4.tokens_per_s", "adapters.mixer-top3-of-6-x4.b4.itl_ms_p50"]);   // 4 mixers against one
+        ratios.AddRange(["adapters.mixer-top3-of-6-x4.b4/base", "adapters.mixer-top3-of-6-x4.b4/mixer-top3-of-6"]);
         AssertReport(report!, "adapters", figures, ratios);
 
         var settings = report!["settings"]!.AsObject();
@@ -181,8 +183,9 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var notes = report["notes"]!.AsArray().Select(n => n!.GetValue<string>()).ToList();
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x16 skipped: 16 distinct adapters need a batch of at least 16", StringComparison.Ordinal));
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x32 skipped", StringComparison.Ordinal));
-        // r8-0, r16-0..3, r64-0, LoKr, MoKA, the two mixtures, r16-mlp-0 and the S'MoRE tree all stay resident: more slots than --quick's 4.
-        Assert.Contains("device cache raised from 4 to 12: the run uses 12 distinct adapters, all kept resident", notes);
+        // r8-0, r16-0..3, r64-0, LoKr, MoKA, the two mixtures, the four mixers of the x4 line, r16-mlp-0 and the S'MoRE
+        // tree all stay resident: more slots than --quick's 4.
+        Assert.Contains("device cache raised from 4 to 16: the run uses 16 distinct adapters, all kept resident", notes);
         Assert.Contains("adapters.lora-r16-x4.b4/lora-r16", output);
     }
 
