@@ -26,7 +26,8 @@ public sealed record AdapterCase(
     IReadOnlyList<int>? TargetBatches = null)
 {
     /// <summary>Name (and cache folder) of the i-th distinct adapter; cases with the same kind, rank and targets share them.</summary>
-    public string AdapterName(int index) => Kind == AdapterKind.LoraMixer || Kind == AdapterKind.Omoe ? $"{Name}-{index}" :   // mixtures: the case name carries E and K
+    public string AdapterName(int index) => Kind == AdapterKind.LoraMixer || Kind == AdapterKind.Omoe
+        ? $"{(Distinct > 1 && ComparedTo is { } single ? single : Name)}-{index}" :   // mixtures: the (single) case name carries E and K
         $"{Kind.ToString().ToLowerInvariant()}-r{Rank}-{(Targets.Count == ProjectionNames.All.Length ? "all" : string.Join("+", Targets.Select(t => t.ShortName().Replace("_proj", ""))))}-{index}";
 }
 
