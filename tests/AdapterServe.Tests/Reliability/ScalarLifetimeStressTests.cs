@@ -1,5 +1,5 @@
-using System.Diagnostics;
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using AdapterServe.Adapters;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Bench.Adapters;
