@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using AdapterServe.Modeling;
 using AdapterServe.Modeling.Safetensors;
@@ -51,21 +50,11 @@ public static class AdapterValidator
             : throw new AdapterValidationException($"{ConfigFileName}: peft_type '{peftType}' is not supported (supported: {supported})", "unsupported_adapter_feature");
     }
 
+    /// <summary>Tensor dtypes an adapter file may hold (converted to the served dtype on load), for every kind.</summary>
+    public static IReadOnlyList<SafetensorsDType> ServedDTypes { get; } = [SafetensorsDType.F32, SafetensorsDType.F16, SafetensorsDType.BF16];
+
     /// <summary>Reads <c>adapter_config.json</c> of <paramref name="directory"/> as a JSON object (comments and trailing commas allowed, at most 16 MiB).</summary>
-    public static JsonObject ReadConfig(string directory)
-    {
-        string path = Path.Combine(directory, ConfigFileName);
-        if (!File.Exists(path)) throw new AdapterValidationException($"{ConfigFileName} is missing", "missing_adapter_config");
-        JsonNode? root;
-        try
-        {
-            using var stream = File.OpenRead(path);
-            if (stream.Length > 16 << 20) throw new AdapterValidationException($"{ConfigFileName} is {stream.Length} bytes long (at most 16 MiB)", "invalid_adapter_config");
-            root = JsonNode.Parse(stream, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
-        }
-        catch (JsonException e) { throw new AdapterValidationException($"{ConfigFileName} is not valid JSON: {e.Message}", "invalid_adapter_config"); }
-        return root as JsonObject ?? throw new AdapterValidationException($"{ConfigFileName} must hold a JSON object", "invalid_adapter_config");
-    }
+    public static JsonObject ReadConfig(string directory) => Kinds.PeftConfigReader.LoadObject(Path.Combine(directory, ConfigFileName), ConfigFileName);
 
     /// <summary>Opens <paramref name="fileName"/> of <paramref name="directory"/>; a bad header is a 400 naming the file (not the path).</summary>
     public static SafetensorsFile OpenSafetensors(string directory, string fileName)

@@ -19,7 +19,6 @@ public static partial class KroneckerValidator
     public const string WeightsFileName = AdapterFiles.WeightsFileName;
     public const string KeyPrefix = AdapterValidator.KeyPrefix;
 
-    private static readonly SafetensorsDType[] ServedDTypes = [SafetensorsDType.F32, SafetensorsDType.F16, SafetensorsDType.BF16];
 
     /// <summary><see cref="AdapterKind.Lokr"/> or <see cref="AdapterKind.Moka"/>, from the config's <c>peft_type</c>.</summary>
     public static AdapterKind KindOf(JsonObject config) =>
@@ -161,7 +160,7 @@ public static partial class KroneckerValidator
         long bytes = 0;
         foreach (var entry in entries.OrderBy(e => e.Name, StringComparer.Ordinal))
         {
-            if (!ServedDTypes.Contains(entry.DType))
+            if (!AdapterValidator.ServedDTypes.Contains(entry.DType))
                 throw Tensor(entry.Name, $"has dtype {entry.DType}; adapters must be F32, F16 or BF16", "unsupported_dtype");
             var match = KeyRegex().Match(entry.Name);
             if (!entry.Name.StartsWith(KeyPrefix, StringComparison.Ordinal))

@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Store;
-using static AdapterServe.Adapters.Kinds.Kronecker.PeftConfigReader;
+using static AdapterServe.Adapters.Kinds.PeftConfigReader;
 
 namespace AdapterServe.Adapters.Kinds.Kronecker;
 

@@ -16,7 +16,6 @@ internal static partial class LoraValidator
     private const string WeightsFileName = AdapterFiles.WeightsFileName;
     private const string KeyPrefix = AdapterValidator.KeyPrefix;
 
-    private static readonly SafetensorsDType[] ServedDTypes = [SafetensorsDType.F32, SafetensorsDType.F16, SafetensorsDType.BF16];
 
     private enum Part { A, B, Bias, Magnitude, Diag }
 
@@ -48,7 +47,7 @@ internal static partial class LoraValidator
         long weightBytes = 0;
         foreach (var entry in entries.OrderBy(e => e.Name, StringComparer.Ordinal))
         {
-            if (!ServedDTypes.Contains(entry.DType))
+            if (!AdapterValidator.ServedDTypes.Contains(entry.DType))
                 throw Tensor(entry.Name, $"has dtype {entry.DType}; adapters must be F32, F16 or BF16", "unsupported_dtype");
             var (layer, projection, part) = ParseKey(entry.Name, baseModel);
             var parts = modules.TryGetValue((layer, projection), out var p) ? p : modules[(layer, projection)] = [];

@@ -1,6 +1,6 @@
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters.Store;
+using static AdapterServe.Adapters.Kinds.PeftConfigReader;
 
 namespace AdapterServe.Adapters.Kinds.Lora;
 
@@ -79,20 +79,7 @@ public sealed record PeftLoraConfig
     /// <summary>Boolean switches this server knows; an unknown <c>use_*</c> set to true is refused.</summary>
     private static readonly HashSet<string> KnownUseFlags = ["use_rslora", "use_dora", "use_kasa", "use_qalora"];
 
-    public static PeftLoraConfig Load(string path)
-    {
-        if (!File.Exists(path)) throw Invalid($"{FileName} is missing", "missing_adapter_config");
-        JsonNode? root;
-        try
-        {
-            using var stream = File.OpenRead(path);
-            if (stream.Length > 16 << 20) throw Invalid($"{FileName} is {stream.Length} bytes long (at most 16 MiB)");
-            root = JsonNode.Parse(stream, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
-        }
-        catch (JsonException e) { throw Invalid($"{FileName} is not valid JSON: {e.Message}"); }
-        if (root is not JsonObject o) throw Invalid($"{FileName} must hold a JSON object");
-        return Parse(o);
-    }
+    public static PeftLoraConfig Load(string path) => Parse(LoadObject(path, FileName));
 
     public static PeftLoraConfig Parse(JsonObject o)
     {
@@ -120,16 +107,7 @@ public sealed record PeftLoraConfig
 
         var target = Selector(o, "target_modules");
         var exclude = Selector(o, "exclude_modules");
-        IReadOnlyList<int>? layers = o["layers_to_transform"] switch
-        {
-            null => null,
-            JsonValue v when v.TryGetValue<int>(out int one) => [one],
-            JsonArray a => a.Select(x => x is JsonValue jv && jv.TryGetValue<int>(out int i) ? i
-                : throw Invalid($"{FileName}: layers_to_transform must hold integers (got {x?.ToJsonString() ?? "null"})")).ToList(),
-            var other => throw Invalid($"{FileName}: layers_to_transform must be an integer or a list of integers (got {other.ToJsonString()})"),
-        };
-        if (layers is not null && target is ModuleSelector.FullMatch)
-            throw Invalid($"{FileName}: layers_to_transform cannot be used when target_modules is a regular expression (PEFT refuses this too)");
+        var layers = Layers(o, target);
 
         string bias = OptionalString(o, "bias") ?? "none";
         if (bias != "none")
@@ -205,74 +183,4 @@ public sealed record PeftLoraConfig
                 throw Unsupported($"{FileName}: '{key}: true' is a variant this server does not know; refusing rather than serving it wrongly");
         }
     }
-
-    /// <summary>Non-null and not an empty object, list or string.</summary>
-    private static bool IsSet(JsonNode? node) => node switch
-    {
-        null => false,
-        JsonObject obj => obj.Count > 0,
-        JsonArray arr => arr.Count > 0,
-        JsonValue v when v.TryGetValue<bool>(out bool b) => b,
-        JsonValue v when v.TryGetValue<string>(out var s) => s.Length > 0,
-        _ => true,
-    };
-
-    private static ModuleSelector? Selector(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<string>(out var s) => s == "all-linear" ? new ModuleSelector.AllLinear() : new ModuleSelector.FullMatch(CheckedRegex(s, field)),
-        JsonArray a => new ModuleSelector.NameList(a.Select(x => x is JsonValue jv && jv.TryGetValue<string>(out var name) ? name
-            : throw Invalid($"{FileName}: {field} must hold strings (got {x?.ToJsonString() ?? "null"})")).ToList()),
-        var other => throw Invalid($"{FileName}: {field} must be a list of names, a regular expression or \"all-linear\" (got {other.ToJsonString()})"),
-    };
-
-    private static IReadOnlyList<KeyValuePair<string, T>> Patterns<T>(JsonObject o, string field, Func<string, JsonNode?, T> value)
-    {
-        switch (o[field])
-        {
-            case null: return [];
-            case JsonObject patterns:
-                return patterns.Select(p => KeyValuePair.Create(CheckedRegex(p.Key, $"{field} key"), value(p.Key, p.Value))).ToList();
-            case var other: throw Invalid($"{FileName}: {field} must be an object of pattern → value (got {other.ToJsonString()})");
-        }
-    }
-
-    private static string CheckedRegex(string pattern, string field)
-    {
-        if (!PeftPatterns.IsValidRegex(pattern, out var error))
-            throw Invalid($"{FileName}: {field} '{pattern}' is not a valid regular expression: {error}");
-        return pattern;
-    }
-
-    private static string? OptionalString(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<string>(out var s) => s,
-        var other => throw Invalid($"{FileName}: field '{field}' must be a string (got {other.ToJsonString()})"),
-    };
-
-    private static bool? OptionalBool(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<bool>(out bool b) => b,
-        var other => throw Invalid($"{FileName}: field '{field}' must be true or false (got {other.ToJsonString()})"),
-    };
-
-    private static int? OptionalInt(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<int>(out int i) => i,
-        JsonValue v when v.TryGetValue<double>(out double d) && d == Math.Floor(d) && d is >= int.MinValue and <= int.MaxValue => (int)d,
-        var other => throw Invalid($"{FileName}: field '{field}' must be an integer (got {other.ToJsonString()})"),
-    };
-
-    private static double? OptionalNumber(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<double>(out double d) => d,
-        var other => throw Invalid($"{FileName}: field '{field}' must be a number (got {other.ToJsonString()})"),
-    };
-
-    private static AdapterValidationException Invalid(string message, string code = "invalid_adapter_config") => new(message, code);
-    private static AdapterValidationException Unsupported(string message) => new(message, "unsupported_adapter_feature");
 }

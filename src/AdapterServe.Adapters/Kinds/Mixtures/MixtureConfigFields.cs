@@ -1,5 +1,4 @@
 using AdapterServe.Adapters.Kinds.Lora;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters.Store;
 
@@ -25,19 +24,7 @@ internal sealed class MixtureConfigFields
         _file = file;
     }
 
-    public static MixtureConfigFields Load(string path, string fileName)
-    {
-        if (!File.Exists(path)) throw Invalid($"{fileName} is missing", "missing_adapter_config");
-        JsonNode? root;
-        try
-        {
-            using var stream = File.OpenRead(path);
-            if (stream.Length > 16 << 20) throw Invalid($"{fileName} is {stream.Length} bytes long (at most 16 MiB)");
-            root = JsonNode.Parse(stream, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
-        }
-        catch (JsonException e) { throw Invalid($"{fileName} is not valid JSON: {e.Message}"); }
-        return root is JsonObject o ? new MixtureConfigFields(o, fileName) : throw Invalid($"{fileName} must hold a JSON object");
-    }
+    public static MixtureConfigFields Load(string path, string fileName) => new(PeftConfigReader.LoadObject(path, fileName), fileName);
 
     public static MixtureConfigFields From(JsonObject o, string fileName) => new(o, fileName);
 

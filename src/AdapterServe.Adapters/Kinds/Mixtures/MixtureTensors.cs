@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
+using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
 using AdapterServe.Modeling.Safetensors;
 using TorchSharp;
@@ -17,7 +18,6 @@ internal static partial class MixtureTensors
 {
     public const string KeyPrefix = "base_model.model.";
 
-    private static readonly SafetensorsDType[] ServedDTypes = [SafetensorsDType.F32, SafetensorsDType.F16, SafetensorsDType.BF16];
 
     /// <summary>Opens <paramref name="path"/> as safetensors, mapping format errors to 400s that name <paramref name="fileName"/>.</summary>
     public static SafetensorsFile Open(string path, string fileName)
@@ -36,7 +36,7 @@ internal static partial class MixtureTensors
         var modules = new SortedDictionary<(int, Projection), Dictionary<string, SafetensorsEntry>>();
         foreach (var entry in file.Tensors.Values.OrderBy(e => e.Name, StringComparer.Ordinal))
         {
-            if (!ServedDTypes.Contains(entry.DType))
+            if (!AdapterValidator.ServedDTypes.Contains(entry.DType))
                 throw Tensor(fileName, entry.Name, $"has dtype {entry.DType}; weights must be F32, F16 or BF16", "unsupported_dtype");
             if (!entry.Name.StartsWith(KeyPrefix, StringComparison.Ordinal))
                 throw Tensor(fileName, entry.Name, $"does not start with '{KeyPrefix}' (not a PEFT adapter key)", "unknown_tensor");

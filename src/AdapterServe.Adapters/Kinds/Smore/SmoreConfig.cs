@@ -1,8 +1,8 @@
 using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Store;
+using static AdapterServe.Adapters.Kinds.PeftConfigReader;
 
 namespace AdapterServe.Adapters.Kinds.Smore;
 
@@ -123,20 +123,7 @@ public sealed record SmoreConfig
 
     private static readonly HashSet<string> InitMethods = ["normal", "b_zero", "bw_zero", "w_final_zero", "eq_1_layer"];
 
-    public static SmoreConfig Load(string path)
-    {
-        if (!File.Exists(path)) throw Invalid($"{FileName} is missing", "missing_adapter_config");
-        JsonNode? root;
-        try
-        {
-            using var stream = File.OpenRead(path);
-            if (stream.Length > 16 << 20) throw Invalid($"{FileName} is {stream.Length} bytes long (at most 16 MiB)");
-            root = JsonNode.Parse(stream, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
-        }
-        catch (JsonException e) { throw Invalid($"{FileName} is not valid JSON: {e.Message}"); }
-        if (root is not JsonObject o) throw Invalid($"{FileName} must hold a JSON object");
-        return Parse(o);
-    }
+    public static SmoreConfig Load(string path) => Parse(LoadObject(path, FileName));
 
     public static SmoreConfig Parse(JsonObject o)
     {
@@ -311,9 +298,8 @@ public sealed record SmoreConfig
     private static List<int> IntList(JsonObject o, string field, List<int> fallback) => o[field] switch
     {
         null => fallback,
-        JsonValue v when TryInt(v, out int one) => [one],
-        JsonArray a => a.Select(x => x is JsonValue jv && TryInt(jv, out int i) ? i
-            : throw Invalid($"{FileName}: field '{field}' must be a list of integers (got {x?.ToJsonString() ?? "null"} in it)")).ToList(),
+        JsonValue v => [Int(v, $"field '{field}'")],
+        JsonArray a => a.Select(x => Int(x, $"field '{field}' (a list of integers): each item")).ToList(),
         var other => throw Invalid($"{FileName}: field '{field}' must be a list of integers (got {other.ToJsonString()})"),
     };
 
@@ -323,68 +309,4 @@ public sealed record SmoreConfig
             : throw Invalid($"{FileName}: field '{field}' must be a list of finite numbers (got {x?.ToJsonString() ?? "null"} in it)")).ToList(),
         var other => throw Invalid($"{FileName}: field '{field}' must be null or a list of numbers, one per sub-layer (got {other?.ToJsonString() ?? "null"})"),
     };
-
-    private static bool TryInt(JsonValue v, out int value)
-    {
-        if (v.TryGetValue<int>(out value)) return true;
-        if (v.TryGetValue<double>(out double d) && d == Math.Floor(d) && d is >= int.MinValue and <= int.MaxValue) { value = (int)d; return true; }
-        return false;
-    }
-
-    private static ModuleSelector? Selector(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<string>(out var s) => s == "all-linear" ? new ModuleSelector.AllLinear() : new ModuleSelector.FullMatch(CheckedRegex(s, field)),
-        JsonArray a => new ModuleSelector.NameList(a.Select(x => x is JsonValue jv && jv.TryGetValue<string>(out var name) ? name
-            : throw Invalid($"{FileName}: field '{field}' must hold strings (got {x?.ToJsonString() ?? "null"})")).ToList()),
-        var other => throw Invalid($"{FileName}: field '{field}' must be a list of names, a regular expression or \"all-linear\" (got {other.ToJsonString()})"),
-    };
-
-    private static string CheckedRegex(string pattern, string field)
-    {
-        if (!PeftPatterns.IsValidRegex(pattern, out var error))
-            throw Invalid($"{FileName}: field '{field}' '{pattern}' is not a valid regular expression: {error}");
-        return pattern;
-    }
-
-    private static bool IsSet(JsonNode? node) => node switch
-    {
-        null => false,
-        JsonObject obj => obj.Count > 0,
-        JsonArray arr => arr.Count > 0,
-        JsonValue v when v.TryGetValue<bool>(out bool b) => b,
-        JsonValue v when v.TryGetValue<string>(out var s) => s.Length > 0,
-        _ => true,
-    };
-
-    private static string? OptionalString(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<string>(out var s) => s,
-        var other => throw Invalid($"{FileName}: field '{field}' must be a string (got {other.ToJsonString()})"),
-    };
-
-    private static bool? OptionalBool(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<bool>(out bool b) => b,
-        var other => throw Invalid($"{FileName}: field '{field}' must be true or false (got {other.ToJsonString()})"),
-    };
-
-    private static int? OptionalInt(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when TryInt(v, out int i) => i,
-        var other => throw Invalid($"{FileName}: field '{field}' must be an integer (got {other.ToJsonString()})"),
-    };
-
-    private static double? OptionalNumber(JsonObject o, string field) => o[field] switch
-    {
-        null => null,
-        JsonValue v when v.TryGetValue<double>(out double d) => d,
-        var other => throw Invalid($"{FileName}: field '{field}' must be a number (got {other.ToJsonString()})"),
-    };
-
-    internal static AdapterValidationException Invalid(string message, string code = "invalid_adapter_config") => new(message, code);
-    internal static AdapterValidationException Unsupported(string message) => new(message, "unsupported_adapter_feature");
 }

@@ -18,7 +18,6 @@ public static partial class SmoreValidator
     public const string WeightsFileName = AdapterFiles.WeightsFileName;
     public const string KeyPrefix = AdapterValidator.KeyPrefix;
 
-    private static readonly SafetensorsDType[] ServedDTypes = [SafetensorsDType.F32, SafetensorsDType.F16, SafetensorsDType.BF16];
 
     /// <summary>Reads <c>adapter_config.json</c> of <paramref name="directory"/> and validates the directory.</summary>
     public static SmoreDescription Validate(string directory, ModelConfig baseModel, bool scanWeights = true) =>
@@ -40,7 +39,7 @@ public static partial class SmoreValidator
         long bytes = 0;
         foreach (var entry in entries.OrderBy(e => e.Name, StringComparer.Ordinal))
         {
-            if (!ServedDTypes.Contains(entry.DType))
+            if (!AdapterValidator.ServedDTypes.Contains(entry.DType))
                 throw Tensor(entry.Name, $"has dtype {entry.DType}; adapters must be F32, F16 or BF16", "unsupported_dtype");
             var (layer, projection, suffix) = ParseKey(entry.Name, baseModel);
             var parts = modules.TryGetValue((layer, projection), out var p) ? p : modules[(layer, projection)] = [];

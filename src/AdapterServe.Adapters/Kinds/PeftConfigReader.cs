@@ -1,16 +1,33 @@
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Store;
 
-namespace AdapterServe.Adapters.Kinds.Kronecker;
+namespace AdapterServe.Adapters.Kinds;
 
 /// <summary>
-/// Strict reading of the fields of an <c>adapter_config.json</c> that PEFT's tuners share (target_modules,
-/// exclude_modules, layers_to_transform, patterns): a field of the wrong type is a 400 naming it.
+/// Strict reading of an <c>adapter_config.json</c> and of the fields that PEFT's tuners share (target_modules,
+/// exclude_modules, layers_to_transform, patterns): a field of the wrong type is a 400 naming it. Every kind's config
+/// reads through here.
 /// </summary>
 internal static class PeftConfigReader
 {
     public const string FileName = "adapter_config.json";
+
+    /// <summary>The JSON object of a config file (at most 16 MiB; comments and trailing commas allowed), or a 400 saying what is wrong.</summary>
+    public static JsonObject LoadObject(string path, string fileName = FileName)
+    {
+        if (!File.Exists(path)) throw Invalid($"{fileName} is missing", "missing_adapter_config");
+        JsonNode? root;
+        try
+        {
+            using var stream = File.OpenRead(path);
+            if (stream.Length > 16 << 20) throw Invalid($"{fileName} is {stream.Length} bytes long (at most 16 MiB)");
+            root = JsonNode.Parse(stream, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+        }
+        catch (JsonException e) { throw Invalid($"{fileName} is not valid JSON: {e.Message}"); }
+        return root as JsonObject ?? throw Invalid($"{fileName} must hold a JSON object");
+    }
 
     public static ModuleSelector? Selector(JsonObject o, string field) => o[field] switch
     {
