@@ -2,6 +2,7 @@ using AdapterServe.Adapters.Kinds.Smore;
 using AdapterServe.Bench.Adapters;
 using AdapterServe.Modeling;
 using AdapterServe.Tests.AdapterStore;
+using AdapterServe.Tests.Infrastructure;
 
 namespace AdapterServe.Tests.Smore;
 
@@ -11,7 +12,8 @@ public sealed class SmoreBenchWriterTests
     public void The_bench_writer_writes_an_smore_2x4_directory_the_validator_accepts()
     {
         var model = TestAdapter.TinyBase;
-        string dir = Path.Combine(Path.GetTempPath(), "adapterserve-tests", "smore-bench", Guid.NewGuid().ToString("N"));
+        using var tmp = new TempDir();
+        string dir = tmp.Sub("smore-2x4");
         Projection[] mlp = [Projection.Gate, Projection.Up, Projection.Down];
         SmoreWriter.Write(dir, model, SmoreWriter.TwoByFour, mlp, seed: 3);
 
