@@ -28,6 +28,7 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
 {
     private readonly AdapterTokenGroup[] _groups;
     private readonly IAdapterStepExecutor[] _executors;
+    private readonly bool _onCpu;
     private bool _completed;
 
     /// <exception cref="AdapterValidationException">An adapter that may not be mixed (DoRA) is mixed with other adapters in one sequence.</exception>
@@ -65,6 +66,7 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
         if (devices.Count > 1)
             throw new ArgumentException($"adapters of one batch must share a device, got {string.Join(", ", devices)}", nameof(segments));
 
+        _onCpu = order.Count > 0 && order[0].Item1.Device.type == TorchSharp.DeviceType.CPU;
         _groups = new AdapterTokenGroup[order.Count];
         var executors = new List<IAdapterStepExecutor>();
         try
@@ -99,14 +101,23 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
         foreach (var g in _groups) targeted |= g.Adapter.Modules.Targets(layer, projection);
         if (!targeted) return baseOutput;
 
-        if (x.shape[0] < TokenCount)
-            throw new ArgumentException($"the step has {x.shape[0]} tokens but its adapter segments cover {TokenCount}", nameof(x));
+        long n = x.shape[0];
+        if (n < TokenCount)
+            throw new ArgumentException($"the step has {n} tokens but its adapter segments cover {TokenCount}", nameof(x));
 
+        // Adapter products are small (an inner or outer size of r): on the CPU they run on one GEMM thread (CpuGemmThreads).
+        using var oneThread = n <= MaxOneThreadTokens && _onCpu ? CpuGemmThreads.OneThread() : default;
         using var scope = NewDisposeScope();
         var y = baseOutput;                                                          // [N, d_out], a fresh tensor of this step: updated in place
         foreach (var executor in _executors) executor.Apply(layer, projection, x, y, baseWeight);
         return y;
     }
+
+    /// <summary>
+    /// Steps of at most this many tokens compute their adapter contributions with one-thread GEMMs: for an r16 LoRA on
+    /// the 2-core bench machine one thread wins up to about 128 tokens.
+    /// </summary>
+    internal const int MaxOneThreadTokens = 64;
 
     /// <summary>The step is over: every kind's end-of-step work, then the step's index tensors are freed. Idempotent.</summary>
     public void Complete()

@@ -40,8 +40,15 @@ public sealed class AdapterTokenGroup : IDisposable
     /// <summary>True when the rows are <c>[Start, Start + Count)</c> (a narrow, no gather).</summary>
     public bool IsContiguous { get; }
 
-    /// <summary>This group's rows of <paramref name="t"/> <c>[N, d]</c> → <c>[n_g, d]</c>.</summary>
-    public Tensor Rows(Tensor t) => _index is null ? t.narrow(0, Start, Count) : t.index_select(0, _index);
+    /// <summary>This group's rows of <paramref name="t"/> <c>[N, d]</c> → <c>[n_g, d]</c> (<paramref name="t"/> itself when they are all of its rows).</summary>
+    public Tensor Rows(Tensor t) => _index is null ? RowsView(t) : t.index_select(0, _index);
+
+    /// <summary>This group's contiguous rows of <paramref name="t"/> as a view (writes reach <paramref name="t"/>); only when <see cref="IsContiguous"/>.</summary>
+    public Tensor RowsView(Tensor t)
+    {
+        if (_index is not null) throw new InvalidOperationException("the group's rows are not contiguous");
+        return Start == 0 && Count == t.shape[0] ? t : t.narrow(0, Start, Count);
+    }
 
     /// <summary><c>y[rows] += delta</c>.</summary>
     public void AddRows(Tensor y, Tensor delta)

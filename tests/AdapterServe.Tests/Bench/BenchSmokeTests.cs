@@ -176,10 +176,10 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         Assert.Equal([1, 4], settings["batches"]!.AsArray().Select(b => b!.GetValue<int>()));
         Assert.Equal(4, settings["device_cache"]!.GetValue<int>());
         Assert.Equal(1, report["figures"]!.AsArray().Select(f => f!["runs"]!.AsArray().Count).Distinct().Single());   // --quick: one recorded run
-        // Issue 5's targets sit on exactly the ratios they name (16 distinct adapters need a batch of 32: skipped here).
+        // Issue 5's targets (issue 13 raised the LoRA one to 0.93) sit on exactly the ratios they name (16 distinct adapters need a batch of 32: skipped here).
         var targeted = report["ratios"]!.AsArray().Where(r => r!["target"] is not null).Select(r => r!["name"]!.GetValue<string>()).ToList();
         Assert.Equal(["adapters.lora-r16.b1/base", "adapters.lokr-r16.b1/lora-r16", "adapters.moka-4.b1/lora-r16", "adapters.mixer-top3-of-6.b1/lora-r16", "adapters.omoe-4.b1/lora-r16", "adapters.smore-2x4.b1/lora-r16-mlp"], targeted);   // issues 9 and 10: vs one r16 LoRA on the same projections
-        Assert.Equal(0.90, report["ratios"]!.AsArray().Single(r => r!["name"]!.GetValue<string>() == "adapters.lora-r16.b1/base")!["target"]!["at_least"]!.GetValue<double>());
+        Assert.Equal(0.93, report["ratios"]!.AsArray().Single(r => r!["name"]!.GetValue<string>() == "adapters.lora-r16.b1/base")!["target"]!["at_least"]!.GetValue<double>());
         var notes = report["notes"]!.AsArray().Select(n => n!.GetValue<string>()).ToList();
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x16 skipped: 16 distinct adapters need a batch of at least 16", StringComparison.Ordinal));
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x32 skipped", StringComparison.Ordinal));

@@ -57,7 +57,14 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
 
             var xg = g.Rows(x);                                                      // [n_g, d_in]
             if (xg.dtype != w.A.dtype) xg = xg.to(w.A.dtype);
-            var delta = linear(linear(xg, w.A), w.B);                                // [n_g, R] → [n_g, d_out]
+            var xa = linear(xg, w.A);                                                // [n_g, R]
+            if (w.Bias is null && !w.IsDora && g.IsContiguous && xa.dtype == y.dtype)
+            {
+                // The common case in two calls: y[rows] += scale · xa Bᵀ, one GEMM accumulating into y's rows in place.
+                g.RowsView(y).addmm_(xa, w.BT, 1f, g.Scale);                         // [n_g, d_out]
+                continue;
+            }
+            var delta = linear(xa, w.B);                                             // [n_g, d_out]
             if (w.Bias is not null) delta = TorchScalars.Add(delta, w.Bias);         // + s·bias, [d_out] broadcast
 
             if (w.IsDora)

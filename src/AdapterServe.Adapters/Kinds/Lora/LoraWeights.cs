@@ -28,6 +28,7 @@ public sealed class LoraWeights : IDisposable
         Scaling = scaling;
         A = a;
         B = b;
+        BT = b.t().DetachFromDisposeScope();                                   // owned here, like A and B
         Bias = bias;
         Magnitude = magnitude;
         if (doraRowScale is not null) _doraRowScales[1f] = doraRowScale;
@@ -42,6 +43,8 @@ public sealed class LoraWeights : IDisposable
     public Tensor A { get; }
     /// <summary>Up projection with the scaling folded in, <c>[d_out, R]</c>.</summary>
     public Tensor B { get; }
+    /// <summary><see cref="B"/>ᵀ <c>[R, d_out]</c>, a view made once (the right operand of <c>y.addmm_(xa, Bᵀ)</c>).</summary>
+    public Tensor BT { get; }
     /// <summary><c>s · lora_B.bias</c>, <c>[d_out]</c>, when the adapter was trained with <c>lora_bias</c>.</summary>
     public Tensor? Bias { get; }
     /// <summary>DoRA magnitude <c>m</c>, <c>[d_out]</c>.</summary>
@@ -94,6 +97,7 @@ public sealed class LoraWeights : IDisposable
     public void Dispose()
     {
         A.Dispose();
+        BT.Dispose();
         B.Dispose();
         Bias?.Dispose();
         Magnitude?.Dispose();
