@@ -101,7 +101,7 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
         foreach (var g in _groups) targeted |= g.Adapter.Modules.Targets(layer, projection);
         if (!targeted) return baseOutput;
 
-        long n = x.shape[0];
+        long n = x.size(0);
         if (n < TokenCount)
             throw new ArgumentException($"the step has {n} tokens but its adapter segments cover {TokenCount}", nameof(x));
 

@@ -47,7 +47,7 @@ public sealed class AdapterTokenGroup : IDisposable
     public Tensor RowsView(Tensor t)
     {
         if (_index is not null) throw new InvalidOperationException("the group's rows are not contiguous");
-        return Start == 0 && Count == t.shape[0] ? t : t.narrow(0, Start, Count);
+        return Start == 0 && Count == t.size(0) ? t : t.narrow(0, Start, Count);
     }
 
     /// <summary><c>y[rows] += delta</c>.</summary>

@@ -60,8 +60,8 @@ public sealed class ExpertStepTally : IDisposable
         ArgumentNullException.ThrowIfNull(site);
         ArgumentNullException.ThrowIfNull(indices);
         if (indices.dim() != 2) throw new ArgumentException($"top-K indices must be [N, K], got [{string.Join(", ", indices.shape)}]", nameof(indices));
-        long n = indices.shape[0];
-        var counts = indices.shape[1] == 0 ? zeros(site.Experts.Count, ScalarType.Int64, indices.device)
+        long n = indices.size(0);
+        var counts = indices.size(1) == 0 ? zeros(site.Experts.Count, ScalarType.Int64, indices.device)
             : one_hot(indices, site.Experts.Count).sum([0, 1]);                 // [N, K, E] → [E] int64
         Keep(site, n, counts);
     }
@@ -75,10 +75,10 @@ public sealed class ExpertStepTally : IDisposable
     {
         ArgumentNullException.ThrowIfNull(site);
         ArgumentNullException.ThrowIfNull(selections);
-        if (selections.dim() != 2 || selections.shape[1] != site.Experts.Count)
+        if (selections.dim() != 2 || selections.size(1) != site.Experts.Count)
             throw new ArgumentException($"selections must be [N, {site.Experts.Count}], got [{string.Join(", ", selections.shape)}]", nameof(selections));
         var counts = selections.sum(0, type: ScalarType.Int64);                // [E] int64
-        Keep(site, selections.shape[0], counts);
+        Keep(site, selections.size(0), counts);
     }
 
     /// <summary>
@@ -127,7 +127,7 @@ public sealed class ExpertStepTally : IDisposable
 
     private void Keep(ExpertSite site, long routedTokens, Tensor counts)
     {
-        if (counts.shape.Length != 1 || counts.shape[0] != site.Experts.Count)
+        if (counts.shape.Length != 1 || counts.size(0) != site.Experts.Count)
             throw new InvalidOperationException($"expert counts of {site.Adapter} have shape [{string.Join(", ", counts.shape)}], expected [{site.Experts.Count}]");
         _pending.Add((site, routedTokens, counts.DetachFromDisposeScope()));
     }

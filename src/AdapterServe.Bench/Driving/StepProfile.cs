@@ -27,7 +27,7 @@ public static class StepProfile
         using var cache = new KvCache(model.Config, batch, pastLength + 2, model.Dtype, model.Device);
         var weights = model.StepWeights().ToList();
         using var scope = NewDisposeScope();
-        var inputs = weights.Select(w => w.shape[1]).Distinct().ToDictionary(d => d, d => randn([batch, d], model.Dtype, model.Device));
+        var inputs = weights.Select(w => w.size(1)).Distinct().ToDictionary(d => d, d => randn([batch, d], model.Dtype, model.Device));
         var tokens = new ForwardBatch(Enumerable.Range(0, batch).Select(slot => new SequenceStep(slot, pastLength, [slot % model.Config.VocabSize])).ToList());
 
         double Time(Action step)
@@ -46,7 +46,7 @@ public static class StepProfile
         double floor = Time(() =>
         {
             using var s = NewDisposeScope();
-            foreach (var w in weights) F.linear(inputs[w.shape[1]], w);
+            foreach (var w in weights) F.linear(inputs[w.size(1)], w);
         });
         double forward = Time(() =>
         {

@@ -35,12 +35,12 @@ public sealed class FusedLinear
         _layer = layer;
         Weight = cat(weights.Select(w => w.Weight).ToList(), 0);                                 // [Σ d_out_i, d_in]
         bool anyBias = weights.Any(w => w.Bias is not null);
-        Bias = anyBias ? cat(weights.Select(w => w.Bias ?? zeros(w.Weight.shape[0], w.Weight.dtype, w.Weight.device)).ToList(), 0) : null;
+        Bias = anyBias ? cat(weights.Select(w => w.Bias ?? zeros(w.Weight.size(0), w.Weight.dtype, w.Weight.device)).ToList(), 0) : null;
         _parts = new (Projection, long, long)[weights.Count];
         long offset = 0;
         for (int i = 0; i < weights.Count; i++)
         {
-            long size = weights[i].Weight.shape[0];
+            long size = weights[i].Weight.size(0);
             _parts[i] = (weights[i].Projection, offset, size);
             offset += size;
         }
@@ -221,7 +221,7 @@ public sealed class LlamaModel : IDisposable
     private Tensor Attention(int l, LlamaAttention attn, Tensor x, AttentionLayout layout, RotaryEmbedding.Angles rope, KvCache cache, IProjectionHook? hook)
     {
         int heads = Config.NumAttentionHeads, kvHeads = Config.NumKeyValueHeads, d = Config.HeadDim, group = heads / kvHeads;
-        long n = x.shape[0];
+        long n = x.size(0);
         using var scope = NewDisposeScope();
         var qkv = attn.QkvProj.Forward(x, hook);                                                  // [N, (H + 2·KVH)·D]
         var qk = Rotary.Apply(qkv.narrow(1, 0, (heads + kvHeads) * d).view(n, heads + kvHeads, d), rope);   // [N, H + KVH, D], rotated together

@@ -35,7 +35,7 @@ public sealed class RotaryEmbedding : IDisposable
         _halfSwap = tensor(Enumerable.Range(0, half * 2).Select(i => (long)(i < half ? i + half : i - half)).ToArray(), device: device);
     }
 
-    public int MaxPositions => (int)_cos.shape[0];
+    public int MaxPositions => (int)_cos.size(0);
 
     /// <summary>The inverse frequencies θ_i = base^(−2i/d), rescaled as <c>rope_scaling</c> says.</summary>
     public static double[] InverseFrequencies(ModelConfig config)

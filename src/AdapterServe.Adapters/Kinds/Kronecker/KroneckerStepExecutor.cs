@@ -21,9 +21,9 @@ internal sealed class KroneckerStepExecutor(IReadOnlyList<AdapterTokenGroup> gro
         foreach (var (g, modules) in _groups)
         {
             if (modules.Module(layer, projection) is not { } w) continue;
-            if (w.InFeatures != x.shape[1] || w.OutFeatures != y.shape[1])
+            if (w.InFeatures != x.size(1) || w.OutFeatures != y.size(1))
                 throw new InvalidOperationException(
-                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{w.OutFeatures}, {w.InFeatures}], the step has [{y.shape[1]}, {x.shape[1]}]");
+                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{w.OutFeatures}, {w.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
 
             if (g.IsContiguous) w.AddTo(g.Rows(x), g.Rows(y), g.Scale);                // [n_g, d_out] rows updated in place
             else

@@ -68,7 +68,7 @@ public sealed class KroneckerWeights : IDisposable
     public Tensor Delta(Tensor x)
     {
         using var scope = NewDisposeScope();
-        long n = x.shape[0];
+        long n = x.size(0);
         Tensor? sum = null;                                                        // [n, Ma, Mb] of the first term
         foreach (var term in Terms)
         {
@@ -86,7 +86,7 @@ public sealed class KroneckerWeights : IDisposable
     public void AddTo(Tensor x, Tensor rows, float scale = 1f)
     {
         using var scope = NewDisposeScope();
-        long n = x.shape[0];
+        long n = x.size(0);
         foreach (var term in Terms)
         {
             var y = term.Apply(x);                                                 // [n, Ma, Mb]
@@ -121,7 +121,7 @@ public sealed class KroneckerWeights : IDisposable
     {
         if (a.dim() != 2 || b.dim() != 2)
             throw new ArgumentException($"Kronecker factors must be matrices, got [{string.Join(", ", a.shape)}] and [{string.Join(", ", b.shape)}]");
-        return new KroneckerShape(checked((int)a.shape[0]), checked((int)a.shape[1]), checked((int)b.shape[0]), checked((int)b.shape[1]));
+        return new KroneckerShape(checked((int)a.size(0)), checked((int)a.size(1)), checked((int)b.size(0)), checked((int)b.size(1)));
     }
 }
 
@@ -185,7 +185,7 @@ public sealed class KroneckerTerm : IDisposable
     /// <summary><c>Σ_i A_i X B_iᵀ</c> per token: x <c>[n, Na·Nb]</c> → <c>[n, Ma, Mb]</c> (cast to the factors' dtype).</summary>
     public Tensor Apply(Tensor x)
     {
-        long n = x.shape[0];
+        long n = x.size(0);
         var (ma, na, mb, nb) = (Shape.Ma, Shape.Na, Shape.Mb, Shape.Nb);
         if (x.dtype != Left.dtype) x = x.to(Left.dtype);
         var xs = x.reshape(n, na, nb);                                             // [n, Na, Nb]
@@ -193,13 +193,13 @@ public sealed class KroneckerTerm : IDisposable
         // batched GEMM, where matmul's broadcasting would first fold and copy.
         if (LeftFirst)
         {
-            var u = Left.expand(n, Left.shape[0], na).bmm(xs);                     // [n, Ma·k, Nb], contiguous
+            var u = Left.expand(n, Left.size(0), na).bmm(xs);                     // [n, Ma·k, Nb], contiguous
             if (Count > 1) u = u.view(n, ma, (long)Count * nb);                    // [n, Ma, k·Nb]: row a·k + i, column d
             return linear(u, Right);                                               // [n, Ma, Mb]
         }
         var t = linear(xs, Right);                                                 // [n, Na, k·Mb]
         if (Count > 1) t = t.view(n, na, Count, mb).permute(0, 2, 1, 3).reshape(n, (long)Count * na, mb); // [n, k·Na, Mb]
-        return Left.expand(n, ma, Left.shape[1]).bmm(t);                           // [n, Ma, Mb]
+        return Left.expand(n, ma, Left.size(1)).bmm(t);                           // [n, Ma, Mb]
     }
 
     internal KroneckerTerm To(Device device)

@@ -43,8 +43,8 @@ public static class KasaDelta
     {
         using var scope = NewDisposeScope();
         var dev = baseWeight.device;
-        long dOut = baseWeight.shape[0], dIn = baseWeight.shape[1];
-        int rank = (int)a.shape[0];
+        long dOut = baseWeight.size(0), dIn = baseWeight.size(1);
+        int rank = (int)a.size(0);
         int removed = RemovedComponents(dOut, dIn, rank, truncation);
 
         var adapterB = TorchScalars.Mul(b.to(ScalarType.Float32, dev).mul(diag.to(ScalarType.Float32, dev)), scaling); // [d_out, r] = s·B diag(σ)
@@ -53,7 +53,7 @@ public static class KasaDelta
             return (adapterA.MoveToOuterDisposeScope(), adapterB.MoveToOuterDisposeScope());
 
         var (u, s, vh) = linalg.svd(baseWeight.to(ScalarType.Float32), fullMatrices: false);              // [d_out, k], [k] descending, [k, d_in]
-        long k = s.shape[0];
+        long k = s.size(0);
         var uSmall = u.narrow(1, k - removed, removed);                                                  // [d_out, removed]
         var sSmall = s.narrow(0, k - removed, removed);                                                  // [removed]
         var vhSmall = vh.narrow(0, k - removed, removed);                                                // [removed, d_in]

@@ -116,7 +116,7 @@ public sealed class LoraModules : IAdapterModules
         string module = ProjectionNames.ModulePath(spec.Layer, spec.Projection);
         if (baseWeight.dim() != 2)
             throw new InvalidOperationException($"base weight of {module} must be [d_out, d_in], got [{string.Join(", ", baseWeight.shape)}]");
-        long dOut = baseWeight.shape[0], dIn = baseWeight.shape[1];
+        long dOut = baseWeight.size(0), dIn = baseWeight.size(1);
         int r = spec.Rank;
         if (r <= 0) throw new AdapterValidationException($"{Describe(record)}: {module} has rank {r}");
         if (spec.HasMagnitude && spec.HasDiag)

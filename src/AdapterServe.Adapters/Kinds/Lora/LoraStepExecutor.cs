@@ -51,9 +51,9 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
         foreach (var (g, modules) in _groups)
         {
             if (modules.Module(layer, projection) is not { } w) continue;
-            if (w.InFeatures != x.shape[1] || w.OutFeatures != y.shape[1])
+            if (w.InFeatures != x.size(1) || w.OutFeatures != y.size(1))
                 throw new InvalidOperationException(
-                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{w.OutFeatures}, {w.InFeatures}], the step has [{y.shape[1]}, {x.shape[1]}]");
+                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{w.OutFeatures}, {w.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
 
             var xg = g.Rows(x);                                                      // [n_g, d_in]
             if (xg.dtype != w.A.dtype) xg = xg.to(w.A.dtype);
@@ -181,11 +181,11 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
             bool targeted = false;
             foreach (var m in _modules) targeted |= m.Targets(layer, projection);
             if (!targeted || _bank.Projection(layer, projection) is not { } stack) return;
-            if (stack.InFeatures != x.shape[1] || stack.OutFeatures != y.shape[1])
+            if (stack.InFeatures != x.size(1) || stack.OutFeatures != y.size(1))
                 throw new InvalidOperationException(
-                    $"the adapter slots of {projection.ShortName()} of layer {layer} are [{stack.OutFeatures}, {stack.InFeatures}], the step has [{y.shape[1]}, {x.shape[1]}]");
+                    $"the adapter slots of {projection.ShortName()} of layer {layer} are [{stack.OutFeatures}, {stack.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
             int rowCount = _groupCount * _length;
-            bool identity = _rows is null && rowCount == x.shape[0];
+            bool identity = _rows is null && rowCount == x.size(0);
 
             var xs = identity ? x : _rows is null ? x.narrow(0, 0, rowCount) : x.index_select(0, _rows);   // [S·L, d_in]
             if (xs.dtype != stack.AT.dtype) xs = xs.to(stack.AT.dtype);

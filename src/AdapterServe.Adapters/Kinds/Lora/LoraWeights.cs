@@ -50,9 +50,9 @@ public sealed class LoraWeights : IDisposable
     /// <summary>DoRA magnitude <c>m</c>, <c>[d_out]</c>.</summary>
     public Tensor? Magnitude { get; }
 
-    public int Rank => (int)A.shape[0];
-    public int InFeatures => (int)A.shape[1];
-    public int OutFeatures => (int)B.shape[0];
+    public int Rank => (int)A.size(0);
+    public int InFeatures => (int)A.size(1);
+    public int OutFeatures => (int)B.size(0);
     public bool IsDora => Magnitude is not null;
     /// <summary>Bytes of the tensors loaded with the module (A, B, bias, magnitude and DoRA's scale-1 row factor).</summary>
     public long Bytes { get; }

@@ -32,8 +32,8 @@ public sealed class MixerModule : IDisposable
         AAll = aAll;
         BAll = bAll;
         BiasAll = biasAll;
-        InFeatures = aAll.shape[1];
-        OutFeatures = bAll.shape[0];
+        InFeatures = aAll.size(1);
+        OutFeatures = bAll.size(0);
         Bytes = new[] { router, routerBias, aAll, bAll, biasAll }.Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize);
     }
 
@@ -67,14 +67,14 @@ public sealed class MixerModule : IDisposable
         ArgumentNullException.ThrowIfNull(router);
         ArgumentNullException.ThrowIfNull(experts);
         int e = experts.Count;
-        if (router.dim() != 2 || router.shape[0] != e)
+        if (router.dim() != 2 || router.size(0) != e)
             throw new ArgumentException($"router must be [{e}, d_in], got [{string.Join(", ", router.shape)}]", nameof(router));
         if (topK < 1 || topK > e) throw new ArgumentOutOfRangeException(nameof(topK), $"top_k must be in 1..{e}, got {topK}");
-        long dIn = router.shape[1];
+        long dIn = router.size(1);
         var present = experts.Where(x => x is not null).Select(x => x!).ToList();
         if (present.Count == 0) throw new ArgumentException("no expert adapts this module", nameof(experts));
-        long dOut = present[0].B.shape[0];
-        int r = (int)present.Max(x => x.A.shape[0]);
+        long dOut = present[0].B.size(0);
+        int r = (int)present.Max(x => x.A.size(0));
         bool anyBias = present.Any(x => x.Bias is not null);
 
         using var inferenceOff = inference_mode(false);
@@ -85,8 +85,8 @@ public sealed class MixerModule : IDisposable
         for (int i = 0; i < e; i++)
         {
             if (experts[i] is not { } x) continue;
-            long ri = x.A.shape[0];
-            if (x.A.dim() != 2 || x.A.shape[1] != dIn || x.B.dim() != 2 || x.B.shape[0] != dOut || x.B.shape[1] != ri)
+            long ri = x.A.size(0);
+            if (x.A.dim() != 2 || x.A.size(1) != dIn || x.B.dim() != 2 || x.B.size(0) != dOut || x.B.size(1) != ri)
                 throw new ArgumentException($"expert {i}: A [{string.Join(", ", x.A.shape)}] and B [{string.Join(", ", x.B.shape)}] do not fit [r, {dIn}] and [{dOut}, r]", nameof(experts));
             aAll.narrow(0, (long)i * r, ri).copy_(x.A);                                 // rows i·r .. i·r + r_e
             bAll.narrow(1, (long)i * r, ri).copy_(x.B);                                 // columns i·r .. i·r + r_e
@@ -117,7 +117,7 @@ public sealed class MixerModule : IDisposable
     {
         var (weights, chosen) = Route(x);                                            // [N, E], [N, K]
         selected = chosen;
-        long n = x.shape[0];
+        long n = x.size(0);
         var xa = x.dtype == AAll.dtype ? x : x.to(AAll.dtype);
         var w = weights.dtype == AAll.dtype ? weights : weights.to(AAll.dtype);       // [N, E]
         var h = linear(xa, AAll).view(n, Experts, Rank);                              // [N, E, r]

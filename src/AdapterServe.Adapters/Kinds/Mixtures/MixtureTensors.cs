@@ -69,7 +69,7 @@ internal static partial class MixtureTensors
             using var scope = NewDisposeScope();
             var flat = file.Read(entry.Name, ScalarType.Float32, CPU).flatten();                  // validation, not a hot path
             var bad = flat.isfinite().logical_not().nonzero();                                     // [count, 1]
-            if (bad.shape[0] == 0) continue;
+            if (bad.size(0) == 0) continue;
             long element = bad[0][0].item<long>();
             float value = flat[element].item<float>();
             throw Tensor(fileName, entry.Name, $"holds {(float.IsNaN(value) ? "NaN" : "Inf")} (element {element}); weights must be finite", "non_finite_weights");

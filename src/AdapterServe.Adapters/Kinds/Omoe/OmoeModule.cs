@@ -32,8 +32,8 @@ public sealed class OmoeModule : IDisposable
         BAll = bAll;
         _eps = eps;
         _order = order;
-        InFeatures = aAll.shape[1];
-        OutFeatures = bAll.shape[1];
+        InFeatures = aAll.size(1);
+        OutFeatures = bAll.size(1);
         Bytes = new[] { router, aAll, bAll }.Sum(t => t.NumberOfElements * t.ElementSize);
     }
 
@@ -64,7 +64,7 @@ public sealed class OmoeModule : IDisposable
         ArgumentNullException.ThrowIfNull(router);
         int n = a.Count;
         if (n < 1 || b.Count != n) throw new ArgumentException($"need as many A as B (got {a.Count} and {b.Count})", nameof(b));
-        if (router.dim() != 2 || router.shape[0] != n) throw new ArgumentException($"router must be [{n}, d_in], got [{string.Join(", ", router.shape)}]", nameof(router));
+        if (router.dim() != 2 || router.size(0) != n) throw new ArgumentException($"router must be [{n}, d_in], got [{string.Join(", ", router.shape)}]", nameof(router));
         if (topK is { } k && (k < 1 || k > n)) throw new ArgumentOutOfRangeException(nameof(topK), $"top_k must be in 1..{n}, got {k}");
         if (!(eps >= 0) || !double.IsFinite(eps)) throw new ArgumentOutOfRangeException(nameof(eps), "eps must be a finite number ≥ 0");
 
@@ -75,7 +75,7 @@ public sealed class OmoeModule : IDisposable
         int active = topK ?? n;
         var order = tensor(Enumerable.Range(0, active).Select(i => (float)i / active).ToArray());                  // [k] i / k < 1
         Tensor Keep(Tensor t, ScalarType type) => t.to(type, device, copy: true).contiguous().DetachFromDisposeScope();
-        return new OmoeModule(n, (int)a[0].shape[0], topK, rescaleNorm,
+        return new OmoeModule(n, (int)a[0].size(0), topK, rescaleNorm,
             Keep(router, ScalarType.Float32), Keep(aAll, dtype), Keep(bAll, dtype),
             Keep(tensor((float)eps), ScalarType.Float32), Keep(order, ScalarType.Float32));
     }
@@ -99,7 +99,7 @@ public sealed class OmoeModule : IDisposable
     /// <summary>The per-token expert outputs <c>M [N, d_out, n]</c>, column i = s·B_i(A_i x), float32.</summary>
     public Tensor ExpertOutputs(Tensor x)
     {
-        long t = x.shape[0];
+        long t = x.size(0);
         var xa = x.dtype == AAll.dtype ? x : x.to(AAll.dtype);
         var h = linear(xa, AAll).view(t, Experts, Rank);                             // [N, n, r]
         var m = einsum("nir,ior->noi", h, BAll);                                     // [N, d_out, n]
@@ -113,7 +113,7 @@ public sealed class OmoeModule : IDisposable
         selected = chosen;
         var m = ExpertOutputs(x);                                                    // [N, d_out, n]
         if (chosen is not null)
-            m = m.gather(2, chosen.unsqueeze(1).expand(-1, m.shape[1], -1));         // [N, d_out, K]
+            m = m.gather(2, chosen.unsqueeze(1).expand(-1, m.size(1), -1));         // [N, d_out, K]
         var (q, norms, perm) = Orthonormalise(m, _eps, _order);                      // [N, d_out, k], [N, k], [N, k]
         var coefficients = gates.gather(1, perm);                                    // [N, k] g in q's column order
         if (RescaleNorm) coefficients = coefficients.mul(norms);                     // g_i · ‖E_i‖
@@ -133,7 +133,7 @@ public sealed class OmoeModule : IDisposable
         var norms = m.mul(m).sum(1).sqrt();                                          // [N, k] ‖E_i‖ (no Scalar-taking norm op)
         var key = TorchScalars.Add(norms.lt(eps).to(ScalarType.Float32), order);     // [N, k] guarded columns ≥ 1, the rest i/k
         var perm = key.argsort(-1);                                                  // [N, k]
-        var sorted = m.gather(2, perm.unsqueeze(1).expand(-1, m.shape[1], -1));      // [N, d, k]
+        var sorted = m.gather(2, perm.unsqueeze(1).expand(-1, m.size(1), -1));      // [N, d, k]
         var (q, r) = linalg.qr(sorted);                                              // [N, d, k], [N, k, k]
         var diagonal = r.diagonal(0, -2, -1);                                        // [N, k] ±‖residual_i‖
         var fix = diagonal.sign().mul(diagonal.abs().ge(eps).to(ScalarType.Float32)); // [N, k] ±1, 0 where guarded

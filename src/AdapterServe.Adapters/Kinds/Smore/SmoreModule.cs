@@ -108,8 +108,8 @@ public sealed class SmoreModule : IDisposable
     /// <summary><c>[d_out]</c>.</summary>
     public Tensor FinalB { get; }
     public long Bytes { get; }
-    public int InFeatures => (int)Input.shape[1];
-    public int OutFeatures => (int)FinalW.shape[0];
+    public int InFeatures => (int)Input.size(1);
+    public int OutFeatures => (int)FinalW.size(0);
 
     /// <summary>
     /// Builds the served tensors of one module from the stored ones. <paramref name="stored"/> returns the tensor stored

@@ -28,9 +28,9 @@ internal sealed class SmoreStepExecutor : IAdapterStepExecutor
         foreach (var (g, weights) in _groups)
         {
             if (weights.Module(layer, projection) is not { } module) continue;
-            if (module.InFeatures != x.shape[1] || module.OutFeatures != y.shape[1])
+            if (module.InFeatures != x.size(1) || module.OutFeatures != y.size(1))
                 throw new InvalidOperationException(
-                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.shape[1]}, {x.shape[1]}]");
+                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
             var (delta, routing) = SmoreTree.Forward(module, g.Rows(x));                    // [n_g, d_out] float32
             SmoreTree.Record(_tally, weights.Site(layer, projection), module, routing);
             if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);

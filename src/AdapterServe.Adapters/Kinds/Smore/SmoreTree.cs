@@ -36,7 +36,7 @@ public static class SmoreTree
     {
         var config = module.Config;
         int levels = module.Levels.Count;
-        long n = projected.shape[0];
+        long n = projected.size(0);
         var ids = new Tensor[levels];
         var weights = new Tensor[levels];
 
@@ -77,7 +77,7 @@ public static class SmoreTree
             if (l > 0)
             {
                 // Children's routers see the token and the keys of their selected ancestors, top-down.
-                long width = gateInput.shape[2];
+                long width = gateInput.size(2);
                 var keys = level.Keys.index_select(0, ids[l].flatten()).view(n, paths * f, level.GateDim); // [N, P·f, d_g]
                 var parent = gateInput.unsqueeze(2).expand(n, paths, f, width).reshape(n, paths * f, width); // [N, P·f, width]
                 gateInput = cat([parent, keys], -1);                                        // [N, P·f, width + d_g]
@@ -92,13 +92,13 @@ public static class SmoreTree
     public static Tensor Evaluate(SmoreModule module, Tensor projected, SmoreRouting routing)
     {
         var config = module.Config;
-        long n = projected.shape[0];
+        long n = projected.size(0);
         Tensor? below = null;                                                               // x_l per path of sub-layer l: [N, P_l, d_l]
         for (int l = 0; l < module.Levels.Count; l++)
         {
             var level = module.Levels[l];
             var ids = routing.Ids[l];                                                       // [N, P_l]
-            long paths = ids.shape[1], parents = paths / level.FanOut;
+            long paths = ids.size(1), parents = paths / level.FanOut;
             int s = level.Experts, r = level.Rank, dOut = level.DimOut;
 
             // Every expert of the sub-layer at once: u_e = sc·(B_e(A_e x + a_e) + b_e), sc folded into B and b at load.
@@ -132,7 +132,7 @@ public static class SmoreTree
             if (unweighted is not null) next = TorchScalars.Add(next, unweighted.reshape(n, parents, level.FanOut, dOut).sum(2));
             below = next;
         }
-        return linear(below!.reshape(n, module.FinalW.shape[1]), module.FinalW, module.FinalB); // [N, d_out]
+        return linear(below!.reshape(n, module.FinalW.size(1)), module.FinalW, module.FinalB); // [N, d_out]
     }
 
     /// <summary>Routing then experts: the module's delta <c>[N, d_out]</c> in float32, and where the tokens went.</summary>
