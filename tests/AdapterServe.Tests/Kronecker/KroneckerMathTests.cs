@@ -124,6 +124,33 @@ public sealed class KroneckerMathTests : IDisposable
             using (weights) AssertServes(weights, LokrDelta(adapter, layer, p, 1.0), $"layer {layer} {p.ShortName()}");
     }
 
+    /// <summary>
+    /// Several tokens go through one of two forms per term (batched per token, or side by side in one GEMM, chosen by
+    /// how narrow the per-token product is), in either multiplication order, with one or two stacked components.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 8, 8, 16, 1, true, false)]
+    [InlineData(2, 8, 8, 16, 2, true, false)]
+    [InlineData(2, 8, 8, 4, 1, true, true)]
+    [InlineData(2, 8, 8, 4, 2, true, true)]
+    [InlineData(8, 2, 16, 8, 1, false, false)]
+    [InlineData(8, 2, 16, 8, 2, false, false)]
+    [InlineData(8, 2, 4, 8, 1, false, true)]
+    [InlineData(8, 2, 4, 8, 2, false, true)]
+    public void Kronecker_terms_serve_several_tokens_exactly_batched_or_side_by_side(int ma, int na, int mb, int nb, int count, bool leftFirst, bool stacksTokens)
+    {
+        using var scope = NewDisposeScope();
+        manual_seed(ma * 1000 + nb * 10 + count);
+        var components = Enumerable.Range(0, count).Select(i => (A: randn(ma, na), B: randn(mb, nb), Coefficient: i == 0 ? 0.5 : -1.25)).ToList();
+        using var weights = KroneckerWeights.Build(0, Projection.Q, components, CPU, ScalarType.Float32);
+        var term = Assert.Single(weights.Terms);
+        Assert.Equal((count, leftFirst, stacksTokens), (term.Count, term.LeftFirst, term.StacksTokens));
+
+        var deltaW = zeros(ma * mb, na * nb);                                                 // [d_out, d_in]
+        foreach (var (a, b, c) in components) deltaW += kron(a, b) * c;
+        AssertServes(weights, deltaW, $"[{ma}, {na}] ⊗ [{mb}, {nb}] × {count}");
+    }
+
     [Fact]
     public void Moka_output_equals_the_gated_sum_of_kron_products_with_components_of_different_shapes()
     {
