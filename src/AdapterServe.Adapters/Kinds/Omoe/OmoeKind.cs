@@ -85,7 +85,7 @@ namespace AdapterServe.Adapters.Kinds.Omoe
                 if (weights.Module(layer, projection) is not var (module, site)) continue;
                 if (module.InFeatures != x.size(1) || module.OutFeatures != y.size(1))
                     throw new InvalidOperationException($"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
-                var delta = module.Delta(g.Rows(x), out var selected);                 // [n_g, d_out] float32
+                var delta = module.Delta(g.Rows(x), out var selected);                 // [n_g, d_out]
                 if (selected is null) tally.RecordAll(site, g.Count);
                 else tally.RecordTopK(site, selected);
                 if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);

@@ -13,15 +13,23 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 /// (kept in expert order, gates renormalised over them) are orthonormalised. ε guard: an expert whose Gram–Schmidt
 /// residual is shorter than ε contributes nothing; such columns are moved behind the others before the QR so they
 /// cannot bend the directions of the remaining experts (exactly Gram–Schmidt with a skipped column).
+/// <para>
+/// Served in the experts' own coordinates: the stacked up-projections <c>B_cat = [s·B_1 … s·B_n] [d_out, n·r]</c>
+/// are factored once at load as <c>B_cat = U·R_B</c> (reduced QR: <c>U [d_out, p]</c> with orthonormal columns,
+/// <c>p = min(d_out, n·r)</c>). Then <c>E_i = U·S_i</c> with <c>S_i = R_B[:, block i]·h_i</c> in <c>p</c> dimensions, and
+/// U preserves every inner product, so Gram–Schmidt of the <c>S_i</c> gives the same R, norms and guards as that of
+/// the <c>E_i</c>, and <c>Σ c_i q_i = U·Σ c_i q^S_i</c>. Per token the orthonormalisation works on <c>[p, n]</c> (64 × 4
+/// for four r16 experts) instead of <c>[d_out, n]</c>, and the output space is reached by one GEMM at the end.
+/// </para>
 /// Per step a fixed number of native calls whatever n, K or the routing: one GEMM for all A (<c>A_all [n·r, d_in]</c>),
-/// one einsum for all B (<c>B_all [n, d_out, r]</c>), one batched QR. Built once at load; owns its tensors.
+/// one einsum into coordinates, one batched QR, one GEMM against U. Built once at load; owns its tensors.
 /// </summary>
 public sealed class OmoeModule : IDisposable
 {
     private readonly Tensor _eps;     // [] float32
     private readonly Tensor _order;   // [k] float32, i / k: ranks the experts in expert order, guarded columns last
 
-    private OmoeModule(int experts, int rank, int? topK, bool rescaleNorm, Tensor router, Tensor aAll, Tensor bAll, Tensor eps, Tensor order)
+    private OmoeModule(int experts, int rank, int? topK, bool rescaleNorm, Tensor router, Tensor aAll, Tensor basis, Tensor coordinates, Tensor eps, Tensor order)
     {
         Experts = experts;
         Rank = rank;
@@ -29,12 +37,13 @@ public sealed class OmoeModule : IDisposable
         RescaleNorm = rescaleNorm;
         Router = router;
         AAll = aAll;
-        BAll = bAll;
+        Basis = basis;
+        Coordinates = coordinates;
         _eps = eps;
         _order = order;
         InFeatures = aAll.size(1);
-        OutFeatures = bAll.size(1);
-        Bytes = new[] { router, aAll, bAll }.Sum(t => t.NumberOfElements * t.ElementSize);
+        OutFeatures = basis.size(0);
+        Bytes = new[] { router, aAll, basis, coordinates }.Sum(t => t.NumberOfElements * t.ElementSize);
     }
 
     public int Experts { get; }
@@ -49,8 +58,10 @@ public sealed class OmoeModule : IDisposable
     public Tensor Router { get; }
     /// <summary><c>[n·r, d_in]</c>.</summary>
     public Tensor AAll { get; }
-    /// <summary><c>[n, d_out, r]</c>, s folded in.</summary>
-    public Tensor BAll { get; }
+    /// <summary><c>U [d_out, p]</c>: orthonormal columns spanning the experts' up-projections (<c>B_cat = U·R_B</c>).</summary>
+    public Tensor Basis { get; }
+    /// <summary><c>R_B</c> seen per expert, <c>[p, n, r]</c>, float32: expert i's <c>s·B_i = U·R_B[:, i]</c>.</summary>
+    public Tensor Coordinates { get; }
 
     /// <summary>Experts that take part per token: K, or n.</summary>
     public int Active => TopK ?? Experts;
@@ -70,13 +81,16 @@ public sealed class OmoeModule : IDisposable
 
         using var inferenceOff = inference_mode(false);
         using var scope = NewDisposeScope();
+        int r = (int)a[0].size(0);
         var aAll = cat(a.Select(t => t.to(ScalarType.Float32)).ToArray(), 0);                                  // [n·r, d_in]
-        var bAll = TorchScalars.Mul(stack(b.Select(t => t.to(ScalarType.Float32)).ToArray(), 0), scaling);     // [n, d_out, r] = s·B_i
+        var bCat = TorchScalars.Mul(cat(b.Select(t => t.to(ScalarType.Float64)).ToArray(), 1), scaling);       // [d_out, n·r] = [s·B_1 … s·B_n]
+        var (basis, rB) = linalg.qr(bCat);                                                                     // [d_out, p], [p, n·r] (reduced)
+        var coordinates = rB.reshape(rB.size(0), n, r);                                                         // [p, n, r]
         int active = topK ?? n;
         var order = tensor(Enumerable.Range(0, active).Select(i => (float)i / active).ToArray());                  // [k] i / k < 1
         Tensor Keep(Tensor t, ScalarType type) => t.to(type, device, copy: true).contiguous().DetachFromDisposeScope();
-        return new OmoeModule(n, (int)a[0].size(0), topK, rescaleNorm,
-            Keep(router, ScalarType.Float32), Keep(aAll, dtype), Keep(bAll, dtype),
+        return new OmoeModule(n, r, topK, rescaleNorm,
+            Keep(router, ScalarType.Float32), Keep(aAll, dtype), Keep(basis, dtype), Keep(coordinates, ScalarType.Float32),
             Keep(tensor((float)eps), ScalarType.Float32), Keep(order, ScalarType.Float32));
     }
 
@@ -96,28 +110,36 @@ public sealed class OmoeModule : IDisposable
         return (gates, selected);
     }
 
-    /// <summary>The per-token expert outputs <c>M [N, d_out, n]</c>, column i = s·B_i(A_i x), float32.</summary>
-    public Tensor ExpertOutputs(Tensor x)
+    /// <summary>The per-token expert outputs in the experts' coordinates, <c>S [N, p, n]</c>: column i = <c>R_B[:, i]·(A_i x)</c>, float32 (<c>E_i = U·S_i</c>).</summary>
+    public Tensor ExpertCoordinates(Tensor x)
     {
         long t = x.size(0);
         var xa = x.dtype == AAll.dtype ? x : x.to(AAll.dtype);
         var h = linear(xa, AAll).view(t, Experts, Rank);                             // [N, n, r]
-        var m = einsum("nir,ior->noi", h, BAll);                                     // [N, d_out, n]
-        return m.dtype == ScalarType.Float32 ? m : m.to(ScalarType.Float32);
+        if (h.dtype != ScalarType.Float32) h = h.to(ScalarType.Float32);
+        return einsum("nir,pir->npi", h, Coordinates);                               // [N, p, n]
     }
 
-    /// <summary>The adapter's contribution for every token <c>x [N, d_in]</c> → <c>[N, d_out]</c> (float32); <paramref name="selected"/> as <see cref="Route"/>.</summary>
+    /// <summary>The per-token expert outputs <c>M [N, d_out, n]</c>, column i = s·B_i(A_i x) (in <see cref="Basis"/>'s dtype).</summary>
+    public Tensor ExpertOutputs(Tensor x)
+    {
+        var s = ExpertCoordinates(x);                                                // [N, p, n]
+        return Basis.matmul(s.to(Basis.dtype));                                     // [N, d_out, n] = U·S
+    }
+
+    /// <summary>The adapter's contribution for every token <c>x [N, d_in]</c> → <c>[N, d_out]</c> (in <see cref="Basis"/>'s dtype); <paramref name="selected"/> as <see cref="Route"/>.</summary>
     public Tensor Delta(Tensor x, out Tensor? selected)
     {
         var (gates, chosen) = Route(x);                                              // [N, k], [N, K]?
         selected = chosen;
-        var m = ExpertOutputs(x);                                                    // [N, d_out, n]
+        var s = ExpertCoordinates(x);                                                // [N, p, n]
         if (chosen is not null)
-            m = m.gather(2, chosen.unsqueeze(1).expand(-1, m.size(1), -1));         // [N, d_out, K]
-        var (q, norms, perm) = Orthonormalise(m, _eps, _order);                      // [N, d_out, k], [N, k], [N, k]
+            s = s.gather(2, chosen.unsqueeze(1).expand(-1, s.size(1), -1));         // [N, p, K]
+        var (q, norms, perm) = Orthonormalise(s, _eps, _order);                      // [N, p, k], [N, k], [N, k]
         var coefficients = gates.gather(1, perm);                                    // [N, k] g in q's column order
         if (RescaleNorm) coefficients = coefficients.mul(norms);                     // g_i · ‖E_i‖
-        return q.matmul(coefficients.unsqueeze(-1)).squeeze(-1);                     // [N, d_out] = Σ_i c_i q_i
+        var v = q.mul(coefficients.unsqueeze(1)).sum(-1);                            // [N, p] = Σ_i c_i q^S_i
+        return linear(v.dtype == Basis.dtype ? v : v.to(Basis.dtype), Basis);        // [N, d_out] = U·Σ_i c_i q^S_i
     }
 
     /// <summary>
@@ -145,14 +167,15 @@ public sealed class OmoeModule : IDisposable
     {
         using var inferenceOff = inference_mode(false);
         Tensor Copy(Tensor t) => t.to(device, copy: true).DetachFromDisposeScope();
-        return new OmoeModule(Experts, Rank, TopK, RescaleNorm, Copy(Router), Copy(AAll), Copy(BAll), Copy(_eps), Copy(_order));
+        return new OmoeModule(Experts, Rank, TopK, RescaleNorm, Copy(Router), Copy(AAll), Copy(Basis), Copy(Coordinates), Copy(_eps), Copy(_order));
     }
 
     public void Dispose()
     {
         Router.Dispose();
         AAll.Dispose();
-        BAll.Dispose();
+        Basis.Dispose();
+        Coordinates.Dispose();
         _eps.Dispose();
         _order.Dispose();
     }
