@@ -28,7 +28,7 @@ public sealed class AdapterRoom : IAsyncDisposable
         // No base weights yet: the engine hands them to the room through the binder once its model is loaded.
         Cache = new AdapterResidencyCache(
             new ResidencyOptions { MaxDeviceAdapters = options.DeviceSlots, MaxHostAdapters = options.HostSlots },
-            baseWeights: null, device, GenerationEngine.ParseDtype(options.Dtype, device), loggers?.CreateLogger<AdapterResidencyCache>());
+            baseWeights: null, device, ComputeTarget.AdapterDtype(GenerationEngine.ParseDtype(options.Dtype, device), device), loggers?.CreateLogger<AdapterResidencyCache>());
         Binder = new RegistryAdapterBinder(Registry, Cache);
     }
 

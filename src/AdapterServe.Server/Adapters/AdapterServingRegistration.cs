@@ -31,7 +31,7 @@ public static class AdapterServingRegistration
             var device = GenerationEngine.ParseDevice(engine.Device);
             // No base weights yet: the engine hands them to the room through the binder once the model is loaded.
             return new AdapterResidencyCache(sp.GetRequiredService<IOptions<ResidencyOptions>>().Value, baseWeights: null,
-                device, GenerationEngine.ParseDtype(engine.Dtype, device), sp.GetService<ILogger<AdapterResidencyCache>>());
+                device, ComputeTarget.AdapterDtype(GenerationEngine.ParseDtype(engine.Dtype, device), device), sp.GetService<ILogger<AdapterResidencyCache>>());
         });
         services.AddSingleton<IAdapterResidency>(sp => sp.GetRequiredService<AdapterResidencyCache>());
         services.AddSingleton<IAdapterBinder>(sp => new RegistryAdapterBinder(sp.GetRequiredService<AdapterRegistry>(), sp.GetRequiredService<AdapterResidencyCache>()));

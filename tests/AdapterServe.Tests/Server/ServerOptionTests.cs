@@ -4,6 +4,7 @@ using AdapterServe.Server.Hosting;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Options;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace AdapterServe.Tests.Server;
@@ -115,6 +116,18 @@ public sealed class ServerOptionTests
         var check = new EngineOptionsValidator().Validate(null, new EngineOptions { Device = device, Dtype = "float32" });
         Assert.Equal(valid, check.Succeeded);
         if (!valid) Assert.Throws<ArgumentException>(() => GenerationEngine.ParseDevice(device));
+    }
+
+    [Theory]
+    [InlineData("float32", "cpu", ScalarType.Float32)]
+    [InlineData("bfloat16", "cpu", ScalarType.Float32)]        // tiny bfloat16 GEMMs are slow on the CPU: adapters stay float32
+    [InlineData("bfloat16", "cuda", ScalarType.BFloat16)]
+    [InlineData("float16", "cuda:1", ScalarType.Float16)]
+    public void Adapters_are_stored_in_the_model_dtype_except_bfloat16_on_the_cpu(string dtype, string device, ScalarType expected)
+    {
+        var d = device == "cpu" ? CPU : new Device(DeviceType.CUDA, device.EndsWith(":1", StringComparison.Ordinal) ? 1 : 0);
+        var model = dtype switch { "float32" => ScalarType.Float32, "bfloat16" => ScalarType.BFloat16, _ => ScalarType.Float16 };
+        Assert.Equal(expected, ComputeTarget.AdapterDtype(model, d));
     }
 
     [Fact]
