@@ -60,8 +60,12 @@ public sealed class MixtureHttpTests
         return (Completion.FromResponse(body), (long)usage["prompt_tokens"]! + (long)usage["completion_tokens"]! - 1);
     }
 
-    /// <summary>Same tokens; logprobs within the HTTP tests' batching round-off (1e-4: the JSON carries float32 and batch shapes change GEMM order).</summary>
-    static void AssertClose(Completion expected, Completion actual, string what, double tolerance = 1e-4)
+    /// <summary>
+    /// Same tokens; logprobs within the HTTP tests' batching round-off (3e-4: the JSON carries float32, and batch shapes
+    /// change the GEMM kernels and their summation order; adapter GEMMs run on one MKL thread, whose kernels differ
+    /// more between one row and several: 1.4e-4 seen on a mixer).
+    /// </summary>
+    static void AssertClose(Completion expected, Completion actual, string what, double tolerance = 3e-4)
     {
         Assert.True(expected.Tokens.SequenceEqual(actual.Tokens), $"{what}: tokens differ\n expected: {string.Join('|', expected.Tokens)}\n   actual: {string.Join('|', actual.Tokens)}");
         for (int i = 0; i < expected.Logprobs.Count; i++)
