@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using System.Threading.Channels;
 using AdapterServe.Modeling;
 using AdapterServe.Modeling.Llama;
@@ -269,7 +268,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         hook?.Complete();
         bool wantLogprobs = part.Any(p => p.Sequence.Owner.Request.Sampling.Logprobs is not null || p.Sequence.Owner.Request.PromptLogprobs);
         var logprobs = wantLogprobs ? logits.log_softmax(-1) : null;              // [rows, vocab]
-        return new StepOutput(batch, logits.cpu().contiguous(), logprobs?.cpu());    // contiguous: rows are read in place (RowSpan)
+        return new StepOutput(batch, logits.cpu(), logprobs?.cpu());
     }
 
     /// <summary>Advances the sequences of <paramref name="part"/> by the output of its forward pass: prompt progress, sampling, events.</summary>
@@ -313,12 +312,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         return _adapters.BuildHook(segments);
     }
 
-    /// <summary>Row <paramref name="row"/> of the contiguous float32 CPU tensor <paramref name="rows"/> <c>[rows, vocab]</c>, read in place (no copy, no tensor).</summary>
-    private static ReadOnlySpan<float> RowSpan(Tensor rows, int row)
-    {
-        int vocab = checked((int)rows.size(1));
-        return MemoryMarshal.Cast<byte, float>(rows.bytes).Slice(row * vocab, vocab);
-    }
+    private static ReadOnlySpan<float> RowSpan(Tensor rows, int row) => rows[row].data<float>().ToArray();
 
     private void RecordPromptLogprobs(Sequence s, SequenceStep st, Tensor logprobs, int firstRow)
     {
