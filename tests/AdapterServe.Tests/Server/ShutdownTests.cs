@@ -98,7 +98,7 @@ public sealed class ShutdownTests
     [Fact]
     public async Task Ctrl_c_past_the_drain_timeout_ends_a_running_stream_with_an_error_chunk_a_running_request_with_503_and_the_process_exits_0()
     {
-        await using var server = await ServerProcess.StartAsync("--drain-timeout", "1");
+        await using var server = await ServerProcess.StartAsync("--drain-timeout", "0");   // 0: past the timeout at once (a 2000-token demo stream can finish within 1 s)
         await using var stream = await OpenStream.StartAsync(server.Client, LongRequest(2000, stream: true));
         var whole = server.Client.PostAsync("/v1/completions", Json(LongRequest(2000, stream: false)), TestContext.Current.CancellationToken);
         await stream.ReadAsync(3);
@@ -107,6 +107,7 @@ public sealed class ShutdownTests
 
         await stream.ReadToEndAsync();
         var chunks = Http.Chunks(stream.Data);
+        Assert.True(chunks[^1]["error"] is not null, $"the stream should end with an error chunk; its last chunks:\n{string.Join('\n', chunks.TakeLast(3).Select(c => c.ToJsonString()))}\n{server.Output}");
         var error = Http.Error(chunks[^1]);
         Assert.Equal("server_shutting_down", (string?)error["code"]);
         Assert.True(chunks.Count > 3, "tokens came before the error");
