@@ -238,14 +238,7 @@ public sealed record SmoreConfig
 
         var target = Selector(o, "target_modules");
         var exclude = Selector(o, "exclude_modules");
-        IReadOnlyList<int>? layers = o["layers_to_transform"] switch
-        {
-            null => null,
-            JsonValue v when v.TryGetValue<int>(out int one) => [one],
-            JsonArray a => a.Select(x => x is JsonValue jv && jv.TryGetValue<int>(out int i) ? i
-                : throw Invalid($"{FileName}: field 'layers_to_transform' must hold integers (got {x?.ToJsonString() ?? "null"})")).ToList(),
-            var other => throw Invalid($"{FileName}: field 'layers_to_transform' must be an integer or a list of integers (got {other.ToJsonString()})"),
-        };
+        var layers = Layers(o, target);
 
         int? down = o["dim_downproj_x"] is null ? null : OptionalInt(o, "dim_downproj_x");
 
