@@ -127,7 +127,7 @@ public sealed class ExpertStepTally : IDisposable
 
     private void Keep(ExpertSite site, long routedTokens, Tensor counts)
     {
-        if (counts.shape.Length != 1 || counts.size(0) != site.Experts.Count)
+        if (counts.dim() != 1 || counts.size(0) != site.Experts.Count)
             throw new InvalidOperationException($"expert counts of {site.Adapter} have shape [{string.Join(", ", counts.shape)}], expected [{site.Experts.Count}]");
         _pending.Add((site, routedTokens, counts.DetachFromDisposeScope()));
     }

@@ -73,11 +73,16 @@ public class LoraMixerMathTests
     [InlineData(1, true, false)]
     [InlineData(6, true, true)]
     [InlineData(2, false, false)]
-    public void Fused_mixer_equals_a_per_token_loop_with_explicit_top_k_and_selects_the_same_experts(int topK, bool renormalize, bool routerBias)
+    [InlineData(3, true, true, 1)]     // N·K < E: the chosen experts are gathered
+    [InlineData(1, true, false, 1)]
+    [InlineData(2, false, true, 2)]
+    [InlineData(6, true, true, 1)]     // K = E: dense even for one token
+    public void Fused_mixer_equals_a_per_token_loop_with_explicit_top_k_and_selects_the_same_experts(int topK, bool renormalize, bool routerBias, int tokens = 13)
     {
         var (router, bias, experts) = Mixture(seed: 11 + topK, routerBias);
         using var module = Build(router, bias, experts, topK, renormalize);
-        var x = randn([13, DIn], generator: new Generator(5));
+        Assert.Equal(tokens * topK < 6, module.Gathers(tokens));
+        var x = randn([tokens, DIn], generator: new Generator(5));
 
         var delta = module.Delta(x, out var selected);
         var (expected, expectedSelected) = Naive(x, router, bias, experts, topK, renormalize);
@@ -95,9 +100,9 @@ public class LoraMixerMathTests
         using var module = Build(router, bias, experts, 3, true);
         Assert.Equal(5, module.Rank);
         Assert.Equal(new long[] { 6 * 5, DIn }, module.AAll.shape);
-        Assert.Equal(new long[] { DOut, 6 * 5 }, module.BAll.shape);
+        Assert.Equal(new long[] { 6 * 5, DOut }, module.BTAll.shape);
         var a = Host2(module.AAll);
-        var b = Host2(module.BAll);
+        var bt = Host2(module.BTAll);
         for (int e = 0; e < 6; e++)
         {
             var ea = experts[e] is { } ex ? Host2(ex.A) : new double[0, DIn];
@@ -106,7 +111,7 @@ public class LoraMixerMathTests
             for (int j = 0; j < 5; j++)
             {
                 for (int i = 0; i < DIn; i++) Assert.Equal(j < ea.GetLength(0) ? ea[j, i] : 0, a[e * 5 + j, i], 6);
-                for (int o = 0; o < DOut; o++) Assert.Equal(j < eb.GetLength(1) ? s * eb[o, j] : 0, b[o, e * 5 + j], 5);
+                for (int o = 0; o < DOut; o++) Assert.Equal(j < eb.GetLength(1) ? s * eb[o, j] : 0, bt[e * 5 + j, o], 5);
             }
         }
     }

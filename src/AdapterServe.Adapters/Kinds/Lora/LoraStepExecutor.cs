@@ -64,7 +64,7 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
                 g.RowsView(y).addmm_(xa, w.BT, 1f, g.Scale);                         // [n_g, d_out]
                 continue;
             }
-            var delta = linear(xa, w.B);                                             // [n_g, d_out]
+            var delta = xa.mm(w.BT);                                                 // [n_g, d_out]
             if (w.Bias is not null) delta = TorchScalars.Add(delta, w.Bias);         // + s·bias, [d_out] broadcast
 
             if (w.IsDora)

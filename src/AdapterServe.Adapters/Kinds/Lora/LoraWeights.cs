@@ -27,12 +27,17 @@ public sealed class LoraWeights : IDisposable
         Projection = projection;
         Scaling = scaling;
         A = a;
-        B = b;
-        BT = b.t().DetachFromDisposeScope();                                   // owned here, like A and B
+        // Stored as Bᵀ [R, d_out], row-major: the right operand of y.addmm_(xa, Bᵀ) read in its natural order (at one
+        // token this GEMV takes 2.1 µs against 4.6 µs on the transposed view of B [d_out, R], 1536 × 16). B is its view.
+        var view = b.t();
+        BT = view.contiguous().DetachFromDisposeScope();                       // view itself when b was already column-major
+        if (!ReferenceEquals(BT, view)) view.Dispose();
+        b.Dispose();
+        B = BT.t().DetachFromDisposeScope();
         Bias = bias;
         Magnitude = magnitude;
         if (doraRowScale is not null) _doraRowScales[1f] = doraRowScale;
-        Bytes = TensorBytes(a) + TensorBytes(b) + TensorBytes(bias) + TensorBytes(magnitude) + TensorBytes(doraRowScale);
+        Bytes = TensorBytes(a) + TensorBytes(BT) + TensorBytes(bias) + TensorBytes(magnitude) + TensorBytes(doraRowScale);
     }
 
     public int Layer { get; }
@@ -41,9 +46,9 @@ public sealed class LoraWeights : IDisposable
     public double Scaling { get; }
     /// <summary>Down projection <c>[R, d_in]</c>.</summary>
     public Tensor A { get; }
-    /// <summary>Up projection with the scaling folded in, <c>[d_out, R]</c>.</summary>
+    /// <summary>Up projection with the scaling folded in, <c>[d_out, R]</c> (a view of <see cref="BT"/>).</summary>
     public Tensor B { get; }
-    /// <summary><see cref="B"/>ᵀ <c>[R, d_out]</c>, a view made once (the right operand of <c>y.addmm_(xa, Bᵀ)</c>).</summary>
+    /// <summary><see cref="B"/>ᵀ <c>[R, d_out]</c>, contiguous: the stored tensor (<see cref="B"/> is its view), the right operand of <c>y.addmm_(xa, Bᵀ)</c>.</summary>
     public Tensor BT { get; }
     /// <summary><c>s · lora_B.bias</c>, <c>[d_out]</c>, when the adapter was trained with <c>lora_bias</c>.</summary>
     public Tensor? Bias { get; }

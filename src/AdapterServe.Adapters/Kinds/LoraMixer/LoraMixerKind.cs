@@ -105,8 +105,8 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
 
     /// <summary>
     /// The LoRA-Mixer's share of one step: per routed projection and mixer group, the fixed sequence of
-    /// <see cref="MixerModule.Delta"/> (two GEMMs on the stacked experts whatever E, K or the routing), the top-K ids
-    /// recorded on the device, the rows added in place.
+    /// <see cref="MixerModule.AddDelta"/> (two GEMMs on the stacked or gathered experts whatever E, K or the routing),
+    /// accumulated into the group's rows in place, and the top-K ids recorded on the device.
     /// </summary>
     internal sealed class MixerStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally) : IAdapterStepExecutor
     {
@@ -120,10 +120,16 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
                 if (weights.Module(layer, projection) is not var (module, site)) continue;
                 if (module.InFeatures != x.size(1) || module.OutFeatures != y.size(1))
                     throw new InvalidOperationException($"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
-                var delta = module.Delta(g.Rows(x), out var selected);                 // [n_g, d_out]
+                Tensor selected;
+                if (g.IsContiguous && y.dtype == module.AAll.dtype)
+                    module.AddDelta(g.Rows(x), g.RowsView(y), g.Scale, out selected);     // y[rows] += scale · delta, in place
+                else
+                {
+                    var delta = module.Delta(g.Rows(x), out selected);                    // [n_g, d_out]
+                    if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
+                    g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
+                }
                 tally.RecordTopK(site, selected);
-                if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
-                g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
             }
         }
 

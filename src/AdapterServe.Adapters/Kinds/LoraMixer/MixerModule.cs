@@ -13,15 +13,25 @@ public sealed record ExpertDelta(Tensor A, Tensor B, Tensor? Bias);
 
 /// <summary>
 /// A LoRA-Mixer at one adapted projection (methods.md §4.1), in the fused form: the experts' A stacked into
-/// <c>A_all [E·r, d_in]</c> and their B into <c>B_all [d_out, E·r]</c> (ranks zero-padded to the largest r, each
-/// expert's scaling folded in), built once at load. Per step, whatever E, K or the routing:
-/// router GEMM → softmax → top-K → renormalise → scatter into dense weights <c>w [N, E]</c> (zero outside top-K) →
-/// <c>H = x A_allᵀ</c> viewed <c>[N, E, r]</c> → <c>H ⊙ w</c> → <c>H.view(N, E·r) B_allᵀ</c> (+ <c>w · bias_all</c>).
+/// <c>A_all [E·r, d_in]</c> and their B, transposed, into <c>Bᵀ_all [E·r, d_out]</c> (ranks zero-padded to the largest r,
+/// each expert's scaling folded in), built once at load. Routing: router GEMM → top-K of the logits → softmax over the
+/// K chosen logits (which is the renormalised <c>p̃ = p_T / Σ p_T</c>; without renormalisation, softmax over all E
+/// first, then top-K). Then one of two fixed sequences, whatever E, K or how the tokens route:
+/// <list type="bullet">
+/// <item><b>Dense</b> (<c>N·K ≥ E</c>): the gate weights scattered into <c>w [N, E]</c> (zero outside top-K),
+/// <c>H = x A_allᵀ</c> viewed <c>[N, E, r]</c>, <c>H ⊙ w</c>, <c>y += H.view(N, E·r) Bᵀ_all</c> (+ <c>w · bias_all</c>).</item>
+/// <item><b>Gathered</b> (<c>N·K &lt; E</c>, e.g. one decode token): the chosen experts' blocks of A_all and Bᵀ_all are
+/// gathered per token (<c>[N, K·r, d_in]</c>, <c>[N, K·r, d_out]</c>) and two batched GEMMs run on them, so a step reads
+/// K of the E experts' weights instead of all E (a decode step of a mixer is bound by reading its weights).</item>
+/// </list>
 /// Routing stays on the device. Owns its tensors.
 /// </summary>
 public sealed class MixerModule : IDisposable
 {
-    private MixerModule(int experts, int rank, int topK, bool renormalize, Tensor router, Tensor? routerBias, Tensor aAll, Tensor bAll, Tensor? biasAll)
+    private readonly Tensor _aBlocks;    // A_all viewed one expert per row, for the gathered path
+    private readonly Tensor _bTBlocks;   // Bᵀ_all likewise
+
+    private MixerModule(int experts, int rank, int topK, bool renormalize, Tensor router, Tensor? routerBias, Tensor aAll, Tensor bTAll, Tensor? biasAll)
     {
         Experts = experts;
         Rank = rank;
@@ -30,11 +40,13 @@ public sealed class MixerModule : IDisposable
         Router = router;
         RouterBias = routerBias;
         AAll = aAll;
-        BAll = bAll;
+        BTAll = bTAll;
         BiasAll = biasAll;
         InFeatures = aAll.size(1);
-        OutFeatures = bAll.size(0);
-        Bytes = new[] { router, routerBias, aAll, bAll, biasAll }.Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize);
+        OutFeatures = bTAll.size(1);
+        _aBlocks = aAll.view(experts, rank * InFeatures).DetachFromDisposeScope();      // [E, r·d_in]
+        _bTBlocks = bTAll.view(experts, rank * OutFeatures).DetachFromDisposeScope();   // [E, r·d_out]
+        Bytes = new[] { router, routerBias, aAll, bTAll, biasAll }.Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize);
     }
 
     public int Experts { get; }
@@ -49,12 +61,15 @@ public sealed class MixerModule : IDisposable
     public Tensor Router { get; }
     /// <summary><c>b_g [E]</c>, float32, or null.</summary>
     public Tensor? RouterBias { get; }
-    /// <summary><c>[E·r, d_in]</c>.</summary>
+    /// <summary><c>[E·r, d_in]</c>: expert e's A in rows <c>e·r .. e·r + r_e</c>.</summary>
     public Tensor AAll { get; }
-    /// <summary><c>[d_out, E·r]</c>, scalings folded in.</summary>
-    public Tensor BAll { get; }
+    /// <summary><c>[E·r, d_out]</c>: expert e's <c>(s_e·B_e)ᵀ</c> in rows <c>e·r .. e·r + r_e</c>.</summary>
+    public Tensor BTAll { get; }
     /// <summary><c>[E, d_out]</c> = s_e·bias_e (zero rows for experts without a bias), or null when no expert has one.</summary>
     public Tensor? BiasAll { get; }
+
+    /// <summary>True when <paramref name="tokens"/> tokens are served by gathering their chosen experts (fewer expert blocks than the stack holds).</summary>
+    public bool Gathers(long tokens) => tokens * TopK < Experts;
 
     /// <summary>
     /// Stacks the experts (null: the expert does not adapt this module, it contributes zero here) under the router.
@@ -80,7 +95,7 @@ public sealed class MixerModule : IDisposable
         using var inferenceOff = inference_mode(false);
         using var scope = NewDisposeScope();
         var aAll = zeros([e * r, dIn], ScalarType.Float32);                           // [E·r, d_in]
-        var bAll = zeros([dOut, e * r], ScalarType.Float32);                          // [d_out, E·r]
+        var bTAll = zeros([e * r, dOut], ScalarType.Float32);                         // [E·r, d_out]
         var biasAll = anyBias ? zeros([e, dOut], ScalarType.Float32) : null;          // [E, d_out]
         for (int i = 0; i < e; i++)
         {
@@ -89,41 +104,77 @@ public sealed class MixerModule : IDisposable
             if (x.A.dim() != 2 || x.A.size(1) != dIn || x.B.dim() != 2 || x.B.size(0) != dOut || x.B.size(1) != ri)
                 throw new ArgumentException($"expert {i}: A [{string.Join(", ", x.A.shape)}] and B [{string.Join(", ", x.B.shape)}] do not fit [r, {dIn}] and [{dOut}, r]", nameof(experts));
             aAll.narrow(0, (long)i * r, ri).copy_(x.A);                                 // rows i·r .. i·r + r_e
-            bAll.narrow(1, (long)i * r, ri).copy_(x.B);                                 // columns i·r .. i·r + r_e
+            bTAll.narrow(0, (long)i * r, ri).copy_(x.B.t());                            // rows i·r .. i·r + r_e ← (s·B_e)ᵀ
             if (x.Bias is not null) biasAll!.select(0, i).copy_(x.Bias);
         }
         Tensor Keep(Tensor t, ScalarType type) => t.to(type, device, copy: true).contiguous().DetachFromDisposeScope();
         return new MixerModule(e, r, topK, renormalize,
             Keep(router, ScalarType.Float32), routerBias is null ? null : Keep(routerBias, ScalarType.Float32),
-            Keep(aAll, dtype), Keep(bAll, dtype), biasAll is null ? null : Keep(biasAll, dtype));
+            Keep(aAll, dtype), Keep(bTAll, dtype), biasAll is null ? null : Keep(biasAll, dtype));
     }
 
     /// <summary>
-    /// The router's choice for every token: dense weights <c>[N, E]</c> (the renormalised top-K probabilities, zero
-    /// elsewhere) and the chosen expert ids <c>[N, K]</c>. Float32 softmax; everything stays on the device.
+    /// The router's choice for every token: the chosen expert ids <c>[N, K]</c> and their gate weights <c>[N, K]</c>
+    /// (renormalised over the K when <see cref="Renormalize"/>). Float32; everything stays on the device.
+    /// </summary>
+    public (Tensor Gates, Tensor Selected) RouteTopK(Tensor x)
+    {
+        var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);       // [N, d_in]
+        var logits = linear(xf, Router, RouterBias);                                  // [N, E]
+        if (Renormalize)
+        {
+            // softmax is monotonic, so the top-K of p are the top-K logits, and p_T / Σ p_T = softmax over those K logits.
+            var (top, chosen) = logits.topk(TopK, -1);                                // [N, K], [N, K]
+            return (softmax(top, -1), chosen);
+        }
+        var (gates, selected) = softmax(logits, -1).topk(TopK, -1);                   // [N, K] p_T, [N, K]
+        return (gates, selected);
+    }
+
+    /// <summary>
+    /// The router's choice as dense weights <c>[N, E]</c> (the gate weights of <see cref="RouteTopK"/>, zero outside
+    /// the top-K) and the chosen expert ids <c>[N, K]</c>.
     /// </summary>
     public (Tensor Weights, Tensor Selected) Route(Tensor x)
     {
-        var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);       // [N, d_in]
-        var p = softmax(linear(xf, Router, RouterBias), -1);                          // [N, E]
-        var (top, selected) = p.topk(TopK, -1);                                       // [N, K], [N, K]
-        if (Renormalize) top = top.div(top.sum(-1, keepdim: true));       // [N, K] p̃ = p_T / Σ p_T
-        var weights = zeros_like(p).scatter_(1, selected, top);                       // [N, E], zero outside top-K
+        var (gates, selected) = RouteTopK(x);                                         // [N, K], [N, K]
+        var weights = zeros([x.size(0), Experts], gates.dtype, gates.device).scatter_(1, selected, gates); // [N, E]
         return (weights, selected);
+    }
+
+    /// <summary><c>y += scale · Σ_{e∈T} p̃_e · s_e · B_e(A_e x)</c> in place for every token <c>x [N, d_in]</c>; <paramref name="y"/> <c>[N, d_out]</c> is in the weights' dtype.</summary>
+    public void AddDelta(Tensor x, Tensor y, float scale, out Tensor selected)
+    {
+        var (gates, chosen) = RouteTopK(x);                                           // [N, K], [N, K]
+        selected = chosen;
+        long n = x.size(0);
+        var xa = x.dtype == AAll.dtype ? x : x.to(AAll.dtype);
+        var g = gates.dtype == AAll.dtype ? gates : gates.to(AAll.dtype);
+        if (Gathers(n))
+        {
+            if (scale != 1f) g = TorchScalars.Mul(g, scale);                          // [N, K] scale · p̃
+            var ids = chosen.view(n * TopK);                                          // [N·K]
+            var a = _aBlocks.index_select(0, ids).view(n, TopK * Rank, InFeatures);   // [N, K·r, d_in]
+            var bt = _bTBlocks.index_select(0, ids).view(n, TopK * Rank, OutFeatures); // [N, K·r, d_out]
+            var h = bmm(a, xa.unsqueeze(-1)).view(n, TopK, Rank).mul(g.unsqueeze(-1)).view(n, 1, TopK * Rank);     // [N, 1, K·r] gated
+            var delta = bmm(h, bt);                                                                                 // [N, 1, d_out]
+            if (BiasAll is not null)
+                TorchScalars.AddInPlace(delta, bmm(g.unsqueeze(1), BiasAll.index_select(0, ids).view(n, TopK, OutFeatures))); // + p̃ [N,1,K] · s·bias [N,K,d_out]
+            TorchScalars.AddInPlace(y, delta.view(n, OutFeatures));
+            return;
+        }
+        var w = zeros([n, Experts], g.dtype, g.device).scatter_(1, chosen, g);        // [N, E], zero outside top-K
+        var gated = linear(xa, AAll).view(n, Experts, Rank).mul(w.unsqueeze(-1)).view(n, (long)Experts * Rank); // [N, E·r]
+        y.addmm_(gated, BTAll, 1f, scale);                                            // [N, d_out]
+        if (BiasAll is not null) y.addmm_(w, BiasAll, 1f, scale);                     // + w [N, E] · s·bias [E, d_out]
     }
 
     /// <summary><c>Σ_{e∈T} p̃_e · s_e · B_e(A_e x)</c> for every token <c>x [N, d_in]</c> → <c>[N, d_out]</c> in the weights' dtype.</summary>
     public Tensor Delta(Tensor x, out Tensor selected)
     {
-        var (weights, chosen) = Route(x);                                            // [N, E], [N, K]
-        selected = chosen;
-        long n = x.size(0);
-        var xa = x.dtype == AAll.dtype ? x : x.to(AAll.dtype);
-        var w = weights.dtype == AAll.dtype ? weights : weights.to(AAll.dtype);       // [N, E]
-        var h = linear(xa, AAll).view(n, Experts, Rank);                              // [N, E, r]
-        var gated = h.mul(w.unsqueeze(-1)).view(n, (long)Experts * Rank);             // [N, E·r]
-        var y = linear(gated, BAll);                                                  // [N, d_out]
-        return BiasAll is null ? y : TorchScalars.AddInPlace(y, w.matmul(BiasAll));   // + w [N, E] · s·bias [E, d_out]
+        var y = zeros([x.size(0), OutFeatures], AAll.dtype, AAll.device);            // [N, d_out]
+        AddDelta(x, y, 1f, out selected);
+        return y;
     }
 
     /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
@@ -132,15 +183,17 @@ public sealed class MixerModule : IDisposable
         using var inferenceOff = inference_mode(false);
         Tensor Copy(Tensor t) => t.to(device, copy: true).DetachFromDisposeScope();
         return new MixerModule(Experts, Rank, TopK, Renormalize, Copy(Router), RouterBias is null ? null : Copy(RouterBias),
-            Copy(AAll), Copy(BAll), BiasAll is null ? null : Copy(BiasAll));
+            Copy(AAll), Copy(BTAll), BiasAll is null ? null : Copy(BiasAll));
     }
 
     public void Dispose()
     {
         Router.Dispose();
         RouterBias?.Dispose();
+        _aBlocks.Dispose();
+        _bTBlocks.Dispose();
         AAll.Dispose();
-        BAll.Dispose();
+        BTAll.Dispose();
         BiasAll?.Dispose();
     }
 }
