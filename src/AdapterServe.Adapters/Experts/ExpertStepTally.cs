@@ -6,16 +6,23 @@ namespace AdapterServe.Adapters.Experts;
 
 /// <summary>
 /// The device side of expert accounting for ONE forward step. A mixture's executor hands it, per routed site, the
-/// step's selection as it is on the device (a top-K index tensor or a per-row count tensor); each call reduces it to
-/// per-expert counts with one or two native calls and keeps that small tensor on the device — no host sync inside the
-/// forward. <see cref="Flush"/> (the step hook's end-of-step call) concatenates every site's counts and copies them to
-/// the host ONCE, then adds them to the <see cref="ExpertUsage"/>. Only the rows of the step count: prompt tokens and
+/// step's selection as it is on the device (a top-K index tensor or a per-row count tensor); the tally only keeps a
+/// reference (no native call, no host sync inside the forward). <see cref="Flush"/> (the step hook's end-of-step call)
+/// reduces the selections of all sites of the same shape together (stack → one-hot → sum: three calls for, say, the
+/// 210 sites of one mixer group, instead of two per site), copies every count to the host ONCE, then adds them to the
+/// <see cref="ExpertUsage"/>. Only the rows of the step count: prompt tokens and
 /// fed-back generated tokens, exactly the tokens the forward runs. Engine thread only; dispose (or flush) every step.
 /// </summary>
 public sealed class ExpertStepTally : IDisposable
 {
     private readonly ExpertUsage _usage;
-    private readonly List<(ExpertSite Site, long RoutedTokens, Tensor Counts)> _pending = [];
+    private readonly List<Pending> _pending = [];
+
+    /// <summary>One site's selection of the step: top-K ids <c>[N, K]</c> int64, or per-token counts <c>[N, E]</c>.</summary>
+    private sealed record Pending(ExpertSite Site, long RoutedTokens, Tensor Selection, bool IsTopK)
+    {
+        public (bool, int, long, long, ScalarType) Shape => (IsTopK, Site.Experts.Count, Selection.size(0), Selection.size(1), Selection.dtype);
+    }
     private readonly List<(ExpertSite Site, long RoutedTokens)> _dense = [];
 
     private int _holders;
@@ -60,10 +67,7 @@ public sealed class ExpertStepTally : IDisposable
         ArgumentNullException.ThrowIfNull(site);
         ArgumentNullException.ThrowIfNull(indices);
         if (indices.dim() != 2) throw new ArgumentException($"top-K indices must be [N, K], got [{string.Join(", ", indices.shape)}]", nameof(indices));
-        long n = indices.size(0);
-        var counts = indices.size(1) == 0 ? zeros(site.Experts.Count, ScalarType.Int64, indices.device)
-            : one_hot(indices, site.Experts.Count).sum([0, 1]);                 // [N, K, E] → [E] int64
-        Keep(site, n, counts);
+        _pending.Add(new Pending(site, indices.size(0), indices.DetachFromDisposeScope(), IsTopK: true));
     }
 
     /// <summary>
@@ -77,8 +81,7 @@ public sealed class ExpertStepTally : IDisposable
         ArgumentNullException.ThrowIfNull(selections);
         if (selections.dim() != 2 || selections.size(1) != site.Experts.Count)
             throw new ArgumentException($"selections must be [N, {site.Experts.Count}], got [{string.Join(", ", selections.shape)}]", nameof(selections));
-        var counts = selections.sum(0, type: ScalarType.Int64);                // [E] int64
-        Keep(site, selections.size(0), counts);
+        _pending.Add(new Pending(site, selections.size(0), selections.DetachFromDisposeScope(), IsTopK: false));
     }
 
     /// <summary>
@@ -99,36 +102,40 @@ public sealed class ExpertStepTally : IDisposable
             _usage.Add(site, routed, Enumerable.Repeat(routed, site.Experts.Count).ToArray());
         _dense.Clear();
         if (_pending.Count == 0) return;
+        var order = new List<Pending>(_pending.Count);
         long[] host;
         using (var scope = NewDisposeScope())
         {
-            var all = _pending.Count == 1 ? _pending[0].Counts : cat(_pending.Select(p => p.Counts).ToArray(), 0); // [Σ E]
+            var counts = new List<Tensor>();
+            foreach (var same in _pending.GroupBy(p => p.Shape))
+            {
+                var group = same.ToList();
+                order.AddRange(group);
+                var (isTopK, experts, tokens, k, _) = group[0].Shape;
+                var stacked = group.Count == 1 ? group[0].Selection.unsqueeze(0) : stack(group.Select(p => p.Selection).ToArray()); // [S, N, K] or [S, N, E]
+                counts.Add(!isTopK ? stacked.sum(1, type: ScalarType.Int64)                                             // [S, E]
+                    : tokens * k == 0 ? zeros([group.Count, experts], ScalarType.Int64, stacked.device)
+                    : one_hot(stacked, experts).sum([1, 2]));                                                             // [S, N, K, E] → [S, E]
+            }
+            var all = counts.Count == 1 ? counts[0].flatten() : cat(counts.Select(c => c.flatten()).ToArray(), 0); // [Σ E]
             host = all.cpu().data<long>().ToArray();
         }
-        var pending = _pending.ToArray();
         Discard();
         int offset = 0;
-        foreach (var (site, routed, _) in pending)
+        foreach (var p in order)
         {
-            _usage.Add(site, routed, host.AsSpan(offset, site.Experts.Count));
-            offset += site.Experts.Count;
+            _usage.Add(p.Site, p.RoutedTokens, host.AsSpan(offset, p.Site.Experts.Count));
+            offset += p.Site.Experts.Count;
         }
     }
 
     /// <summary>Drops what was recorded without counting it (a failed step).</summary>
     public void Discard()
     {
-        foreach (var p in _pending) p.Counts.Dispose();
+        foreach (var p in _pending) p.Selection.Dispose();
         _pending.Clear();
         _dense.Clear();
     }
 
     public void Dispose() => Discard();
-
-    private void Keep(ExpertSite site, long routedTokens, Tensor counts)
-    {
-        if (counts.dim() != 1 || counts.size(0) != site.Experts.Count)
-            throw new InvalidOperationException($"expert counts of {site.Adapter} have shape [{string.Join(", ", counts.shape)}], expected [{site.Experts.Count}]");
-        _pending.Add((site, routedTokens, counts.DetachFromDisposeScope()));
-    }
 }

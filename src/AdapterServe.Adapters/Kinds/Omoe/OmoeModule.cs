@@ -22,7 +22,7 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 /// for four r16 experts) instead of <c>[d_out, n]</c>, and the output space is reached by one GEMM at the end.
 /// </para>
 /// Per step a fixed number of native calls whatever n, K or the routing: one GEMM for all A (<c>A_all [n·r, d_in]</c>),
-/// one einsum into coordinates, one batched QR, one GEMM against U. Built once at load; owns its tensors.
+/// one batched GEMM into coordinates, one batched QR, one GEMM against U. Built once at load; owns its tensors.
 /// </summary>
 public sealed class OmoeModule : IDisposable
 {
@@ -60,7 +60,7 @@ public sealed class OmoeModule : IDisposable
     public Tensor AAll { get; }
     /// <summary><c>U [d_out, p]</c>: orthonormal columns spanning the experts' up-projections (<c>B_cat = U·R_B</c>).</summary>
     public Tensor Basis { get; }
-    /// <summary><c>R_B</c> seen per expert, <c>[p, n, r]</c>, float32: expert i's <c>s·B_i = U·R_B[:, i]</c>.</summary>
+    /// <summary><c>R_B</c> seen per expert and transposed, <c>[n, r, p]</c>, float32: expert i's <c>s·B_i = U·Coordinates[i]ᵀ</c>.</summary>
     public Tensor Coordinates { get; }
 
     /// <summary>Experts that take part per token: K, or n.</summary>
@@ -85,7 +85,7 @@ public sealed class OmoeModule : IDisposable
         var aAll = cat(a.Select(t => t.to(ScalarType.Float32)).ToArray(), 0);                                  // [n·r, d_in]
         var bCat = TorchScalars.Mul(cat(b.Select(t => t.to(ScalarType.Float64)).ToArray(), 1), scaling);       // [d_out, n·r] = [s·B_1 … s·B_n]
         var (basis, rB) = linalg.qr(bCat);                                                                     // [d_out, p], [p, n·r] (reduced)
-        var coordinates = rB.reshape(rB.size(0), n, r);                                                         // [p, n, r]
+        var coordinates = rB.reshape(rB.size(0), n, r).permute(1, 2, 0);                                        // [n, r, p]
         int active = topK ?? n;
         var order = tensor(Enumerable.Range(0, active).Select(i => (float)i / active).ToArray());                  // [k] i / k < 1
         Tensor Keep(Tensor t, ScalarType type) => t.to(type, device, copy: true).contiguous().DetachFromDisposeScope();
@@ -117,7 +117,7 @@ public sealed class OmoeModule : IDisposable
         var xa = x.dtype == AAll.dtype ? x : x.to(AAll.dtype);
         var h = linear(xa, AAll).view(t, Experts, Rank);                             // [N, n, r]
         if (h.dtype != ScalarType.Float32) h = h.to(ScalarType.Float32);
-        return einsum("nir,pir->npi", h, Coordinates);                               // [N, p, n]
+        return bmm(h.transpose(0, 1), Coordinates).permute(1, 2, 0);                 // [n, N, r]·[n, r, p] → [n, N, p] → [N, p, n]
     }
 
     /// <summary>The per-token expert outputs <c>M [N, d_out, n]</c>, column i = s·B_i(A_i x) (in <see cref="Basis"/>'s dtype).</summary>
@@ -135,8 +135,8 @@ public sealed class OmoeModule : IDisposable
         var s = ExpertCoordinates(x);                                                // [N, p, n]
         if (chosen is not null)
             s = s.gather(2, chosen.unsqueeze(1).expand(-1, s.size(1), -1));         // [N, p, K]
-        var (q, norms, perm) = Orthonormalise(s, _eps, _order);                      // [N, p, k], [N, k], [N, k]
-        var coefficients = gates.gather(1, perm);                                    // [N, k] g in q's column order
+        var (q, fix, norms, perm) = Factor(s, _eps, _order);                         // [N, p, k], [N, k], [N, k], [N, k]
+        var coefficients = gates.gather(1, perm).mul(fix);                           // [N, k] g (±1, 0 where guarded) in q's column order
         if (RescaleNorm) coefficients = coefficients.mul(norms);                     // g_i · ‖E_i‖
         var v = q.mul(coefficients.unsqueeze(1)).sum(-1);                            // [N, p] = Σ_i c_i q^S_i
         return linear(v.dtype == Basis.dtype ? v : v.to(Basis.dtype), Basis);        // [N, d_out] = U·Σ_i c_i q^S_i
@@ -152,14 +152,24 @@ public sealed class OmoeModule : IDisposable
     /// <returns>Q <c>[N, d, k]</c> (orthonormal or zero columns), the norms ‖E‖ <c>[N, k]</c> and the expert index of each column <c>[N, k]</c>, all in Q's column order.</returns>
     public static (Tensor Q, Tensor Norms, Tensor Perm) Orthonormalise(Tensor m, Tensor eps, Tensor order)
     {
+        var (q, fix, norms, perm) = Factor(m, eps, order);
+        return (q.mul(fix.unsqueeze(1)), norms, perm);
+    }
+
+    /// <summary>
+    /// <see cref="Orthonormalise"/> with the column fix <c>sign(R_ii)</c> (0 where <c>|R_ii| &lt; ε</c>) returned instead of
+    /// applied, so a caller that only needs <c>Σ c_i q_i</c> applies it to the k coefficients instead of to Q.
+    /// </summary>
+    private static (Tensor Q, Tensor Fix, Tensor Norms, Tensor Perm) Factor(Tensor m, Tensor eps, Tensor order)
+    {
         var norms = m.mul(m).sum(1).sqrt();                                          // [N, k] ‖E_i‖ (no Scalar-taking norm op)
         var key = TorchScalars.Add(norms.lt(eps).to(ScalarType.Float32), order);     // [N, k] guarded columns ≥ 1, the rest i/k
         var perm = key.argsort(-1);                                                  // [N, k]
         var sorted = m.gather(2, perm.unsqueeze(1).expand(-1, m.size(1), -1));      // [N, d, k]
         var (q, r) = linalg.qr(sorted);                                              // [N, d, k], [N, k, k]
         var diagonal = r.diagonal(0, -2, -1);                                        // [N, k] ±‖residual_i‖
-        var fix = diagonal.sign().mul(diagonal.abs().ge(eps).to(ScalarType.Float32)); // [N, k] ±1, 0 where guarded
-        return (q.mul(fix.unsqueeze(1)), norms.gather(1, perm), perm);
+        var fix = diagonal.sign().mul(diagonal.abs().ge(eps));                       // [N, k] ±1, 0 where guarded
+        return (q, fix, norms.gather(1, perm), perm);
     }
 
     /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
