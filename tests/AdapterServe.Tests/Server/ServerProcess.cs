@@ -34,14 +34,19 @@ public sealed partial class ServerProcess : IAsyncDisposable
     public static async Task<ServerProcess> StartAsync(params string[] args)
     {
         var data = new TempDir();
-        var start = new ProcessStartInfo(DotnetHost())
+        // A test run started in the background of a non-interactive shell (`.ci/run &`) inherits SIGINT as ignored, and
+        // .NET keeps an inherited ignore, so the Ctrl+C tests would signal a server that cannot hear them. coreutils'
+        // env resets SIGINT to its default before it execs the server (same pid), as an interactive terminal has it.
+        bool resetSigint = File.Exists(EnvTool);
+        var start = new ProcessStartInfo(resetSigint ? EnvTool : DotnetHost())
         {
             WorkingDirectory = AppContext.BaseDirectory,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var a in (string[])[Path.Combine(AppContext.BaseDirectory, "AdapterServe.Server.dll"), "--port", "0", "--data-dir", data.Path, .. args])
+        foreach (var a in (string[])[.. resetSigint ? ["--default-signal=INT", DotnetHost()] : (string[])[],
+                     Path.Combine(AppContext.BaseDirectory, "AdapterServe.Server.dll"), "--port", "0", "--data-dir", data.Path, .. args])
             start.ArgumentList.Add(a);
         var server = new ServerProcess(new Process { StartInfo = start }, data);
         server._process.OutputDataReceived += (_, e) => server.Received(e.Data);
@@ -76,6 +81,8 @@ public sealed partial class ServerProcess : IAsyncDisposable
         _output.Enqueue(line);
         if (ListeningLine().Match(line) is { Success: true } m) _address.TrySetResult(new Uri(m.Groups[1].Value));
     }
+
+    private const string EnvTool = "/usr/bin/env";
 
     /// <summary>The dotnet host running these tests (<c>DOTNET_HOST_PATH</c>), else <c>dotnet</c> on the PATH.</summary>
     private static string DotnetHost() =>
