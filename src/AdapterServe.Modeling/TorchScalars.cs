@@ -78,6 +78,15 @@ public static class TorchScalars
         return result;
     }
 
+    /// <summary>Every element of <paramref name="a"/> := <paramref name="value"/>, in place; returns <paramref name="a"/>.</summary>
+    public static Tensor FillInPlace(Tensor a, double value)
+    {
+        using var s = value.ToScalar();
+        var result = a.fill_(s);
+        GC.KeepAlive(s);
+        return result;
+    }
+
     /// <summary><c>y[index] += source</c> along <paramref name="dim"/>, in place; returns <paramref name="y"/>.</summary>
     public static Tensor IndexAddInPlace(Tensor y, long dim, Tensor index, Tensor source) => y.index_add_(dim, index, source, One);
 }

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn.functional;
@@ -24,6 +25,14 @@ public sealed class ExpertStepTally : IDisposable
         public (bool, int, long, long, ScalarType) Shape => (IsTopK, Site.Experts.Count, Selection.size(0), Selection.size(1), Selection.dtype);
     }
     private readonly List<(ExpertSite Site, long RoutedTokens)> _dense = [];
+    private readonly List<SlotPending> _slots = [];
+    private readonly HashSet<Tensor> _masks = new(ReferenceEqualityComparer.Instance);
+
+    /// <summary>One projection of a stacked step (<see cref="RecordSlots"/>): ids <c>[S, L, K]</c>, the shared 0/1 mask of the same shape.</summary>
+    private sealed record SlotPending(IReadOnlyList<ExpertSite?> Sites, IReadOnlyList<long> RoutedTokens, Tensor Ids, Tensor Valid, int Experts)
+    {
+        public (long, long, long, int, Tensor) Shape => (Ids.size(0), Ids.size(1), Ids.size(2), Experts, Valid);
+    }
 
     private int _holders;
 
@@ -56,7 +65,7 @@ public sealed class ExpertStepTally : IDisposable
     }
 
     /// <summary>Sites recorded since the last flush.</summary>
-    public int PendingSites => _pending.Count + _dense.Count;
+    public int PendingSites => _pending.Count + _dense.Count + _slots.Sum(p => p.Sites.Count(site => site is not null));
 
     /// <summary>
     /// Records a top-K routing: <paramref name="indices"/> <c>[N, K]</c> (int64) holds the expert ids chosen for each of
@@ -95,14 +104,33 @@ public sealed class ExpertStepTally : IDisposable
         _dense.Add((site, routedTokens));
     }
 
+    /// <summary>
+    /// Records one projection of a step whose groups are stacked (the slot path): <paramref name="ids"/> <c>[S, L, K]</c>
+    /// (int64, in <c>[0, experts)</c>) holds group s's chosen experts for each of its rows, and <paramref name="valid"/>
+    /// (same shape, 0/1) which entries count (a group's real rows and its own K). Group s counts for
+    /// <paramref name="sites"/>[s] (null: the group's adapter does not route this projection) with
+    /// <paramref name="routedTokens"/>[s] tokens. The tally takes over <paramref name="valid"/> (one mask may serve many
+    /// projections; it is disposed once, after the flush).
+    /// </summary>
+    public void RecordSlots(IReadOnlyList<ExpertSite?> sites, IReadOnlyList<long> routedTokens, Tensor ids, Tensor valid, int experts)
+    {
+        ArgumentNullException.ThrowIfNull(sites);
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentNullException.ThrowIfNull(valid);
+        if (ids.dim() != 3 || ids.size(0) != sites.Count || routedTokens.Count != sites.Count)
+            throw new ArgumentException($"stacked ids must be [{sites.Count}, L, K] with a routed-token count per group, got [{string.Join(", ", ids.shape)}]", nameof(ids));
+        _masks.Add(valid);
+        _slots.Add(new SlotPending(sites, routedTokens, ids.DetachFromDisposeScope(), valid, experts));
+    }
+
     /// <summary>Copies every recorded count to the host in one transfer and adds them to the totals. Idempotent.</summary>
     public void Flush()
     {
         foreach (var (site, routed) in _dense)
             _usage.Add(site, routed, Enumerable.Repeat(routed, site.Experts.Count).ToArray());
         _dense.Clear();
-        if (_pending.Count == 0) return;
-        var order = new List<Pending>(_pending.Count);
+        if (_pending.Count == 0 && _slots.Count == 0) return;
+        var order = new List<(ExpertSite? Site, long RoutedTokens, int Width)>();       // in the order of the host copy
         long[] host;
         using (var scope = NewDisposeScope())
         {
@@ -110,31 +138,52 @@ public sealed class ExpertStepTally : IDisposable
             foreach (var same in _pending.GroupBy(p => p.Shape))
             {
                 var group = same.ToList();
-                order.AddRange(group);
+                order.AddRange(group.Select(p => ((ExpertSite?)p.Site, p.RoutedTokens, p.Site.Experts.Count)));
                 var (isTopK, experts, tokens, k, _) = group[0].Shape;
                 var stacked = group.Count == 1 ? group[0].Selection.unsqueeze(0) : stack(group.Select(p => p.Selection).ToArray()); // [S, N, K] or [S, N, E]
                 counts.Add(!isTopK ? stacked.sum(1, type: ScalarType.Int64)                                             // [S, E]
                     : tokens * k == 0 ? zeros([group.Count, experts], ScalarType.Int64, stacked.device)
                     : one_hot(stacked, experts).sum([1, 2]));                                                             // [S, N, K, E] → [S, E]
             }
+            foreach (var same in _slots.GroupBy(p => p.Shape, ShapeComparer.Instance))
+            {
+                var group = same.ToList();
+                foreach (var p in group)
+                    for (int g = 0; g < p.Sites.Count; g++) order.Add((p.Sites[g], p.RoutedTokens[g], p.Experts));
+                var stacked = group.Count == 1 ? group[0].Ids.unsqueeze(0) : stack(group.Select(p => p.Ids).ToArray());   // [P, S, L, K]
+                counts.Add(one_hot(stacked, group[0].Experts).mul(group[0].Valid.unsqueeze(-1)).sum([2, 3]));            // [P, S, L, K, E] → [P, S, E]
+            }
             var all = counts.Count == 1 ? counts[0].flatten() : cat(counts.Select(c => c.flatten()).ToArray(), 0); // [Σ E]
             host = all.cpu().data<long>().ToArray();
         }
         Discard();
         int offset = 0;
-        foreach (var p in order)
+        foreach (var (site, routed, width) in order)
         {
-            _usage.Add(p.Site, p.RoutedTokens, host.AsSpan(offset, p.Site.Experts.Count));
-            offset += p.Site.Experts.Count;
+            if (site is not null) _usage.Add(site, routed, host.AsSpan(offset, site.Experts.Count));
+            offset += width;
         }
+    }
+
+    /// <summary>Groups stacked records by shape and by the very mask tensor they share.</summary>
+    private sealed class ShapeComparer : IEqualityComparer<(long, long, long, int, Tensor)>
+    {
+        public static ShapeComparer Instance { get; } = new();
+        public bool Equals((long, long, long, int, Tensor) a, (long, long, long, int, Tensor) b) =>
+            a.Item1 == b.Item1 && a.Item2 == b.Item2 && a.Item3 == b.Item3 && a.Item4 == b.Item4 && ReferenceEquals(a.Item5, b.Item5);
+        public int GetHashCode((long, long, long, int, Tensor) k) => HashCode.Combine(k.Item1, k.Item2, k.Item3, k.Item4, RuntimeHelpers.GetHashCode(k.Item5));
     }
 
     /// <summary>Drops what was recorded without counting it (a failed step).</summary>
     public void Discard()
     {
         foreach (var p in _pending) p.Selection.Dispose();
+        foreach (var p in _slots) p.Ids.Dispose();
+        foreach (var m in _masks) m.Dispose();
         _pending.Clear();
         _dense.Clear();
+        _slots.Clear();
+        _masks.Clear();
     }
 
     public void Dispose() => Discard();

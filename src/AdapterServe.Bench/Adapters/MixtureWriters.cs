@@ -20,7 +20,7 @@ public static class MixtureWriters
     /// <summary>A LoRA-Mixer over <paramref name="experts"/> embedded r-<paramref name="rank"/> LoRAs (expert i gets rank r and alpha 2r·(1 + i/4), so scalings differ).</summary>
     /// <param name="expertNames">Reference these registered adapters instead of embedding experts (no experts/ folder is written).</param>
     public static void WriteLoraMixer(string directory, ModelConfig model, int experts, int topK, int rank, IReadOnlyList<Projection> targets, int seed,
-        IReadOnlyList<string>? expertNames = null, bool routerBias = true)
+        IReadOnlyList<string>? expertNames = null, bool routerBias = true, bool renormalize = true)
     {
         if (experts < 1) throw new ArgumentOutOfRangeException(nameof(experts), experts, "a mixer needs at least one expert");
         Directory.CreateDirectory(directory);
@@ -34,7 +34,7 @@ public static class MixtureWriters
             ["peft_type"] = "LORA_MIXER",
             ["experts"] = new JsonArray(names.Select(n => (JsonNode)n).ToArray()),
             ["top_k"] = topK,
-            ["renormalize"] = true,
+            ["renormalize"] = renormalize,
             ["target_modules"] = new JsonArray(targets.Select(t => (JsonNode)t.ShortName()).ToArray()),
             ["base_model_name_or_path"] = "adapterserve-bench-synthetic",
         };

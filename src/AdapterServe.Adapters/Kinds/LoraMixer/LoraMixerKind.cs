@@ -104,17 +104,32 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
     }
 
     /// <summary>
-    /// The LoRA-Mixer's share of one step: per routed projection and mixer group, the fixed sequence of
-    /// <see cref="MixerModule.AddDelta"/> (two GEMMs on the stacked or gathered experts whatever E, K or the routing),
-    /// accumulated into the group's rows in place, and the top-K ids recorded on the device.
+    /// The LoRA-Mixer's share of one step. Two paths, chosen per group when the step is built: several short groups of
+    /// slotted mixers go through <see cref="MixerSlotStep"/> (one fixed sequence of calls per projection for all of
+    /// them); the others (a single mixer, prefills, adapters without a slot) each run <see cref="MixerModule.AddDelta"/>
+    /// (two GEMMs on the stacked or gathered experts whatever E, K or the routing) into their rows in place. The top-K
+    /// ids are recorded on the device either way.
     /// </summary>
-    internal sealed class MixerStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally) : IAdapterStepExecutor
+    internal sealed class MixerStepExecutor : IAdapterStepExecutor
     {
-        private readonly (AdapterTokenGroup Group, MixerWeights Weights)[] _groups =
-            [.. groups.Select(g => (g, (g.Adapter.Modules as MixerModules ?? throw new InvalidOperationException($"{g.Adapter} is not a LoRA-Mixer")).Weights))];
+        private readonly ExpertStepTally _tally;
+        private readonly (AdapterTokenGroup Group, MixerWeights Weights)[] _groups;   // the per-group path
+        private readonly MixerSlotStep? _slots;
+
+        public MixerStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally)
+        {
+            _tally = tally;
+            var all = groups.Select(g => (g, (g.Adapter.Modules as MixerModules ?? throw new InvalidOperationException($"{g.Adapter} is not a LoRA-Mixer")).Weights)).ToList();
+            _slots = MixerSlotStep.TryBuild(all, tally, out var rest);
+            _groups = [.. rest];
+        }
+
+        /// <summary>Groups served from the slot stacks in this step (0 when the slot path is not used).</summary>
+        internal int SlotGroupCount => _slots?.GroupCount ?? 0;
 
         public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
         {
+            _slots?.Apply(layer, projection, x, y);
             foreach (var (g, weights) in _groups)
             {
                 if (weights.Module(layer, projection) is not var (module, site)) continue;
@@ -129,7 +144,7 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
                     if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
                     g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
                 }
-                tally.RecordTopK(site, selected);
+                _tally.RecordTopK(site, selected);
             }
         }
 
@@ -140,7 +155,8 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
         {
             if (_completed) return;
             _completed = true;
-            tally.Leave();
+            try { _tally.Leave(); }
+            finally { _slots?.Dispose(); }
         }
 
         /// <summary>The forward threw: leaves the step's shared tally without counting (the step's counts are dropped, not copied).</summary>
@@ -148,7 +164,8 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
         {
             if (_completed) return;
             _completed = true;
-            tally.Abandon();
+            try { _tally.Abandon(); }
+            finally { _slots?.Dispose(); }
         }
     }
 }

@@ -1,0 +1,213 @@
+using AdapterServe.Modeling;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters.Kinds.LoraMixer;
+
+/// <summary>
+/// The LoRA-Mixers of one <see cref="AdapterSlotTable"/>'s device-resident adapters, stacked per routed projection by
+/// slot (<see cref="MixerStack"/>), so a step with several mixers runs one fixed sequence of batched calls per
+/// projection whatever the number of distinct mixers (<see cref="MixerSlotStep"/>), as the LoRA slots do for plain
+/// deltas. Every stack has the bank's widest expert count <c>E_max</c> and rank <c>r_max</c>: a mixer with fewer
+/// experts has its extra router logits at −∞ (never chosen), smaller ranks are zero padded, and a slot whose mixer
+/// does not route a projection holds zeros there (it contributes nothing). A mixer's tensors are copied in the first
+/// time a step uses it in its slot. Engine thread only; owned by the table (<see cref="AdapterSlotTable.KindState{T}"/>).
+/// </summary>
+internal sealed class MixerSlotBank : IDisposable
+{
+    private readonly AdapterSlotTable _table;
+    private readonly Dictionary<(int Layer, Projection Projection), MixerStack> _projections = [];
+    private readonly long[] _written;       // [Capacity + 1]: stamp of the occupant whose tensors each slot holds (0: zeros)
+    private int _highestSlot;
+    private Device? _device;
+    private ScalarType _dtype;
+
+    public MixerSlotBank(AdapterSlotTable table)
+    {
+        _table = table;
+        _written = new long[table.Capacity + 1];
+    }
+
+    public static MixerSlotBank Of(AdapterSlotTable table) => table.KindState(t => new MixerSlotBank(t));
+
+    /// <summary>E_max: every slot's router has this many logits.</summary>
+    public int Experts { get; private set; }
+    /// <summary>r_max: every expert's block has this many rows.</summary>
+    public int Rank { get; private set; }
+    /// <summary>Mixer groups served from the stacks so far, over all steps (tests, diagnostics).</summary>
+    public long GroupsServed { get; internal set; }
+
+    /// <summary>
+    /// Makes sure <paramref name="adapter"/>'s mixer is in its slot of every stack; false when it cannot be served from
+    /// the stacks (no slot of this table, another device or dtype).
+    /// </summary>
+    public bool TryPlace(LoadedAdapter adapter, MixerWeights weights)
+    {
+        if (adapter.Slot is not { } slot || !ReferenceEquals(slot.Table, _table)) return false;
+        if (_device is not null && (adapter.Device.type != _device.type || adapter.Device.index != _device.index || adapter.DType != _dtype)) return false;
+        if (_written[slot.Index] == slot.Stamp) return true;
+
+        _device ??= adapter.Device;
+        _dtype = adapter.DType;
+        using var inferenceOff = inference_mode(false);
+        using var scope = NewDisposeScope();
+        foreach (var (module, _) in weights.Modules)
+        {
+            Experts = Math.Max(Experts, module.Experts);
+            Rank = Math.Max(Rank, module.Rank);
+        }
+        foreach (var (module, site) in weights.Modules)
+            if (!_projections.ContainsKey((site.Layer, site.Projection)))
+                _projections[(site.Layer, site.Projection)] = new MixerStack(module.InFeatures, module.OutFeatures, _device, _dtype);
+        // Every stack covers every slot written so far (a stack created now must hold the older mixers' zeros too).
+        _highestSlot = Math.Max(_highestSlot, slot.Index);
+        foreach (var ((layer, projection), stack) in _projections)
+        {
+            stack.Grow(Math.Min(_table.Capacity + 1, Math.Max(stack.Slots, (_highestSlot / 4 + 1) * 4)), Experts, Rank);
+            stack.Write(slot.Index, weights.Module(layer, projection)?.Module);
+        }
+        _written[slot.Index] = slot.Stamp;
+        return true;
+    }
+
+    /// <summary>The stack of one projection, or null when no mixer placed so far routes it.</summary>
+    public MixerStack? Projection(int layer, Projection projection) => _projections.GetValueOrDefault((layer, projection));
+
+    public void Dispose()
+    {
+        foreach (var s in _projections.Values) s.Dispose();
+        _projections.Clear();
+    }
+}
+
+/// <summary>
+/// One projection's stacked mixers, by slot: routers <c>[slots, E, d_in]</c> (float32) with their biases
+/// <c>[slots, 1, E]</c> (−∞ past a mixer's own experts), <c>A [slots, E·r, d_in]</c>, <c>Bᵀ [slots, E·r, d_out]</c> and
+/// the experts' biases <c>[slots, E, d_out]</c> (allocated once a mixer with expert biases is placed); expert e of a slot
+/// owns rows <c>e·r .. e·r + r_e</c>. <see cref="ABlocks"/>/<see cref="BTBlocks"/> view the same tensors one expert per
+/// row (<c>[slots·E, r·d]</c>), for gathering the chosen experts of each token. Grows by copying into larger tensors.
+/// </summary>
+internal sealed class MixerStack(long inFeatures, long outFeatures, Device device, ScalarType dtype) : IDisposable
+{
+    private int[] _experts = [];                                   // per slot: the experts of the mixer written there (0: none)
+
+    public long InFeatures { get; } = inFeatures;
+    public long OutFeatures { get; } = outFeatures;
+    public int Slots { get; private set; }
+    public int Experts { get; private set; }
+    public int Rank { get; private set; }
+    /// <summary><c>[Slots, E, d_in]</c>, float32.</summary>
+    public Tensor Router { get; private set; } = empty([0, 0, inFeatures], ScalarType.Float32, device).DetachFromDisposeScope();
+    /// <summary><c>[Slots, 1, E]</c>, float32: b_g, 0 without one, −∞ past the slot's experts.</summary>
+    public Tensor RouterBias { get; private set; } = empty([0, 1, 0], ScalarType.Float32, device).DetachFromDisposeScope();
+    /// <summary><c>[Slots, E·r, d_in]</c>.</summary>
+    public Tensor A { get; private set; } = empty([0, 0, inFeatures], dtype, device).DetachFromDisposeScope();
+    /// <summary><c>[Slots, E·r, d_out]</c>, scalings folded in.</summary>
+    public Tensor BT { get; private set; } = empty([0, 0, outFeatures], dtype, device).DetachFromDisposeScope();
+    /// <summary><c>[Slots, E, d_out]</c> = s_e·bias_e, or null while no placed mixer has expert biases here.</summary>
+    public Tensor? Bias { get; private set; }
+    /// <summary><see cref="A"/> as <c>[Slots·E, r·d_in]</c>.</summary>
+    public Tensor ABlocks { get; private set; } = empty([0, 0], dtype, device).DetachFromDisposeScope();
+    /// <summary><see cref="BT"/> as <c>[Slots·E, r·d_out]</c>.</summary>
+    public Tensor BTBlocks { get; private set; } = empty([0, 0], dtype, device).DetachFromDisposeScope();
+    /// <summary><see cref="Bias"/> as <c>[Slots·E, d_out]</c>, or null.</summary>
+    public Tensor? BiasBlocks { get; private set; }
+
+    /// <summary>Slot <paramref name="slot"/> := <paramref name="module"/> (padded), or zeros when null. Outside inference_mode.</summary>
+    public void Write(int slot, MixerModule? module)
+    {
+        if (module is not null && (module.InFeatures != InFeatures || module.OutFeatures != OutFeatures))
+            throw new InvalidOperationException($"a mixer module of [{module.OutFeatures}, {module.InFeatures}] does not fit its slot stack [{OutFeatures}, {InFeatures}]");
+        if (module?.BiasAll is not null) AddBias();
+        var router = Router.select(0, slot);                                           // [E, d_in]
+        var routerBias = RouterBias.select(0, slot);                                   // [1, E]
+        var a = A.select(0, slot).view(Experts, Rank, InFeatures);                     // [E, r, d_in]
+        var bt = BT.select(0, slot).view(Experts, Rank, OutFeatures);                  // [E, r, d_out]
+        router.zero_();
+        routerBias.zero_();
+        a.zero_();
+        bt.zero_();
+        Bias?.select(0, slot).zero_();
+        _experts[slot] = 0;
+        if (module is null) return;                                                    // zeros: finite gates, zero delta
+
+        int e = module.Experts, r = module.Rank;
+        router.narrow(0, 0, e).copy_(module.Router);
+        if (module.RouterBias is not null) routerBias.narrow(1, 0, e).copy_(module.RouterBias.unsqueeze(0));
+        if (e < Experts) TorchScalars.FillInPlace(routerBias.narrow(1, e, Experts - e), double.NegativeInfinity);
+        a.narrow(0, 0, e).narrow(1, 0, r).copy_(module.AAll.view(e, r, InFeatures));
+        bt.narrow(0, 0, e).narrow(1, 0, r).copy_(module.BTAll.view(e, r, OutFeatures));
+        if (module.BiasAll is not null) Bias!.select(0, slot).narrow(0, 0, e).copy_(module.BiasAll);
+        _experts[slot] = e;
+    }
+
+    /// <summary>Grows (keeping every slot's contents) to at least <paramref name="slots"/> slots of <paramref name="experts"/> experts of rank <paramref name="rank"/>. Outside inference_mode.</summary>
+    public void Grow(int slots, int experts, int rank)
+    {
+        if (slots <= Slots && experts <= Experts && rank <= Rank) return;
+        slots = Math.Max(slots, Slots);
+        experts = Math.Max(experts, Experts);
+        rank = Math.Max(rank, Rank);
+        var router = zeros([slots, experts, InFeatures], ScalarType.Float32, Router.device);      // [slots, E, d_in]
+        var routerBias = zeros([slots, 1, experts], ScalarType.Float32, Router.device);           // [slots, 1, E]
+        var a = zeros([slots, experts * rank, InFeatures], A.dtype, A.device);                     // [slots, E·r, d_in]
+        var bt = zeros([slots, experts * rank, OutFeatures], BT.dtype, BT.device);                 // [slots, E·r, d_out]
+        var bias = Bias is null ? null : zeros([slots, experts, OutFeatures], Bias.dtype, Bias.device); // [slots, E, d_out]
+        if (Slots > 0 && Experts > 0)
+        {
+            router.narrow(0, 0, Slots).narrow(1, 0, Experts).copy_(Router);
+            routerBias.narrow(0, 0, Slots).narrow(2, 0, Experts).copy_(RouterBias);
+            a.narrow(0, 0, Slots).view(Slots, experts, rank, InFeatures).narrow(1, 0, Experts).narrow(2, 0, Rank)
+                .copy_(A.view(Slots, Experts, Rank, InFeatures));
+            bt.narrow(0, 0, Slots).view(Slots, experts, rank, OutFeatures).narrow(1, 0, Experts).narrow(2, 0, Rank)
+                .copy_(BT.view(Slots, Experts, Rank, OutFeatures));
+            bias?.narrow(0, 0, Slots).narrow(1, 0, Experts).copy_(Bias!);
+            // The new expert columns of a slot that holds a mixer are past its experts: never chosen.
+            if (experts > Experts)
+                for (int s = 0; s < Slots; s++)
+                    if (_experts[s] > 0) TorchScalars.FillInPlace(routerBias.select(0, s).narrow(1, Experts, experts - Experts), double.NegativeInfinity);
+        }
+        Array.Resize(ref _experts, slots);
+        Replace(router, routerBias, a, bt, bias, slots, experts, rank);
+    }
+
+    private void AddBias()
+    {
+        if (Bias is not null) return;
+        Replace(Router, RouterBias, A, BT, zeros([Slots, Experts, OutFeatures], A.dtype, A.device), Slots, Experts, Rank);
+    }
+
+    private void Replace(Tensor router, Tensor routerBias, Tensor a, Tensor bt, Tensor? bias, int slots, int experts, int rank)
+    {
+        Tensor Keep(Tensor t, Tensor old) => ReferenceEquals(t, old) ? t : t.DetachFromDisposeScope();
+        var old = new[] { Router, RouterBias, A, BT, Bias };
+        Router = Keep(router, old[0]!);
+        RouterBias = Keep(routerBias, old[1]!);
+        A = Keep(a, old[2]!);
+        BT = Keep(bt, old[3]!);
+        Bias = bias is null ? null : Keep(bias, old[4]!);
+        foreach (var t in old)
+            if (t is not null && !ReferenceEquals(t, Router) && !ReferenceEquals(t, RouterBias) && !ReferenceEquals(t, A) && !ReferenceEquals(t, BT) && !ReferenceEquals(t, Bias))
+                t.Dispose();
+        ABlocks.Dispose();
+        BTBlocks.Dispose();
+        BiasBlocks?.Dispose();
+        Slots = slots;
+        Experts = experts;
+        Rank = rank;
+        ABlocks = A.view(slots * experts, rank * InFeatures).DetachFromDisposeScope();               // [slots·E, r·d_in]
+        BTBlocks = BT.view(slots * experts, rank * OutFeatures).DetachFromDisposeScope();            // [slots·E, r·d_out]
+        BiasBlocks = Bias?.view(slots * experts, OutFeatures).DetachFromDisposeScope();              // [slots·E, d_out]
+    }
+
+    public void Dispose()
+    {
+        Router.Dispose();
+        RouterBias.Dispose();
+        A.Dispose();
+        BT.Dispose();
+        Bias?.Dispose();
+        ABlocks.Dispose();
+        BTBlocks.Dispose();
+        BiasBlocks?.Dispose();
+    }
+}
