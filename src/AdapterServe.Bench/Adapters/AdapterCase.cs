@@ -47,6 +47,8 @@ public static class AdapterCases
         // Issue 9: time per token at most 1.1x one r16 LoRA on the same projections, i.e. throughput >= 1/1.1 of it.
         new("lokr-r16", AdapterKind.Lokr, 16, All, 1, PeftLokrWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 1 / 1.1), TargetBatches: [1, 16]),
         new("moka-4", AdapterKind.Moka, 4, All, 1, MokaWriter.Write, ComparedTo: "lora-r16", Target: new Target(AtLeast: 1 / 1.1), TargetBatches: [1, 16]),
+        // Issue 13: the Kronecker kinds fit the slot budget too: 16 distinct LoKr adapters at b32 >= 0.85x one.
+        new("lokr-r16-x16", AdapterKind.Lokr, 16, All, 16, PeftLokrWriter.Write, ComparedTo: "lokr-r16", Target: new Target(AtLeast: 0.85), TargetBatches: [32]),
         // Mixtures (issue 10): 6 embedded r16 LoRA experts, top-3 per token; 4 r16 OMoE experts, dense. Ratio to one r16 LoRA: at most 1.3x its time per token.
         new("mixer-top3-of-6", AdapterKind.LoraMixer, 16, All, 1,
             (dir, model, c, seed) => MixtureWriters.WriteLoraMixer(dir, model, experts: 6, topK: 3, c.Rank, c.Targets, seed), ComparedTo: "lora-r16", Target: new Target(AtLeast: 1 / 1.3), TargetBatches: [1, 16]),

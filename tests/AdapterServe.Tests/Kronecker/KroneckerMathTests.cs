@@ -237,6 +237,73 @@ public sealed class KroneckerMathTests : IDisposable
         Reference.AssertClose(cat(expected, 0), y);
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public void Many_kronecker_adapters_in_one_step_share_the_slot_stacks_and_each_row_gets_its_own_kron_delta(int tokens)
+    {
+        using var scope = NewDisposeScope();
+        Projection[] targets = [Projection.Q, Projection.Up];
+        // Four LoKr of one layout (one shared stack per projection; factors whole or low rank, own alpha), one LoKr with
+        // another split of gate/up ([6, 2] ⊗ [2, 4]) and q only on the first layer's shape, and two MoKA with several terms.
+        var files = new List<(TestAdapter Files, Func<int, Projection, Tensor> Delta)>();
+        for (int i = 0; i < 4; i++)
+        {
+            var lokr = KroneckerTestFiles.Lokr(Base, targets, r: 2, alpha: 3 + i, w2: i % 2 == 0 ? FactorForm.Whole : FactorForm.LowRank, seed: 30 + i);
+            double s = (3.0 + i) / 2;
+            files.Add((lokr, (l, p) => LokrDelta(lokr, l, p, s)));
+        }
+        var split = KroneckerTestFiles.Lokr(Base, targets, r: 2, alpha: 2, seed: 40,
+            shapeOf: (_, p) => p == Projection.Up ? new KroneckerShape(6, 2, 2, 4) : new KroneckerShape(4, 2, 2, 4));
+        files.Add((split, (l, p) => LokrDelta(split, l, p, 1.0)));
+        KroneckerShape[] up = [new(3, 2, 4, 4), new(12, 8, 1, 1), new(3, 2, 4, 4)], q = [new(2, 2, 4, 4), new(8, 8, 1, 1)];
+        for (int i = 0; i < 2; i++)
+        {
+            var moka = KroneckerTestFiles.Moka(Base, targets, p => p == Projection.Up ? up : q, scaling: 0.5 + i, seed: 50 + i);
+            double scaling = 0.5 + i;
+            files.Add((moka, (l, p) => MokaDelta(moka, l, p, p == Projection.Up ? up.Length : q.Length, scaling)));
+        }
+        var loaded = files.Select((f, i) => Loaded($"kslot{i}", f.Files)).ToArray();
+        using var slots = new AdapterSlotTable(12);
+        foreach (int i in new[] { 3, 0, 6, 1, 5, 2, 4 }) slots.Assign(loaded[i]);             // slots not in group order
+        try
+        {
+            // Rows: base | adapter i with its own scale (tokens rows each) | adapter 0 again at the end (rows not contiguous).
+            var rowDelta = new List<(int Adapter, float Scale)?> { null };
+            var segments = new List<AdapterSegment> { AdapterSegment.Base(0, 1) };
+            for (int i = 0; i < loaded.Length; i++)
+            {
+                float scale = i switch { 2 => 0.5f, 5 => -1.5f, _ => 1f };
+                segments.Add(AdapterSegment.Single(rowDelta.Count, tokens, loaded[i], scale));
+                for (int t = 0; t < tokens; t++) rowDelta.Add((i, scale));
+            }
+            segments.Add(AdapterSegment.Single(rowDelta.Count, 1, loaded[0]));
+            rowDelta.Add((0, 1f));
+            int rows = rowDelta.Count;
+
+            var bank = KroneckerSlotBank.Of(slots);
+            long before = bank.GroupsServed;
+            using var batch = new AdapterBatch(segments);
+            Assert.Equal(loaded.Length, bank.GroupsServed - before);                            // every group from the stacks
+            for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
+                foreach (var p in targets)
+                {
+                    var (dIn, dOut) = Base.ProjectionShape(p);
+                    var w0 = randn(dOut, dIn);                                                 // [d_out, d_in]
+                    var x = randn(rows, dIn);                                                  // [rows, d_in]
+                    var y = batch.Apply(layer, p, x, Reference.Linear(x, w0), w0);
+                    var expected = rowDelta.Select((d, r) => Reference.Linear(x[r].unsqueeze(0),
+                        d is var (a, scale) ? w0 + files[a].Delta(layer, p) * scale : w0)).ToArray();
+                    Reference.AssertClose(cat(expected, 0), y, what: $"layer {layer} {p.ShortName()}");
+                }
+            batch.Complete();
+        }
+        finally
+        {
+            foreach (var a in loaded) a.Dispose();
+        }
+    }
+
     private LoadedAdapter Loaded(string name, TestAdapter adapter)
     {
         string dir = adapter.WriteTo(_temp.Sub($"k{_count++}"));
