@@ -237,70 +237,108 @@ public sealed class KroneckerMathTests : IDisposable
         Reference.AssertClose(cat(expected, 0), y);
     }
 
+    private static readonly Projection[] SlotTargets = [Projection.Q, Projection.Up];
+
+    /// <summary>
+    /// Four LoKr of one layout (one shared stack per projection; factors whole or low rank, own alpha), one LoKr with
+    /// another split ([6, 2] ⊗ [2, 4] for up, [4, 2] ⊗ [2, 4] for q) and two MoKA with several terms, each with its
+    /// materialised ΔW(layer, projection).
+    /// </summary>
+    private List<(LoadedAdapter Adapter, Func<int, Projection, Tensor> Delta)> SlotAdapters()
+    {
+        var files = new List<(TestAdapter Files, Func<int, Projection, Tensor> Delta)>();
+        for (int i = 0; i < 4; i++)
+        {
+            var lokr = KroneckerTestFiles.Lokr(Base, SlotTargets, r: 2, alpha: 3 + i, w2: i % 2 == 0 ? FactorForm.Whole : FactorForm.LowRank, seed: 30 + i);
+            double s = (3.0 + i) / 2;
+            files.Add((lokr, (l, p) => LokrDelta(lokr, l, p, s)));
+        }
+        var split = KroneckerTestFiles.Lokr(Base, SlotTargets, r: 2, alpha: 2, seed: 40,
+            shapeOf: (_, p) => p == Projection.Up ? new KroneckerShape(6, 2, 2, 4) : new KroneckerShape(4, 2, 2, 4));
+        files.Add((split, (l, p) => LokrDelta(split, l, p, 1.0)));
+        KroneckerShape[] up = [new(3, 2, 4, 4), new(12, 8, 1, 1), new(3, 2, 4, 4)], q = [new(2, 2, 4, 4), new(8, 8, 1, 1)];
+        for (int i = 0; i < 2; i++)
+        {
+            var moka = KroneckerTestFiles.Moka(Base, SlotTargets, p => p == Projection.Up ? up : q, scaling: 0.5 + i, seed: 50 + i);
+            double scaling = 0.5 + i;
+            files.Add((moka, (l, p) => MokaDelta(moka, l, p, p == Projection.Up ? up.Length : q.Length, scaling)));
+        }
+        return files.Select((f, i) => (Loaded($"kslot{i}", f.Files), f.Delta)).ToList();
+    }
+
+    /// <summary>One step over <paramref name="plan"/> (adapter index or null for the base, rows, scale), all from the slots, against the materialised weights.</summary>
+    private static void AssertSlotStep(List<(LoadedAdapter Adapter, Func<int, Projection, Tensor> Delta)> adapters, AdapterSlotTable slots, (int? Adapter, int Tokens, float Scale)[] plan)
+    {
+        var rowDelta = new List<(int Adapter, float Scale)?>();
+        var segments = new List<AdapterSegment>();
+        foreach (var (adapter, tokens, scale) in plan)
+        {
+            segments.Add(adapter is { } a ? AdapterSegment.Single(rowDelta.Count, tokens, adapters[a].Adapter, scale) : AdapterSegment.Base(rowDelta.Count, tokens));
+            for (int t = 0; t < tokens; t++) rowDelta.Add(adapter is { } aa ? (aa, scale) : null);
+        }
+        int rows = rowDelta.Count;
+        var bank = KroneckerSlotBank.Of(slots);
+        long before = bank.GroupsServed;
+        using var batch = new AdapterBatch(segments);
+        Assert.Equal(plan.Where(p => p.Adapter is not null).Select(p => (p.Adapter, p.Scale)).Distinct().Count(), bank.GroupsServed - before); // all from the stacks
+        for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
+            foreach (var p in SlotTargets)
+            {
+                var (dIn, dOut) = Base.ProjectionShape(p);
+                var w0 = randn(dOut, dIn);                                                     // [d_out, d_in]
+                var x = randn(rows, dIn);                                                      // [rows, d_in]
+                var y = batch.Apply(layer, p, x, Reference.Linear(x, w0), w0);
+                var expected = rowDelta.Select((d, r) => Reference.Linear(x[r].unsqueeze(0),
+                    d is var (a, scale) ? w0 + adapters[a].Delta(layer, p) * scale : w0)).ToArray();
+                Reference.AssertClose(cat(expected, 0), y, what: $"layer {layer} {p.ShortName()}");
+            }
+        batch.Complete();
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(3)]
     public void Many_kronecker_adapters_in_one_step_share_the_slot_stacks_and_each_row_gets_its_own_kron_delta(int tokens)
     {
         using var scope = NewDisposeScope();
-        Projection[] targets = [Projection.Q, Projection.Up];
-        // Four LoKr of one layout (one shared stack per projection; factors whole or low rank, own alpha), one LoKr with
-        // another split of gate/up ([6, 2] ⊗ [2, 4]) and q only on the first layer's shape, and two MoKA with several terms.
-        var files = new List<(TestAdapter Files, Func<int, Projection, Tensor> Delta)>();
-        for (int i = 0; i < 4; i++)
-        {
-            var lokr = KroneckerTestFiles.Lokr(Base, targets, r: 2, alpha: 3 + i, w2: i % 2 == 0 ? FactorForm.Whole : FactorForm.LowRank, seed: 30 + i);
-            double s = (3.0 + i) / 2;
-            files.Add((lokr, (l, p) => LokrDelta(lokr, l, p, s)));
-        }
-        var split = KroneckerTestFiles.Lokr(Base, targets, r: 2, alpha: 2, seed: 40,
-            shapeOf: (_, p) => p == Projection.Up ? new KroneckerShape(6, 2, 2, 4) : new KroneckerShape(4, 2, 2, 4));
-        files.Add((split, (l, p) => LokrDelta(split, l, p, 1.0)));
-        KroneckerShape[] up = [new(3, 2, 4, 4), new(12, 8, 1, 1), new(3, 2, 4, 4)], q = [new(2, 2, 4, 4), new(8, 8, 1, 1)];
-        for (int i = 0; i < 2; i++)
-        {
-            var moka = KroneckerTestFiles.Moka(Base, targets, p => p == Projection.Up ? up : q, scaling: 0.5 + i, seed: 50 + i);
-            double scaling = 0.5 + i;
-            files.Add((moka, (l, p) => MokaDelta(moka, l, p, p == Projection.Up ? up.Length : q.Length, scaling)));
-        }
-        var loaded = files.Select((f, i) => Loaded($"kslot{i}", f.Files)).ToArray();
+        var adapters = SlotAdapters();
         using var slots = new AdapterSlotTable(12);
-        foreach (int i in new[] { 3, 0, 6, 1, 5, 2, 4 }) slots.Assign(loaded[i]);             // slots not in group order
+        foreach (int i in new[] { 3, 0, 6, 1, 5, 2, 4 }) slots.Assign(adapters[i].Adapter);   // slots not in group order
         try
         {
-            // Rows: base | adapter i with its own scale (tokens rows each) | adapter 0 again at the end (rows not contiguous).
-            var rowDelta = new List<(int Adapter, float Scale)?> { null };
-            var segments = new List<AdapterSegment> { AdapterSegment.Base(0, 1) };
-            for (int i = 0; i < loaded.Length; i++)
-            {
-                float scale = i switch { 2 => 0.5f, 5 => -1.5f, _ => 1f };
-                segments.Add(AdapterSegment.Single(rowDelta.Count, tokens, loaded[i], scale));
-                for (int t = 0; t < tokens; t++) rowDelta.Add((i, scale));
-            }
-            segments.Add(AdapterSegment.Single(rowDelta.Count, 1, loaded[0]));
-            rowDelta.Add((0, 1f));
-            int rows = rowDelta.Count;
-
-            var bank = KroneckerSlotBank.Of(slots);
-            long before = bank.GroupsServed;
-            using var batch = new AdapterBatch(segments);
-            Assert.Equal(loaded.Length, bank.GroupsServed - before);                            // every group from the stacks
-            for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
-                foreach (var p in targets)
-                {
-                    var (dIn, dOut) = Base.ProjectionShape(p);
-                    var w0 = randn(dOut, dIn);                                                 // [d_out, d_in]
-                    var x = randn(rows, dIn);                                                  // [rows, d_in]
-                    var y = batch.Apply(layer, p, x, Reference.Linear(x, w0), w0);
-                    var expected = rowDelta.Select((d, r) => Reference.Linear(x[r].unsqueeze(0),
-                        d is var (a, scale) ? w0 + files[a].Delta(layer, p) * scale : w0)).ToArray();
-                    Reference.AssertClose(cat(expected, 0), y, what: $"layer {layer} {p.ShortName()}");
-                }
-            batch.Complete();
+            // base | adapter i with its own scale (tokens rows each) | adapter 0 again at the end (rows not contiguous).
+            var plan = new List<(int?, int, float)> { (null, 1, 1f) };
+            for (int i = 0; i < adapters.Count; i++) plan.Add((i, tokens, i switch { 2 => 0.5f, 5 => -1.5f, _ => 1f }));
+            plan.Add((0, 1, 1f));
+            AssertSlotStep(adapters, slots, [.. plan]);
         }
         finally
         {
-            foreach (var a in loaded) a.Dispose();
+            foreach (var (a, _) in adapters) a.Dispose();
+        }
+    }
+
+    [Fact]
+    public void A_kronecker_slot_reused_by_another_adapter_serves_the_new_one_and_zeros_where_it_has_no_term()
+    {
+        using var scope = NewDisposeScope();
+        var adapters = SlotAdapters();
+        using var slots = new AdapterSlotTable(3);
+        try
+        {
+            foreach (int i in new[] { 0, 4, 5 }) slots.Assign(adapters[i].Adapter);
+            AssertSlotStep(adapters, slots, [(0, 1, 1f), (4, 2, 1f), (5, 1, 0.5f)]);
+            // The first LoKr leaves and a MoKA takes its slot: that slot of the shared LoKr stack must now read zeros
+            // (the rows of the MoKA group go through it as well). A LoKr of the same layout takes the split one's slot.
+            slots.Free(adapters[0].Adapter);
+            slots.Assign(adapters[6].Adapter);
+            slots.Free(adapters[4].Adapter);
+            slots.Assign(adapters[1].Adapter);
+            AssertSlotStep(adapters, slots, [(1, 1, 1f), (6, 2, 1f), (5, 1, 2f)]);
+        }
+        finally
+        {
+            foreach (var (a, _) in adapters) a.Dispose();
         }
     }
 

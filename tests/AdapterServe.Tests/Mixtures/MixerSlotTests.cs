@@ -23,7 +23,7 @@ public class MixerSlotTests
     static readonly ModelConfig Base = TinyModels.Llama;
     static readonly Projection[] Attention = [Projection.Q, Projection.V], Mlp = [Projection.Up, Projection.Down];
 
-    sealed record Mixer(LoadedAdapter Loaded, MixtureServingTests.TokenMixture Naive);
+    sealed record Mixer(LoadedAdapter Loaded, MixtureServingTests.TokenMixture Naive, int TopK);
 
     /// <summary>Mixers that differ in experts, top-K, rank, routed projections, router bias and renormalisation.</summary>
     static Mixer[] Mixers(TempDir tmp, string id)
@@ -41,7 +41,7 @@ public class MixerSlotTests
             MixtureWriters.WriteLoraMixer(dir, Base, s.Experts, s.TopK, s.Rank, s.Targets, seed: 40 + i, routerBias: s.RouterBias, renormalize: s.Renormalize);
             var record = new AdapterRecord($"slot-m{i}-{id}", 1, dir, AdapterValidator.Validate(dir, Base), "sha256:test", "test", DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch);
             return new Mixer(LoadedAdapter.Load(record, new FuncBaseWeights((_, p) => zeros([Base.ProjectionShape(p).Out, Base.ProjectionShape(p).In])), CPU, ScalarType.Float32),
-                MixtureServingTests.NaiveMixer(dir));
+                MixtureServingTests.NaiveMixer(dir), s.TopK);
         }).ToArray();
     }
 
@@ -51,82 +51,113 @@ public class MixerSlotTests
     public void Mixers_in_one_step_share_the_slot_stacks_and_give_every_row_its_own_mixture_and_counts(bool dense)
     {
         using var tmp = new TempDir();
-        string id = Guid.NewGuid().ToString("N")[..8];
-        var mixers = Mixers(tmp, id);
+        var mixers = Mixers(tmp, Guid.NewGuid().ToString("N")[..8]);
         using var slots = new AdapterSlotTable(8);
         foreach (var i in new[] { 2, 0, 3, 1 }) slots.Assign(mixers[i].Loaded);       // slots not in group order: gathered stacks
         try
         {
-            // Rows: m0 | base | m1·0.5 | m2 ... ; with `dense`, m0 and m2 get more rows (m0's not contiguous).
-            var rowMixer = new List<(int Mixer, float Scale)?>();
-            var segments = new List<AdapterSegment>();
-            void Add(int? mixer, int tokens, float scale = 1f)
-            {
-                segments.Add(mixer is { } m ? AdapterSegment.Single(rowMixer.Count, tokens, mixers[m].Loaded, scale) : AdapterSegment.Base(rowMixer.Count, tokens));
-                for (int t = 0; t < tokens; t++) rowMixer.Add(mixer is { } mm ? (mm, scale) : null);
-            }
-            Add(0, dense ? 2 : 1);
-            Add(null, 1);
-            Add(1, 1, 0.5f);
-            Add(2, dense ? 3 : 1);
-            Add(3, 1, 1.5f);
-            if (dense) Add(0, 1);                                                       // m0's second sequence: same group, rows not contiguous
-            int rows = rowMixer.Count;
-
-            var bank = MixerSlotBank.Of(slots);
-            long servedBefore = bank.GroupsServed;
-            var before = mixers.Select(m => ExpertUsage.Shared.Snapshot(m.Loaded.Name)).ToArray();
-            var naiveCounts = new Dictionary<(int Mixer, string Module, int Expert), long>();
-            using (var batch = new AdapterBatch(segments))
-            {
-                Assert.Equal(4, bank.GroupsServed - servedBefore);                        // every mixer group from the stacks
-                Assert.Equal(dense, (dense ? 3 : 1) * 3 >= bank.Experts);                // L·K_max against E_max decides the form
-                for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
-                    foreach (var p in ProjectionNames.All)
-                    {
-                        var (dIn, dOut) = Base.ProjectionShape(p);
-                        var x = randn([rows, dIn], generator: new Generator((ulong)(layer * 10 + (int)p + 1)));  // [rows, d_in]
-                        var y = batch.Apply(layer, p, x, zeros([rows, dOut]), zeros([dOut, dIn]));   // base output 0: y is the delta
-                        string module = ProjectionNames.ModulePath(layer, p);
-                        var xs = Host2(x);
-                        var got = Host2(y);
-                        for (int r = 0; r < rows; r++)
-                        {
-                            var expected = new double[dOut];
-                            if (rowMixer[r] is var (m, scale))
-                            {
-                                var (delta, selected) = mixers[m].Naive(module, Row(xs, r));
-                                if (delta is not null)
-                                {
-                                    for (int o = 0; o < dOut; o++) expected[o] = scale * delta[o];
-                                    foreach (int e in selected) naiveCounts[(m, module, e)] = naiveCounts.GetValueOrDefault((m, module, e)) + 1;
-                                }
-                            }
-                            for (int o = 0; o < dOut; o++)
-                                Assert.True(Math.Abs(expected[o] - got[r, o]) < 1e-5, $"layer {layer} {p} row {r} [{o}]: naive {expected[o]}, served {got[r, o]}");
-                        }
-                    }
-                batch.Complete();
-            }
-
-            for (int m = 0; m < mixers.Length; m++)
-            {
-                var after = ExpertUsage.Shared.Snapshot(mixers[m].Loaded.Name)!;
-                foreach (var module in after.Modules)
-                {
-                    var old = before[m]?.Modules.SingleOrDefault(o => o.Layer == module.Layer && o.Module == module.Module);
-                    string path = ProjectionNames.ModulePath(module.Layer, ProjectionNames.All.Single(p => p.ShortName() == module.Module));
-                    for (int e = 0; e < module.Experts.Count; e++)
-                        Assert.True(naiveCounts.GetValueOrDefault((m, path, e)) == module.Experts[e].Selections - (old?.Experts[e].Selections ?? 0),
-                            $"m{m} {path} expert {e}: naive {naiveCounts.GetValueOrDefault((m, path, e))}, counted {module.Experts[e].Selections - (old?.Experts[e].Selections ?? 0)}");
-                }
-                Assert.Equal(naiveCounts.Keys.Where(k => k.Mixer == m).Select(k => k.Module).Distinct().Count(),
-                    after.Modules.Count(module => module.Selections - (before[m]?.Modules.SingleOrDefault(o => o.Layer == module.Layer && o.Module == module.Module)?.Selections ?? 0) > 0));
-            }
+            // m0 | base | m1·0.5 | m2 | m3·1.5 ; with `dense`, m0 and m2 get more rows and m0 a second, non-contiguous sequence.
+            AssertStep(mixers, slots, [(0, dense ? 2 : 1, 1f), (null, 1, 1f), (1, 1, 0.5f), (2, dense ? 3 : 1, 1f), (3, 1, 1.5f), .. dense ? [((int?)0, 1, 1f)] : Array.Empty<(int?, int, float)>()],
+                dense);
         }
         finally
         {
             foreach (var m in mixers) m.Loaded.Dispose();
+        }
+    }
+
+    [Fact]
+    public void A_slot_reused_by_another_mixer_serves_the_new_one()
+    {
+        using var tmp = new TempDir();
+        var mixers = Mixers(tmp, Guid.NewGuid().ToString("N")[..8]);
+        using var slots = new AdapterSlotTable(2);
+        try
+        {
+            slots.Assign(mixers[0].Loaded);
+            slots.Assign(mixers[2].Loaded);
+            AssertStep(mixers, slots, [(0, 1, 1f), (2, 1, 1f)], dense: false, salt: 1);
+            // m0 leaves the device tier; m1 (fewer experts, other projections, no router bias) takes its slot, then m3 m2's.
+            slots.Free(mixers[0].Loaded);
+            slots.Assign(mixers[1].Loaded);
+            AssertStep(mixers, slots, [(1, 1, 1f), (2, 1, 2f)], dense: false, salt: 2);
+            slots.Free(mixers[2].Loaded);
+            slots.Assign(mixers[3].Loaded);
+            AssertStep(mixers, slots, [(3, 3, 1f), (1, 3, 1f)], dense: true, salt: 3);
+        }
+        finally
+        {
+            foreach (var m in mixers) m.Loaded.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// One step over <paramref name="plan"/> (per segment: mixer index or null for the base, tokens, scale): every row
+    /// against the naive mixture of its mixer, and the expert counters against the naive selections.
+    /// </summary>
+    static void AssertStep(Mixer[] mixers, AdapterSlotTable slots, (int? Mixer, int Tokens, float Scale)[] plan, bool dense, int salt = 0)
+    {
+        var rowMixer = new List<(int Mixer, float Scale)?>();
+        var segments = new List<AdapterSegment>();
+        foreach (var (mixer, tokens, scale) in plan)
+        {
+            segments.Add(mixer is { } m ? AdapterSegment.Single(rowMixer.Count, tokens, mixers[m].Loaded, scale) : AdapterSegment.Base(rowMixer.Count, tokens));
+            for (int t = 0; t < tokens; t++) rowMixer.Add(mixer is { } mm ? (mm, scale) : null);
+        }
+        int rows = rowMixer.Count;
+        int groups = plan.Where(p => p.Mixer is not null).Select(p => (p.Mixer, p.Scale)).Distinct().Count();
+        int longest = plan.Where(p => p.Mixer is not null).GroupBy(p => (p.Mixer, p.Scale)).Max(g => g.Sum(p => p.Tokens));
+
+        var bank = MixerSlotBank.Of(slots);
+        long servedBefore = bank.GroupsServed;
+        var before = mixers.Select(m => ExpertUsage.Shared.Snapshot(m.Loaded.Name)).ToArray();
+        var naiveCounts = new Dictionary<(int Mixer, string Module, int Expert), long>();
+        using (var batch = new AdapterBatch(segments))
+        {
+            Assert.Equal(groups, bank.GroupsServed - servedBefore);                        // every mixer group from the stacks
+            int topK = plan.Where(p => p.Mixer is not null).Max(p => mixers[p.Mixer!.Value].TopK);
+            Assert.Equal(dense, longest * topK >= bank.Experts);                        // L·K_max against E_max decides the form
+            for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
+                foreach (var p in ProjectionNames.All)
+                {
+                    var (dIn, dOut) = Base.ProjectionShape(p);
+                    var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)p + 1)));  // [rows, d_in]
+                    var y = batch.Apply(layer, p, x, zeros([rows, dOut]), zeros([dOut, dIn]));   // base output 0: y is the delta
+                    string module = ProjectionNames.ModulePath(layer, p);
+                    var xs = Host2(x);
+                    var got = Host2(y);
+                    for (int r = 0; r < rows; r++)
+                    {
+                        var expected = new double[dOut];
+                        if (rowMixer[r] is var (m, scale))
+                        {
+                            var (delta, selected) = mixers[m].Naive(module, Row(xs, r));
+                            if (delta is not null)
+                            {
+                                for (int o = 0; o < dOut; o++) expected[o] = scale * delta[o];
+                                foreach (int e in selected) naiveCounts[(m, module, e)] = naiveCounts.GetValueOrDefault((m, module, e)) + 1;
+                            }
+                        }
+                        for (int o = 0; o < dOut; o++)
+                            Assert.True(Math.Abs(expected[o] - got[r, o]) < 1e-5, $"layer {layer} {p} row {r} [{o}]: naive {expected[o]}, served {got[r, o]}");
+                    }
+                }
+            batch.Complete();
+        }
+
+        foreach (int m in plan.Where(p => p.Mixer is not null).Select(p => p.Mixer!.Value).Distinct())
+        {
+            var after = ExpertUsage.Shared.Snapshot(mixers[m].Loaded.Name)!;
+            foreach (var module in after.Modules)
+            {
+                var old = before[m]?.Modules.SingleOrDefault(o => o.Layer == module.Layer && o.Module == module.Module);
+                string path = ProjectionNames.ModulePath(module.Layer, ProjectionNames.All.Single(p => p.ShortName() == module.Module));
+                for (int e = 0; e < module.Experts.Count; e++)
+                {
+                    long counted = module.Experts[e].Selections - (old?.Experts[e].Selections ?? 0);
+                    Assert.True(naiveCounts.GetValueOrDefault((m, path, e)) == counted, $"m{m} {path} expert {e}: naive {naiveCounts.GetValueOrDefault((m, path, e))}, counted {counted}");
+                }
+            }
         }
     }
 }
