@@ -107,7 +107,7 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
     /// The LoRA-Mixer's share of one step. Two paths, chosen per group when the step is built: several short groups of
     /// slotted mixers go through <see cref="MixerSlotStep"/> (one fixed sequence of calls per projection for all of
     /// them); the others (a single mixer, prefills, adapters without a slot) each run <see cref="MixerModule.AddDelta"/>
-    /// (two GEMMs on the stacked or gathered experts whatever E, K or the routing) into their rows in place. The top-K
+    /// (two GEMMs on the stacked experts whatever E, K or the routing) into their rows in place. The top-K
     /// ids are recorded on the device either way.
     /// </summary>
     internal sealed class MixerStepExecutor : IAdapterStepExecutor

@@ -83,8 +83,7 @@ internal sealed class MixerSlotBank : IDisposable
 /// One projection's stacked mixers, by slot: routers <c>[slots, E, d_in]</c> (float32) with their biases
 /// <c>[slots, 1, E]</c> (−∞ past a mixer's own experts), <c>A [slots, E·r, d_in]</c>, <c>Bᵀ [slots, E·r, d_out]</c> and
 /// the experts' biases <c>[slots, E, d_out]</c> (allocated once a mixer with expert biases is placed); expert e of a slot
-/// owns rows <c>e·r .. e·r + r_e</c>. <see cref="ABlocks"/>/<see cref="BTBlocks"/> view the same tensors one expert per
-/// row (<c>[slots·E, r·d]</c>), for gathering the chosen experts of each token. Grows by copying into larger tensors.
+/// owns rows <c>e·r .. e·r + r_e</c>. Grows by copying into larger tensors.
 /// </summary>
 internal sealed class MixerStack(long inFeatures, long outFeatures, Device device, ScalarType dtype) : IDisposable
 {
@@ -105,12 +104,6 @@ internal sealed class MixerStack(long inFeatures, long outFeatures, Device devic
     public Tensor BT { get; private set; } = empty([0, 0, outFeatures], dtype, device).DetachFromDisposeScope();
     /// <summary><c>[Slots, E, d_out]</c> = s_e·bias_e, or null while no placed mixer has expert biases here.</summary>
     public Tensor? Bias { get; private set; }
-    /// <summary><see cref="A"/> as <c>[Slots·E, r·d_in]</c>.</summary>
-    public Tensor ABlocks { get; private set; } = empty([0, 0], dtype, device).DetachFromDisposeScope();
-    /// <summary><see cref="BT"/> as <c>[Slots·E, r·d_out]</c>.</summary>
-    public Tensor BTBlocks { get; private set; } = empty([0, 0], dtype, device).DetachFromDisposeScope();
-    /// <summary><see cref="Bias"/> as <c>[Slots·E, d_out]</c>, or null.</summary>
-    public Tensor? BiasBlocks { get; private set; }
 
     /// <summary>Slot <paramref name="slot"/> := <paramref name="module"/> (padded), or zeros when null. Outside inference_mode.</summary>
     public void Write(int slot, MixerModule? module)
@@ -188,15 +181,9 @@ internal sealed class MixerStack(long inFeatures, long outFeatures, Device devic
         foreach (var t in old)
             if (t is not null && !ReferenceEquals(t, Router) && !ReferenceEquals(t, RouterBias) && !ReferenceEquals(t, A) && !ReferenceEquals(t, BT) && !ReferenceEquals(t, Bias))
                 t.Dispose();
-        ABlocks.Dispose();
-        BTBlocks.Dispose();
-        BiasBlocks?.Dispose();
         Slots = slots;
         Experts = experts;
         Rank = rank;
-        ABlocks = A.view(slots * experts, rank * InFeatures).DetachFromDisposeScope();               // [slots·E, r·d_in]
-        BTBlocks = BT.view(slots * experts, rank * OutFeatures).DetachFromDisposeScope();            // [slots·E, r·d_out]
-        BiasBlocks = Bias?.view(slots * experts, OutFeatures).DetachFromDisposeScope();              // [slots·E, d_out]
     }
 
     public void Dispose()
@@ -206,8 +193,5 @@ internal sealed class MixerStack(long inFeatures, long outFeatures, Device devic
         A.Dispose();
         BT.Dispose();
         Bias?.Dispose();
-        ABlocks.Dispose();
-        BTBlocks.Dispose();
-        BiasBlocks?.Dispose();
     }
 }

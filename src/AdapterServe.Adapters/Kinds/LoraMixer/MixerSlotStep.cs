@@ -13,10 +13,8 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer;
 /// <item>Routing for every group at once: <c>logits = bmm(x, W_gᵀ[slots]) + b_g[slots]</c> <c>[S, L, E_max]</c> (−∞ past a
 /// mixer's experts), softmax, top-<c>K_max</c>, entries past a group's own K zeroed, renormalised per group where the
 /// mixer renormalises, times the group's scale (0 on padding rows).</item>
-/// <item>Dense (<c>L·K_max ≥ E_max</c>): gate weights scattered into <c>w [S, L, E]</c>; <c>H = bmm(x, A[slots]ᵀ)</c> viewed
-/// <c>[S, L, E, r]</c> times w; <c>Δ = bmm(H, Bᵀ[slots])</c> (+ <c>bmm(w, bias[slots])</c>).</item>
-/// <item>Gathered (<c>L·K_max &lt; E_max</c>, decode): each row's K chosen expert blocks gathered from the stacks
-/// (<c>slot·E_max + e</c>), two batched GEMMs on them, so a decode step reads only the chosen experts.</item>
+/// <item>Gate weights scattered into <c>w [S, L, E]</c>; <c>H = bmm(x, A[slots]ᵀ)</c> viewed <c>[S, L, E, r]</c> times w;
+/// <c>Δ = bmm(H, Bᵀ[slots])</c> (+ <c>bmm(w, bias[slots])</c>), one add into the rows.</item>
 /// </list>
 /// Selections are recorded once per projection for all groups (<see cref="ExpertStepTally.RecordSlots"/>). Owns the
 /// step's small index tensors.
@@ -33,7 +31,6 @@ internal sealed class MixerSlotStep : IDisposable
     private readonly (AdapterTokenGroup Group, MixerWeights Weights)[] _groups;
     private readonly int _length;              // L
     private readonly int _topK;                // K_max
-    private readonly bool _gathers;
     private readonly long[] _routed;           // tokens per group
     private readonly Tensor? _rows;            // [S·L] int64 step rows (padding: row 0); null when they are 0..S·L−1 in order
     private readonly Tensor? _slotIndex;       // [S] int64 slots; null when consecutive (a narrow)
@@ -42,7 +39,6 @@ internal sealed class MixerSlotStep : IDisposable
     private readonly Tensor? _keepK;           // [S, 1, K_max] float32: 1 for k < K_s; null when every group has K_max
     private readonly Tensor? _renormalize;     // [S, 1, 1] float32 1/0 when the groups disagree; null when they agree
     private readonly bool _anyRenormalize;
-    private readonly Tensor _blockBase;        // [S, 1, 1] int64 slot·E_max
     private Tensor? _valid;                    // [S, L, K_max] int64 0/1: the selections that count; handed to the tally
     private bool _validHandedOver;
 
@@ -55,7 +51,6 @@ internal sealed class MixerSlotStep : IDisposable
         int s = groups.Count;
         _length = groups.Max(g => (int)g.Group.Count);
         _topK = groups.Max(g => g.Weights.Config.TopK);
-        _gathers = (long)_length * _topK < bank.Experts;
         _routed = [.. groups.Select(g => g.Group.Count)];
 
         var rows = new long[s * _length];
@@ -95,7 +90,6 @@ internal sealed class MixerSlotStep : IDisposable
         _rowScale = tensor(scales, ScalarType.Float32, device).view(s, _length, 1).DetachFromDisposeScope();
         _keepK = keep.All(k => k == 1f) ? null : tensor(keep, ScalarType.Float32, device).view(s, 1, _topK).DetachFromDisposeScope();
         _renormalize = agree ? null : tensor(renormalize, ScalarType.Float32, device).view(s, 1, 1).DetachFromDisposeScope();
-        _blockBase = tensor(slots.Select(x => x * bank.Experts).ToArray(), ScalarType.Int64, device).view(s, 1, 1).DetachFromDisposeScope();
         _valid = tensor(valid, ScalarType.Int64, device).view(s, _length, _topK).DetachFromDisposeScope();
     }
 
@@ -176,24 +170,10 @@ internal sealed class MixerSlotStep : IDisposable
         var xa = xs.dtype == stack.A.dtype ? xs : xs.to(stack.A.dtype);
         if (gates.dtype != stack.A.dtype) gates = gates.to(stack.A.dtype);
 
-        Tensor delta;
-        if (_gathers)
-        {
-            var blocks = TorchScalars.Add(ids, _blockBase).view(rowCount * k);                             // [S·L·K] slot·E_max + e
-            var a = stack.ABlocks.index_select(0, blocks).view(rowCount, k * r, dIn);                        // [S·L, K·r, d_in]
-            var bt = stack.BTBlocks.index_select(0, blocks).view(rowCount, k * r, dOut);                     // [S·L, K·r, d_out]
-            var h = bmm(a, xa.unsqueeze(-1)).view(rowCount, k, r).mul(gates.view(rowCount, k, 1)).view(rowCount, 1, k * r); // [S·L, 1, K·r]
-            delta = bmm(h, bt);                                                                             // [S·L, 1, d_out]
-            if (stack.BiasBlocks is not null)
-                TorchScalars.AddInPlace(delta, bmm(gates.view(rowCount, 1, k), stack.BiasBlocks.index_select(0, blocks).view(rowCount, k, dOut)));
-        }
-        else
-        {
-            var w = zeros([s, l, e], gates.dtype, gates.device).scatter_(2, ids, gates);                    // [S, L, E], 0 outside each row's top-K
-            var h = bmm(xa.view(s, l, dIn), Slots(stack.A).transpose(1, 2)).view(s, l, e, r).mul(w.unsqueeze(-1)).view(s, l, e * r); // [S, L, E·r]
-            delta = bmm(h, Slots(stack.BT));                                                                // [S, L, d_out]
-            if (stack.Bias is not null) TorchScalars.AddInPlace(delta, bmm(w, Slots(stack.Bias)));         // + w · s·bias
-        }
+        var w = zeros([s, l, e], gates.dtype, gates.device).scatter_(2, ids, gates);                        // [S, L, E], 0 outside each row's top-K
+        var h = bmm(xa.view(s, l, dIn), Slots(stack.A).transpose(1, 2)).view(s, l, e, r).mul(w.unsqueeze(-1)).view(s, l, e * r); // [S, L, E·r]
+        var delta = bmm(h, Slots(stack.BT));                                                                // [S, L, d_out]
+        if (stack.Bias is not null) TorchScalars.AddInPlace(delta, bmm(w, Slots(stack.Bias)));             // + w · s·bias
         delta = delta.view(rowCount, dOut);
         if (delta.dtype != y.dtype) delta = delta.to(y.dtype);
         if (identity) TorchScalars.AddInPlace(y, delta);
@@ -211,7 +191,6 @@ internal sealed class MixerSlotStep : IDisposable
         _rowScale.Dispose();
         _keepK?.Dispose();
         _renormalize?.Dispose();
-        _blockBase.Dispose();
         if (!_validHandedOver) _valid?.Dispose();
         _valid = null;
     }
