@@ -16,60 +16,34 @@ internal readonly record struct KroneckerTermKey(int Layer, Projection Projectio
 /// the same base (the common case: one LoKr config per team) share one stack, so a step with many of them runs a fixed
 /// number of batched calls per projection and distinct term shape, whatever the number of adapters
 /// (<see cref="KroneckerSlotStep"/>). A slot holds zeros in every stack its adapter has no term for. An adapter's
-/// factors are copied in the first time a step uses it in its slot. Engine thread only; owned by the table.
+/// factors are copied in the first time a step uses it in its slot (<see cref="SlotStacks"/>).
 /// </summary>
-internal sealed class KroneckerSlotBank : IDisposable
+internal sealed class KroneckerSlotBank(AdapterSlotTable table) : SlotStacks(table)
 {
-    private readonly AdapterSlotTable _table;
     private readonly Dictionary<KroneckerTermKey, KroneckerTermStack> _stacks = [];
-    private readonly long[] _written;       // [Capacity + 1]: stamp of the occupant whose factors each slot holds (0: zeros)
-    private int _highestSlot;
-    private Device? _device;
-    private ScalarType _dtype;
-
-    public KroneckerSlotBank(AdapterSlotTable table)
-    {
-        _table = table;
-        _written = new long[table.Capacity + 1];
-    }
 
     public static KroneckerSlotBank Of(AdapterSlotTable table) => table.KindState(t => new KroneckerSlotBank(t));
 
-    /// <summary>Kronecker groups served from the stacks so far, over all steps (tests, diagnostics).</summary>
-    public long GroupsServed { get; internal set; }
-
     /// <summary>Makes sure <paramref name="adapter"/>'s terms are in its slot of every stack; false when it cannot be served from them.</summary>
-    public bool TryPlace(LoadedAdapter adapter, KroneckerModules modules)
+    public bool TryPlace(LoadedAdapter adapter, KroneckerModules modules) => TryPlace(adapter, slot =>
     {
-        if (adapter.Slot is not { } slot || !ReferenceEquals(slot.Table, _table)) return false;
-        if (_device is not null && (adapter.Device.type != _device.type || adapter.Device.index != _device.index || adapter.DType != _dtype)) return false;
-        if (_written[slot.Index] == slot.Stamp) return true;
-
-        _device ??= adapter.Device;
-        _dtype = adapter.DType;
-        using var inferenceOff = inference_mode(false);
-        using var scope = NewDisposeScope();
         var own = new Dictionary<KroneckerTermKey, KroneckerTerm>();
         foreach (var module in modules.All)
             foreach (var term in module.Terms)
                 own[KroneckerTermKey.Of(module, term)] = term;
         foreach (var (key, term) in own)
-            if (!_stacks.ContainsKey(key)) _stacks[key] = new KroneckerTermStack(term.Left.size(0), term.Left.size(1), term.Right.size(0), term.Right.size(1), _device, _dtype);
+            if (!_stacks.ContainsKey(key)) _stacks[key] = new KroneckerTermStack(term.Left.size(0), term.Left.size(1), term.Right.size(0), term.Right.size(1), Device!, DType);
         // Every stack covers every slot written so far (a stack created now must hold the older adapters' zeros too).
-        _highestSlot = Math.Max(_highestSlot, slot.Index);
-        int slots = Math.Min(_table.Capacity + 1, (_highestSlot / 4 + 1) * 4);
         foreach (var (key, stack) in _stacks)
         {
-            stack.Grow(slots);
+            stack.Grow(CoveredSlots);
             stack.Write(slot.Index, own.GetValueOrDefault(key));
         }
-        _written[slot.Index] = slot.Stamp;
-        return true;
-    }
+    });
 
     public KroneckerTermStack? Stack(KroneckerTermKey key) => _stacks.GetValueOrDefault(key);
 
-    public void Dispose()
+    public override void Dispose()
     {
         foreach (var s in _stacks.Values) s.Dispose();
         _stacks.Clear();

@@ -12,26 +12,12 @@ namespace AdapterServe.Adapters.Kinds.Lora;
 /// occupant). DoRA (row rescaling), lora_B biases and ranks above <see cref="MaxRank"/> are not stacked: such adapters
 /// keep the per-group path. Engine thread only; owned by the table (<see cref="AdapterSlotTable.KindState{T}"/>).
 /// </summary>
-internal sealed class LoraSlotBank : IDisposable
+internal sealed class LoraSlotBank(AdapterSlotTable table) : SlotStacks(table)
 {
     /// <summary>Largest served rank stacked (a KaSA adapter serves removed components + r).</summary>
     public const int MaxRank = 64;
 
-    private readonly AdapterSlotTable _table;
     private readonly Dictionary<(int Layer, Projection Projection), StackedProjection> _projections = [];
-    private readonly long[] _written;       // [Capacity + 1]: stamp of the occupant whose tensors each slot holds (0: zeros)
-    private int _highestSlot;
-    private Device? _device;
-    private ScalarType _dtype;
-
-    public LoraSlotBank(AdapterSlotTable table)
-    {
-        _table = table;
-        _written = new long[table.Capacity + 1];
-    }
-
-    /// <summary>(adapter, scale) groups served from the stacks so far, over all steps (tests, diagnostics).</summary>
-    public long GroupsServed { get; internal set; }
 
     public static LoraSlotBank Of(AdapterSlotTable table) => table.KindState(t => new LoraSlotBank(t));
 
@@ -42,35 +28,23 @@ internal sealed class LoraSlotBank : IDisposable
     /// Makes sure <paramref name="adapter"/>'s tensors are in its slot of every stack; false when it cannot be served
     /// from the stacks (no slot of this table, not stackable, another device or dtype).
     /// </summary>
-    public bool TryPlace(LoadedAdapter adapter, LoraModules modules)
+    public bool TryPlace(LoadedAdapter adapter, LoraModules modules) => CanStack(modules) && TryPlace(adapter, slot =>
     {
-        if (adapter.Slot is not { } slot || !ReferenceEquals(slot.Table, _table)) return false;
-        if (_device is not null && (adapter.Device.type != _device.type || adapter.Device.index != _device.index || adapter.DType != _dtype)) return false;
-        if (!CanStack(modules)) return false;
-        if (_written[slot.Index] == slot.Stamp) return true;
-
-        _device ??= adapter.Device;
-        _dtype = adapter.DType;
-        using var inferenceOff = inference_mode(false);
-        using var scope = NewDisposeScope();
         foreach (var w in modules.All)
             if (!_projections.ContainsKey((w.Layer, w.Projection)))
-                _projections[(w.Layer, w.Projection)] = new StackedProjection(w.InFeatures, w.OutFeatures, _device, _dtype);
+                _projections[(w.Layer, w.Projection)] = new StackedProjection(w.InFeatures, w.OutFeatures, Device!, DType);
         // Every stack covers every slot written so far (a stack created now must index the older adapters' zeros too).
-        _highestSlot = Math.Max(_highestSlot, slot.Index);
         foreach (var ((layer, projection), stack) in _projections)
         {
-            stack.Cover(_highestSlot, _table.Capacity);
+            stack.Cover(CoveredSlots);
             stack.Write(slot.Index, modules.Module(layer, projection));
         }
-        _written[slot.Index] = slot.Stamp;
-        return true;
-    }
+    });
 
     /// <summary>The stack of one projection, or null when no adapter placed so far targets it.</summary>
     public StackedProjection? Projection(int layer, Projection projection) => _projections.GetValueOrDefault((layer, projection));
 
-    public void Dispose()
+    public override void Dispose()
     {
         foreach (var s in _projections.Values) s.Dispose();
         _projections.Clear();
@@ -80,13 +54,11 @@ internal sealed class LoraSlotBank : IDisposable
 /// <summary>
 /// One projection's stacked deltas: <c>Aᵀ: [slots, d_in, r_max]</c> and <c>Bᵀ: [slots, r_max, d_out]</c> (transposed so
 /// that <c>bmm(x[S, L, d_in], Aᵀ[S]) → [S, L, r]</c> and <c>bmm(xa, Bᵀ[S]) → [S, L, d_out]</c> read them as stored).
-/// Grows (slots in steps of 4, up to the table's capacity + 1; rank to the largest placed) by copying into larger
-/// zero tensors. Owns its tensors.
+/// Grows (slots as <see cref="SlotStacks"/> covers them; rank to the largest placed) by copying into larger zero
+/// tensors. Owns its tensors.
 /// </summary>
 internal sealed class StackedProjection(int inFeatures, int outFeatures, Device device, ScalarType dtype) : IDisposable
 {
-    private const int SlotGrowth = 4;
-
     public int InFeatures { get; } = inFeatures;
     public int OutFeatures { get; } = outFeatures;
     public int Slots { get; private set; }
@@ -96,9 +68,8 @@ internal sealed class StackedProjection(int inFeatures, int outFeatures, Device 
     /// <summary><c>[Slots, Rank, d_out]</c>.</summary>
     public Tensor BT { get; private set; } = empty([0, 0, outFeatures], dtype, device).DetachFromDisposeScope();
 
-    /// <summary>Grows (zeros) so that slots 0..<paramref name="slot"/> exist. Outside inference_mode.</summary>
-    public void Cover(int slot, int capacity) =>
-        Grow(Math.Min(capacity + 1, Math.Max(Slots, (slot / SlotGrowth + 1) * SlotGrowth)), Rank);
+    /// <summary>Grows (zeros) to at least <paramref name="slots"/> slots. Outside inference_mode.</summary>
+    public void Cover(int slots) => Grow(Math.Max(Slots, slots), Rank);
 
     /// <summary>Slot <paramref name="slot"/> (covered) := <paramref name="weights"/> (zero padded), or zeros when null. Outside inference_mode.</summary>
     public void Write(int slot, LoraWeights? weights)

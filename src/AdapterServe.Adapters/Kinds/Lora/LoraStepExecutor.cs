@@ -91,89 +91,25 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
     {
         private readonly LoraSlotBank _bank;
         private readonly LoraModules[] _modules;
-        private readonly int _groupCount;          // S
-        private readonly int _length;              // L
-        private readonly Tensor? _rows;            // [S·L] int64 step rows (padding: row 0); null when they are 0..S·L−1 in order
-        private readonly Tensor? _slotIndex;       // [S] int64 slots; null when they are consecutive (a narrow)
-        private readonly int _firstSlot;
-        private readonly Tensor? _weights;         // [S, L, 1] scale per row (0 on padding); null when all are 1
+        private readonly SlotRows _layout;
 
         private SlotStep(LoraSlotBank bank, List<(AdapterTokenGroup Group, LoraModules Modules)> groups)
         {
             _bank = bank;
             bank.GroupsServed += groups.Count;
             _modules = [.. groups.Select(g => g.Modules)];
-            _groupCount = groups.Count;
-            _length = groups.Max(g => (int)g.Group.Count);
-
-            var rows = new long[_groupCount * _length];
-            var weights = new float[_groupCount * _length];
-            var slots = new long[_groupCount];
-            bool inOrder = true, unitWeights = true;
-            for (int s = 0; s < _groupCount; s++)
-            {
-                var g = groups[s].Group;
-                slots[s] = g.Adapter.Slot!.Index;
-                for (int t = 0; t < _length; t++)
-                {
-                    int i = s * _length + t;
-                    bool real = t < g.Count;
-                    rows[i] = real ? g.Tokens[t] : 0;
-                    weights[i] = real ? g.Scale : 0f;
-                    inOrder &= rows[i] == i;
-                    unitWeights &= weights[i] == 1f;
-                }
-            }
-            bool consecutive = true;
-            for (int s = 1; s < _groupCount; s++) consecutive &= slots[s] == slots[0] + s;
-            _firstSlot = (int)slots[0];
-
-            var device = groups[0].Group.Adapter.Device;
-            var dtype = groups[0].Group.Adapter.DType;
-            using var inferenceOff = inference_mode(false);
-            using var scope = NewDisposeScope();
-            _rows = inOrder ? null : tensor(rows, ScalarType.Int64, device).DetachFromDisposeScope();
-            _slotIndex = consecutive ? null : tensor(slots, ScalarType.Int64, device).DetachFromDisposeScope();
-            _weights = unitWeights ? null
-                : tensor(weights, ScalarType.Float32, device).view(_groupCount, _length, 1).to(dtype).DetachFromDisposeScope(); // [S, L, 1]
+            _layout = new SlotRows([.. groups.Select(g => g.Group)]);
         }
 
-        public int GroupCount => _groupCount;
+        public int GroupCount => _layout.Groups;
 
         /// <summary>The slot path for the stackable short groups of <paramref name="groups"/> (null when there are too few); <paramref name="rest"/> gets the others.</summary>
         public static SlotStep? TryBuild(List<(AdapterTokenGroup Group, LoraModules Modules)> groups, out List<(AdapterTokenGroup, LoraModules)> rest)
         {
-            rest = [];
-            LoraSlotBank? bank = null;
-            var stacked = new List<(AdapterTokenGroup Group, LoraModules Modules)>();
-            foreach (var (g, modules) in groups)
-            {
-                bool candidate = g.Count > 0 && g.Count <= MaxSlotGroupTokens && g.Adapter.Slot is { } slot
-                    && (bank is null || ReferenceEquals(LoraSlotBank.Of(slot.Table), bank)) && LoraSlotBank.CanStack(modules);
-                if (candidate)
-                {
-                    bank ??= LoraSlotBank.Of(g.Adapter.Slot!.Table);
-                    stacked.Add((g, modules));
-                }
-                else rest.Add((g, modules));
-            }
-            if (bank is null || stacked.Count < MinSlotGroups)
-            {
-                rest = [.. groups];
-                return null;
-            }
-            var placed = new List<(AdapterTokenGroup Group, LoraModules Modules)>();
-            foreach (var (g, modules) in stacked)
-            {
-                if (bank.TryPlace(g.Adapter, modules)) placed.Add((g, modules));
-                else rest.Add((g, modules));
-            }
-            if (placed.Count < MinSlotGroups)
-            {
-                rest = [.. groups];
-                return null;
-            }
-            return new SlotStep(bank, placed);
+            var placed = SlotGroups.Select(groups, MaxSlotGroupTokens, MinSlotGroups, LoraSlotBank.Of,
+                (bank, adapter, modules) => bank.TryPlace(adapter, modules), LoraSlotBank.CanStack, out var stacks, out var others);
+            rest = [.. others];
+            return placed is null ? null : new SlotStep(stacks!, placed);
         }
 
         public void Apply(int layer, Projection projection, Tensor x, Tensor y)
@@ -184,27 +120,14 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
             if (stack.InFeatures != x.size(1) || stack.OutFeatures != y.size(1))
                 throw new InvalidOperationException(
                     $"the adapter slots of {projection.ShortName()} of layer {layer} are [{stack.OutFeatures}, {stack.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
-            int rowCount = _groupCount * _length;
-            bool identity = _rows is null && rowCount == x.size(0);
 
-            var xs = identity ? x : _rows is null ? x.narrow(0, 0, rowCount) : x.index_select(0, _rows);   // [S·L, d_in]
+            var xs = _layout.Gather(x);                                                                      // [S·L, d_in]
             if (xs.dtype != stack.AT.dtype) xs = xs.to(stack.AT.dtype);
-            var at = _slotIndex is null ? stack.AT.narrow(0, _firstSlot, _groupCount) : stack.AT.index_select(0, _slotIndex); // [S, d_in, r_max]
-            var bt = _slotIndex is null ? stack.BT.narrow(0, _firstSlot, _groupCount) : stack.BT.index_select(0, _slotIndex); // [S, r_max, d_out]
-            var xa = bmm(xs.reshape(_groupCount, _length, stack.InFeatures), at);                                  // [S, L, r_max]
-            if (_weights is not null) xa.mul_(_weights);                                                       // [S, L, r_max] · scale (0 on padding)
-            var delta = bmm(xa, bt).view(rowCount, stack.OutFeatures);                                          // [S·L, d_out]
-            if (delta.dtype != y.dtype) delta = delta.to(y.dtype);
-            if (identity) TorchScalars.AddInPlace(y, delta);
-            else if (_rows is null) TorchScalars.AddInPlace(y.narrow(0, 0, rowCount), delta);
-            else TorchScalars.IndexAddInPlace(y, 0, _rows, delta);
+            var xa = bmm(xs.reshape(_layout.Groups, _layout.Length, stack.InFeatures), _layout.SelectSlots(stack.AT)); // [S, L, r_max]
+            if (_layout.Scale is not null) xa.mul_(_layout.Scale);                                          // [S, L, r_max] · scale (0 on padding)
+            _layout.AddTo(y, bmm(xa, _layout.SelectSlots(stack.BT)).view(_layout.Count, stack.OutFeatures)); // y[rows] += [S·L, d_out]
         }
 
-        public void Dispose()
-        {
-            _rows?.Dispose();
-            _slotIndex?.Dispose();
-            _weights?.Dispose();
-        }
+        public void Dispose() => _layout.Dispose();
     }
 }

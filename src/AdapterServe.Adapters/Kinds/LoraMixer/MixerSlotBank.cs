@@ -10,22 +10,11 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer;
 /// deltas. Every stack has the bank's widest expert count <c>E_max</c> and rank <c>r_max</c>: a mixer with fewer
 /// experts has its extra router logits at −∞ (never chosen), smaller ranks are zero padded, and a slot whose mixer
 /// does not route a projection holds zeros there (it contributes nothing). A mixer's tensors are copied in the first
-/// time a step uses it in its slot. Engine thread only; owned by the table (<see cref="AdapterSlotTable.KindState{T}"/>).
+/// time a step uses it in its slot (<see cref="SlotStacks"/>).
 /// </summary>
-internal sealed class MixerSlotBank : IDisposable
+internal sealed class MixerSlotBank(AdapterSlotTable table) : SlotStacks(table)
 {
-    private readonly AdapterSlotTable _table;
     private readonly Dictionary<(int Layer, Projection Projection), MixerStack> _projections = [];
-    private readonly long[] _written;       // [Capacity + 1]: stamp of the occupant whose tensors each slot holds (0: zeros)
-    private int _highestSlot;
-    private Device? _device;
-    private ScalarType _dtype;
-
-    public MixerSlotBank(AdapterSlotTable table)
-    {
-        _table = table;
-        _written = new long[table.Capacity + 1];
-    }
 
     public static MixerSlotBank Of(AdapterSlotTable table) => table.KindState(t => new MixerSlotBank(t));
 
@@ -33,46 +22,32 @@ internal sealed class MixerSlotBank : IDisposable
     public int Experts { get; private set; }
     /// <summary>r_max: every expert's block has this many rows.</summary>
     public int Rank { get; private set; }
-    /// <summary>Mixer groups served from the stacks so far, over all steps (tests, diagnostics).</summary>
-    public long GroupsServed { get; internal set; }
 
     /// <summary>
     /// Makes sure <paramref name="adapter"/>'s mixer is in its slot of every stack; false when it cannot be served from
     /// the stacks (no slot of this table, another device or dtype).
     /// </summary>
-    public bool TryPlace(LoadedAdapter adapter, MixerWeights weights)
+    public bool TryPlace(LoadedAdapter adapter, MixerWeights weights) => TryPlace(adapter, slot =>
     {
-        if (adapter.Slot is not { } slot || !ReferenceEquals(slot.Table, _table)) return false;
-        if (_device is not null && (adapter.Device.type != _device.type || adapter.Device.index != _device.index || adapter.DType != _dtype)) return false;
-        if (_written[slot.Index] == slot.Stamp) return true;
-
-        _device ??= adapter.Device;
-        _dtype = adapter.DType;
-        using var inferenceOff = inference_mode(false);
-        using var scope = NewDisposeScope();
-        foreach (var (module, _) in weights.Modules)
+        foreach (var (module, site) in weights.Modules)
         {
             Experts = Math.Max(Experts, module.Experts);
             Rank = Math.Max(Rank, module.Rank);
-        }
-        foreach (var (module, site) in weights.Modules)
             if (!_projections.ContainsKey((site.Layer, site.Projection)))
-                _projections[(site.Layer, site.Projection)] = new MixerStack(module.InFeatures, module.OutFeatures, _device, _dtype);
+                _projections[(site.Layer, site.Projection)] = new MixerStack(module.InFeatures, module.OutFeatures, Device!, DType);
+        }
         // Every stack covers every slot written so far (a stack created now must hold the older mixers' zeros too).
-        _highestSlot = Math.Max(_highestSlot, slot.Index);
         foreach (var ((layer, projection), stack) in _projections)
         {
-            stack.Grow(Math.Min(_table.Capacity + 1, Math.Max(stack.Slots, (_highestSlot / 4 + 1) * 4)), Experts, Rank);
+            stack.Grow(CoveredSlots, Experts, Rank);
             stack.Write(slot.Index, weights.Module(layer, projection)?.Module);
         }
-        _written[slot.Index] = slot.Stamp;
-        return true;
-    }
+    });
 
     /// <summary>The stack of one projection, or null when no mixer placed so far routes it.</summary>
     public MixerStack? Projection(int layer, Projection projection) => _projections.GetValueOrDefault((layer, projection));
 
-    public void Dispose()
+    public override void Dispose()
     {
         foreach (var s in _projections.Values) s.Dispose();
         _projections.Clear();

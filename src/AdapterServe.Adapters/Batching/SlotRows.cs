@@ -1,0 +1,97 @@
+using AdapterServe.Modeling;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters;
+
+/// <summary>
+/// The row layout of a slot path for one step (<see cref="SlotStacks"/>): S groups, each one adapter with one scale,
+/// laid out as <c>[S, L = longest group]</c> rows, shorter groups padded with step row 0 at scale 0. It gathers the
+/// groups' rows of a step tensor, picks the groups' slots of a stack (a narrow when the slots are consecutive), and
+/// adds a result back into the rows (an in-place add when the rows are the step's in order, the common case: the engine
+/// orders each step by adapter). Owns its small index tensors.
+/// </summary>
+internal sealed class SlotRows : IDisposable
+{
+    private readonly Tensor? _rows;            // [S·L] int64 step rows (padding: row 0); null when they are 0..S·L−1 in order
+    private readonly Tensor? _slotIndex;       // [S] int64 slots; null when consecutive
+    private readonly int _firstSlot;
+    private readonly Device _device;
+    private Tensor? _rowSlots;                 // [S·L] int64 each row's slot, made on first use
+
+    public SlotRows(IReadOnlyList<AdapterTokenGroup> groups)
+    {
+        Groups = groups.Count;
+        Length = groups.Max(g => (int)g.Count);
+        var rows = new long[Count];
+        var scales = new float[Count];
+        Slots = [.. groups.Select(g => (long)g.Adapter.Slot!.Index)];
+        bool inOrder = true, unit = true;
+        for (int s = 0; s < Groups; s++)
+            for (int t = 0; t < Length; t++)
+            {
+                int i = s * Length + t;
+                bool real = t < groups[s].Count;
+                rows[i] = real ? groups[s].Tokens[t] : 0;
+                scales[i] = real ? groups[s].Scale : 0f;
+                inOrder &= rows[i] == i;
+                unit &= scales[i] == 1f;
+            }
+        bool consecutive = true;
+        for (int s = 1; s < Groups; s++) consecutive &= Slots[s] == Slots[0] + s;
+        _firstSlot = (int)Slots[0];
+
+        var device = _device = groups[0].Adapter.Device;
+        using var inferenceOff = inference_mode(false);
+        using var scope = NewDisposeScope();
+        _rows = inOrder ? null : tensor(rows, ScalarType.Int64, device).DetachFromDisposeScope();
+        _slotIndex = consecutive ? null : tensor(Slots, ScalarType.Int64, device).DetachFromDisposeScope();
+        Scale = unit ? null : tensor(scales, ScalarType.Float32, device).view(Groups, Length, 1).DetachFromDisposeScope();
+    }
+
+    /// <summary>S.</summary>
+    public int Groups { get; }
+    /// <summary>L: rows per group.</summary>
+    public int Length { get; }
+    /// <summary>S·L.</summary>
+    public long Count => (long)Groups * Length;
+    /// <summary>Each group's slot.</summary>
+    public long[] Slots { get; }
+    /// <summary><c>[S, L, 1]</c> float32: the group's scale per row, 0 on padding rows; null when every row has scale 1 (no padding).</summary>
+    public Tensor? Scale { get; }
+
+    /// <summary>The layout's rows of <paramref name="x"/> <c>[N, d]</c> → <c>[S·L, d]</c> (x itself, a narrow or a gather).</summary>
+    public Tensor Gather(Tensor x) =>
+        _rows is null ? (Count == x.size(0) ? x : x.narrow(0, 0, Count)) : x.index_select(0, _rows);
+
+    /// <summary>The groups' slots of <paramref name="stack"/> <c>[slots, ...]</c> → <c>[S, ...]</c>.</summary>
+    public Tensor SelectSlots(Tensor stack) =>
+        _slotIndex is null ? stack.narrow(0, _firstSlot, Groups) : stack.index_select(0, _slotIndex);
+
+    /// <summary><c>[S·L]</c> int64: each row's slot (for per-row gathers).</summary>
+    public Tensor RowSlots()
+    {
+        if (_rowSlots is null)
+        {
+            using var inferenceOff = inference_mode(false);
+            _rowSlots = tensor(Slots.SelectMany(s => Enumerable.Repeat(s, Length)).ToArray(), ScalarType.Int64, _device)
+                .DetachFromDisposeScope();
+        }
+        return _rowSlots;
+    }
+
+    /// <summary><c>y[rows] += delta</c> for <paramref name="delta"/> <c>[S·L, d_out]</c> (cast to y's dtype; padding rows must be 0).</summary>
+    public void AddTo(Tensor y, Tensor delta)
+    {
+        if (delta.dtype != y.dtype) delta = delta.to(y.dtype);
+        if (_rows is not null) TorchScalars.IndexAddInPlace(y, 0, _rows, delta);
+        else TorchScalars.AddInPlace(Count == y.size(0) ? y : y.narrow(0, 0, Count), delta);
+    }
+
+    public void Dispose()
+    {
+        _rows?.Dispose();
+        _slotIndex?.Dispose();
+        _rowSlots?.Dispose();
+        Scale?.Dispose();
+    }
+}

@@ -1,0 +1,94 @@
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters;
+
+/// <summary>
+/// What every kind's per-slot stacks share (<c>LoraSlotBank</c>, <c>MixerSlotBank</c>, <c>KroneckerSlotBank</c>): one
+/// <see cref="AdapterSlotTable"/>, one device and dtype, and which occupant each slot's tensors were last written
+/// for (a slot's <see cref="AdapterSlot.Stamp"/> tells a new occupant from the old one), so an adapter is copied in the
+/// first time a step uses it in its slot. A kind's stacks grow in steps of <see cref="SlotGrowth"/> slots, up to the
+/// table's capacity + 1 (slot 0 = none). Engine thread only; owned by the table (<see cref="AdapterSlotTable.KindState{T}"/>).
+/// </summary>
+internal abstract class SlotStacks(AdapterSlotTable table) : IDisposable
+{
+    private const int SlotGrowth = 4;
+    private readonly long[] _written = new long[table.Capacity + 1];   // stamp of the occupant whose tensors each slot holds (0: zeros)
+
+    public AdapterSlotTable Table { get; } = table;
+    /// <summary>The device of the stacks (the first placed adapter's), or null before any.</summary>
+    protected Device? Device { get; private set; }
+    protected ScalarType DType { get; private set; }
+    /// <summary>Highest slot written so far: every stack covers at least <see cref="CoveredSlots"/> slots.</summary>
+    protected int HighestSlot { get; private set; }
+
+    /// <summary>(adapter, scale) groups served from the stacks so far, over all steps (tests, diagnostics).</summary>
+    public long GroupsServed { get; internal set; }
+
+    /// <summary>Slots every stack must hold now (covering <see cref="HighestSlot"/>, in steps of four, at most capacity + 1).</summary>
+    protected int CoveredSlots => Math.Min(Table.Capacity + 1, (HighestSlot / SlotGrowth + 1) * SlotGrowth);
+
+    /// <summary>
+    /// Makes sure <paramref name="adapter"/>'s tensors are in its slot: false when the stacks cannot serve it (no slot
+    /// of this table, another device or dtype); else <paramref name="write"/> runs (outside inference_mode, in a dispose
+    /// scope) unless the slot already holds this occupant.
+    /// </summary>
+    protected bool TryPlace(LoadedAdapter adapter, Action<AdapterSlot> write)
+    {
+        if (adapter.Slot is not { } slot || !ReferenceEquals(slot.Table, Table)) return false;
+        if (Device is not null && (adapter.Device.type != Device.type || adapter.Device.index != Device.index || adapter.DType != DType)) return false;
+        if (_written[slot.Index] == slot.Stamp) return true;
+
+        Device ??= adapter.Device;
+        DType = adapter.DType;
+        HighestSlot = Math.Max(HighestSlot, slot.Index);
+        using (inference_mode(false))
+        using (NewDisposeScope())
+            write(slot);
+        _written[slot.Index] = slot.Stamp;
+        return true;
+    }
+
+    public abstract void Dispose();
+}
+
+/// <summary>How a kind's step executor picks the groups its slot stacks serve.</summary>
+internal static class SlotGroups
+{
+    /// <summary>
+    /// The groups of <paramref name="groups"/> that go through the slot path: non-empty groups of at most
+    /// <paramref name="maxTokens"/> tokens (decode; longer ones are prefills where each group's own GEMMs dominate)
+    /// whose adapter has a slot of one table, that <paramref name="stackable"/> accepts and whose stacks
+    /// <paramref name="place"/> fills. Null (and every group in <paramref name="rest"/>) when fewer than
+    /// <paramref name="minGroups"/> qualify: few groups are cheaper on their own path.
+    /// </summary>
+    public static List<(AdapterTokenGroup Group, T Modules)>? Select<T, TStacks>(
+        IReadOnlyList<(AdapterTokenGroup Group, T Modules)> groups, int maxTokens, int minGroups,
+        Func<AdapterSlotTable, TStacks> stacksOf, Func<TStacks, LoadedAdapter, T, bool> place, Func<T, bool>? stackable,
+        out TStacks? stacks, out List<(AdapterTokenGroup Group, T Modules)> rest) where TStacks : SlotStacks
+    {
+        rest = [];
+        stacks = null;
+        var candidates = new List<(AdapterTokenGroup Group, T Modules)>();
+        foreach (var (g, m) in groups)
+        {
+            bool candidate = g.Count > 0 && g.Count <= maxTokens && g.Adapter.Slot is { } slot
+                && (stacks is null || ReferenceEquals(stacks.Table, slot.Table)) && (stackable?.Invoke(m) ?? true);
+            if (candidate)
+            {
+                stacks ??= stacksOf(g.Adapter.Slot!.Table);
+                candidates.Add((g, m));
+            }
+            else rest.Add((g, m));
+        }
+        var placed = new List<(AdapterTokenGroup Group, T Modules)>();
+        if (stacks is not null && candidates.Count >= minGroups)
+            foreach (var (g, m) in candidates)
+            {
+                if (place(stacks, g.Adapter, m)) placed.Add((g, m));
+                else rest.Add((g, m));
+            }
+        if (placed.Count >= minGroups) return placed;
+        rest = [.. groups];
+        return null;
+    }
+}
