@@ -4,11 +4,15 @@ using static TorchSharp.torch;
 namespace AdapterServe.Adapters;
 
 /// <summary>
-/// The row layout of a slot path for one step (<see cref="SlotStacks"/>): S groups, each one adapter with one scale,
-/// laid out as <c>[S, L = longest group]</c> rows, shorter groups padded with step row 0 at scale 0. It gathers the
-/// groups' rows of a step tensor, picks the groups' slots of a stack (a narrow when the slots are consecutive), and
-/// adds a result back into the rows (an in-place add when the rows are the step's in order, the common case: the engine
-/// orders each step by adapter). Owns its small index tensors.
+/// The row layout of a slot path for one step (<see cref="SlotStacks"/>): S positions, each one group (one adapter with
+/// one scale) or empty, laid out as <c>[S, L = longest group]</c> rows, shorter groups and empty positions padded with
+/// step row 0 at scale 0. It gathers the groups' rows of a step tensor, picks the positions' slots of a stack, and adds
+/// a result back into the rows (an in-place add when the rows are the step's in order, the common case: the engine
+/// orders each step by adapter). Picking slots is a <c>narrow</c> of the stack when the positions' slots are
+/// consecutive; otherwise, with <c>slotRange</c>, when the groups' slots are distinct and span at most twice their
+/// number, the positions become every slot of that span (the slots no group uses are empty positions): reading a few
+/// unused slots costs less than <c>index_select</c> copying every used one (the copy is all the groups' weights, read,
+/// written and read again). Else an <c>index_select</c>. Owns its small index tensors.
 /// </summary>
 internal sealed class SlotRows : IDisposable
 {
@@ -18,26 +22,36 @@ internal sealed class SlotRows : IDisposable
     private readonly Device _device;
     private Tensor? _rowSlots;                 // [S·L] int64 each row's slot, made on first use
 
-    public SlotRows(IReadOnlyList<AdapterTokenGroup> groups)
+    public SlotRows(IReadOnlyList<AdapterTokenGroup> groups, bool slotRange = false)
     {
-        Groups = groups.Count;
+        var slots = groups.Select(g => (long)g.Adapter.Slot!.Index).ToArray();
+        Order = [.. Enumerable.Range(0, groups.Count)];
+        bool consecutive = slots.Select((s, i) => s == slots[0] + i).All(c => c);
+        long low = slots.Min(), span = slots.Max() - low + 1;
+        if (!consecutive && slotRange && slots.Distinct().Count() == slots.Length && span <= 2 * slots.Length)
+        {
+            Order = [.. Enumerable.Repeat(-1, (int)span)];
+            for (int i = 0; i < slots.Length; i++) Order[slots[i] - low] = i;
+            slots = [.. Enumerable.Range(0, (int)span).Select(i => low + i)];
+            consecutive = true;
+        }
+        Slots = slots;
+        Groups = Order.Length;
         Length = groups.Max(g => (int)g.Count);
         var rows = new long[Count];
         var scales = new float[Count];
-        Slots = [.. groups.Select(g => (long)g.Adapter.Slot!.Index)];
         bool inOrder = true, unit = true;
         for (int s = 0; s < Groups; s++)
             for (int t = 0; t < Length; t++)
             {
                 int i = s * Length + t;
-                bool real = t < groups[s].Count;
-                rows[i] = real ? groups[s].Tokens[t] : 0;
-                scales[i] = real ? groups[s].Scale : 0f;
+                var g = Order[s] < 0 ? null : groups[Order[s]];
+                bool real = g is not null && t < g.Count;
+                rows[i] = real ? g!.Tokens[t] : 0;
+                scales[i] = real ? g!.Scale : 0f;
                 inOrder &= rows[i] == i;
                 unit &= scales[i] == 1f;
             }
-        bool consecutive = true;
-        for (int s = 1; s < Groups; s++) consecutive &= Slots[s] == Slots[0] + s;
         _firstSlot = (int)Slots[0];
 
         var device = _device = groups[0].Adapter.Device;
@@ -48,13 +62,19 @@ internal sealed class SlotRows : IDisposable
         Scale = unit ? null : tensor(scales, ScalarType.Float32, device).view(Groups, Length, 1).DetachFromDisposeScope();
     }
 
-    /// <summary>S.</summary>
+    /// <summary>Per position, the index of its group in the list given, or −1 for an empty position.</summary>
+    public int[] Order { get; }
+
+    /// <summary>Groups laid out (positions that are not empty).</summary>
+    public int GroupCount => Order.Count(i => i >= 0);
+
+    /// <summary>S: positions (groups and empty ones).</summary>
     public int Groups { get; }
     /// <summary>L: rows per group.</summary>
     public int Length { get; }
     /// <summary>S·L.</summary>
     public long Count => (long)Groups * Length;
-    /// <summary>Each group's slot.</summary>
+    /// <summary>Each position's slot.</summary>
     public long[] Slots { get; }
     /// <summary><c>[S, L, 1]</c> float32: the group's scale per row, 0 on padding rows; null when every row has scale 1 (no padding).</summary>
     public Tensor? Scale { get; }

@@ -79,7 +79,7 @@ public class MixerSlotTests
             // m0 leaves the device tier; m1 (fewer experts, other projections, no router bias) takes its slot, then m3 m2's.
             slots.Free(mixers[0].Loaded);
             slots.Assign(mixers[1].Loaded);
-            AssertStep(mixers, slots, [(1, 1, 1f), (2, 1, 2f)], salt: 2);
+            AssertStep(mixers, slots, [(1, 1, 1f), (2, 1, 2f), (1, 1, 0.5f)], salt: 2);   // m1 at two scales: two groups on one slot
             slots.Free(mixers[2].Loaded);
             slots.Assign(mixers[3].Loaded);
             AssertStep(mixers, slots, [(3, 3, 1f), (1, 2, 1f)], salt: 3);

@@ -29,7 +29,7 @@ internal sealed class KroneckerSlotStep : IDisposable
         _layout = new SlotRows([.. groups.Select(g => g.Group)]);
     }
 
-    public int GroupCount => _layout.Groups;
+    public int GroupCount => _layout.GroupCount;
 
     /// <summary>The slot path for the short, slotted groups of <paramref name="groups"/> (null when too few qualify); <paramref name="rest"/> gets the others.</summary>
     public static KroneckerSlotStep? TryBuild(List<(AdapterTokenGroup Group, KroneckerModules Modules)> groups, out List<(AdapterTokenGroup Group, KroneckerModules Modules)> rest)

@@ -98,10 +98,10 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
             _bank = bank;
             bank.GroupsServed += groups.Count;
             _modules = [.. groups.Select(g => g.Modules)];
-            _layout = new SlotRows([.. groups.Select(g => g.Group)]);
+            _layout = new SlotRows([.. groups.Select(g => g.Group)], slotRange: true);
         }
 
-        public int GroupCount => _layout.Groups;
+        public int GroupCount => _layout.GroupCount;
 
         /// <summary>The slot path for the stackable short groups of <paramref name="groups"/> (null when there are too few); <paramref name="rest"/> gets the others.</summary>
         public static SlotStep? TryBuild(List<(AdapterTokenGroup Group, LoraModules Modules)> groups, out List<(AdapterTokenGroup, LoraModules)> rest)

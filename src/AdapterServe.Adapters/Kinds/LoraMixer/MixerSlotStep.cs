@@ -28,7 +28,7 @@ internal sealed class MixerSlotStep : IDisposable
 
     private readonly MixerSlotBank _bank;
     private readonly ExpertStepTally _tally;
-    private readonly (AdapterTokenGroup Group, MixerWeights Weights)[] _groups;
+    private readonly (AdapterTokenGroup Group, MixerWeights Weights)?[] _positions;   // per layout position (null: empty)
     private readonly SlotRows _layout;
     private readonly int _topK;                // K_max
     private readonly long[] _routed;           // tokens per group
@@ -42,20 +42,19 @@ internal sealed class MixerSlotStep : IDisposable
     {
         _bank = bank;
         _tally = tally;
-        _groups = [.. groups];
         bank.GroupsServed += groups.Count;
-        int s = groups.Count;
-        _layout = new SlotRows([.. groups.Select(g => g.Group)]);
-        int length = _layout.Length;
+        _layout = new SlotRows([.. groups.Select(g => g.Group)], slotRange: true);
+        int s = _layout.Groups, length = _layout.Length;
         _topK = groups.Max(g => g.Weights.Config.TopK);
-        _routed = [.. groups.Select(g => g.Group.Count)];
+        _positions = [.. _layout.Order.Select(i => i < 0 ? ((AdapterTokenGroup, MixerWeights)?)null : groups[i])];
+        _routed = [.. _positions.Select(p => p?.Group.Count ?? 0)];
 
         var keep = new float[s * _topK];
         var renormalize = new float[s];
         var valid = new long[s * length * _topK];
         for (int i = 0; i < s; i++)
         {
-            var (g, w) = groups[i];
+            if (_positions[i] is not var (g, w)) continue;                                  // an empty position: gates 0, nothing counted
             renormalize[i] = w.Config.Renormalize ? 1f : 0f;
             for (int k = 0; k < _topK; k++) keep[i * _topK + k] = k < w.Config.TopK ? 1f : 0f;
             for (int t = 0; t < g.Count; t++)
@@ -72,7 +71,7 @@ internal sealed class MixerSlotStep : IDisposable
         _valid = tensor(valid, ScalarType.Int64, device).view(s, length, _topK).DetachFromDisposeScope();
     }
 
-    public int GroupCount => _groups.Length;
+    public int GroupCount => _layout.GroupCount;
 
     /// <summary>
     /// The slot path for the short, slotted mixer groups of <paramref name="groups"/> (null when fewer than
@@ -89,11 +88,11 @@ internal sealed class MixerSlotStep : IDisposable
     /// <summary>Adds every slotted group's mixer delta for (<paramref name="layer"/>, <paramref name="projection"/>) to its rows of <paramref name="y"/>.</summary>
     public void Apply(int layer, Projection projection, Tensor x, Tensor y)
     {
-        var sites = new ExpertSite?[_groups.Length];
+        var sites = new ExpertSite?[_positions.Length];
         bool targeted = false;
-        for (int i = 0; i < _groups.Length; i++)
+        for (int i = 0; i < _positions.Length; i++)
         {
-            sites[i] = _groups[i].Weights.Module(layer, projection)?.Site;
+            sites[i] = _positions[i]?.Weights.Module(layer, projection)?.Site;
             targeted |= sites[i] is not null;
         }
         if (!targeted || _bank.Projection(layer, projection) is not { } stack) return;
