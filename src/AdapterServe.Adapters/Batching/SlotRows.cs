@@ -75,7 +75,7 @@ internal sealed class SlotRows : IDisposable
     /// <summary>S·L.</summary>
     public long Count => (long)Groups * Length;
     /// <summary>Each position's slot.</summary>
-    public long[] Slots { get; }
+    private long[] Slots { get; }
     /// <summary><c>[S, L, 1]</c> float32: the group's scale per row, 0 on padding rows; null when every row has scale 1 (no padding).</summary>
     public Tensor? Scale { get; }
 

@@ -69,7 +69,7 @@ internal sealed class StackedProjection(int inFeatures, int outFeatures, Device 
     public Tensor BT { get; private set; } = empty([0, 0, outFeatures], dtype, device).DetachFromDisposeScope();
 
     /// <summary>Grows (zeros) to at least <paramref name="slots"/> slots. Outside inference_mode.</summary>
-    public void Cover(int slots) => Grow(Math.Max(Slots, slots), Rank);
+    public void Cover(int slots) => Grow(slots, Rank);
 
     /// <summary>Slot <paramref name="slot"/> (covered) := <paramref name="weights"/> (zero padded), or zeros when null. Outside inference_mode.</summary>
     public void Write(int slot, LoraWeights? weights)

@@ -131,12 +131,11 @@ public sealed class MixerModule : IDisposable
     /// <summary><c>y += scale · Σ_{e∈T} p̃_e · s_e · B_e(A_e x)</c> in place for every token <c>x [N, d_in]</c>; <paramref name="y"/> <c>[N, d_out]</c> is in the weights' dtype.</summary>
     public void AddDelta(Tensor x, Tensor y, float scale, out Tensor selected)
     {
-        var (gates, chosen) = RouteTopK(x);                                           // [N, K], [N, K]
+        var (weights, chosen) = Route(x);                                             // [N, E] zero outside top-K, [N, K]
         selected = chosen;
         long n = x.size(0);
         var xa = x.dtype == AAll.dtype ? x : x.to(AAll.dtype);
-        var g = gates.dtype == AAll.dtype ? gates : gates.to(AAll.dtype);
-        var w = zeros([n, Experts], g.dtype, g.device).scatter_(1, chosen, g);        // [N, E], zero outside top-K
+        var w = weights.dtype == AAll.dtype ? weights : weights.to(AAll.dtype);       // [N, E]
         var gated = linear(xa, AAll).view(n, Experts, Rank).mul(w.unsqueeze(-1)).view(n, (long)Experts * Rank); // [N, E·r]
         y.addmm_(gated, BTAll, 1f, scale);                                            // [N, d_out]
         if (BiasAll is not null) y.addmm_(w, BiasAll, 1f, scale);                     // + w [N, E] · s·bias [E, d_out]

@@ -135,31 +135,18 @@ internal sealed class MixerStack(long inFeatures, long outFeatures, Device devic
                     if (_experts[s] > 0) TorchScalars.FillInPlace(routerBias.select(0, s).narrow(1, Experts, experts - Experts), double.NegativeInfinity);
         }
         Array.Resize(ref _experts, slots);
-        Replace(router, routerBias, a, bt, bias, slots, experts, rank);
-    }
-
-    private void AddBias()
-    {
-        if (Bias is not null) return;
-        Replace(Router, RouterBias, A, BT, zeros([Slots, Experts, OutFeatures], A.dtype, A.device), Slots, Experts, Rank);
-    }
-
-    private void Replace(Tensor router, Tensor routerBias, Tensor a, Tensor bt, Tensor? bias, int slots, int experts, int rank)
-    {
-        Tensor Keep(Tensor t, Tensor old) => ReferenceEquals(t, old) ? t : t.DetachFromDisposeScope();
-        var old = new[] { Router, RouterBias, A, BT, Bias };
-        Router = Keep(router, old[0]!);
-        RouterBias = Keep(routerBias, old[1]!);
-        A = Keep(a, old[2]!);
-        BT = Keep(bt, old[3]!);
-        Bias = bias is null ? null : Keep(bias, old[4]!);
-        foreach (var t in old)
-            if (t is not null && !ReferenceEquals(t, Router) && !ReferenceEquals(t, RouterBias) && !ReferenceEquals(t, A) && !ReferenceEquals(t, BT) && !ReferenceEquals(t, Bias))
-                t.Dispose();
+        Dispose();                                                                                 // the old, smaller tensors
+        Router = router.DetachFromDisposeScope();
+        RouterBias = routerBias.DetachFromDisposeScope();
+        A = a.DetachFromDisposeScope();
+        BT = bt.DetachFromDisposeScope();
+        Bias = bias?.DetachFromDisposeScope();
         Slots = slots;
         Experts = experts;
         Rank = rank;
     }
+
+    private void AddBias() => Bias ??= zeros([Slots, Experts, OutFeatures], A.dtype, A.device).DetachFromDisposeScope(); // [slots, E, d_out]
 
     public void Dispose()
     {
