@@ -20,14 +20,15 @@ public static class MixtureWriters
     /// <summary>A LoRA-Mixer over <paramref name="experts"/> embedded r-<paramref name="rank"/> LoRAs (expert i gets rank r and alpha 2r·(1 + i/4), so scalings differ).</summary>
     /// <param name="expertNames">Reference these registered adapters instead of embedding experts (no experts/ folder is written).</param>
     public static void WriteLoraMixer(string directory, ModelConfig model, int experts, int topK, int rank, IReadOnlyList<Projection> targets, int seed,
-        IReadOnlyList<string>? expertNames = null, bool routerBias = true, bool renormalize = true)
+        IReadOnlyList<string>? expertNames = null, bool routerBias = true, bool renormalize = true, bool expertBias = false)
     {
         if (experts < 1) throw new ArgumentOutOfRangeException(nameof(experts), experts, "a mixer needs at least one expert");
         Directory.CreateDirectory(directory);
         var names = expertNames ?? ExpertNames(experts);
         if (expertNames is null)
             for (int i = 0; i < experts; i++)
-                PeftLoraWriter.Write(Path.Combine(directory, "experts", names[i]), model, rank, targets, seed * 101 + i, alpha: 2.0 * rank * (1 + i / 4.0));
+                PeftLoraWriter.Write(Path.Combine(directory, "experts", names[i]), model, rank, targets, seed * 101 + i, alpha: 2.0 * rank * (1 + i / 4.0),
+                    loraBias: expertBias && i % 2 == 1);
 
         var config = new JsonObject
         {

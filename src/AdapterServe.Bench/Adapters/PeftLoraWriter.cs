@@ -18,7 +18,8 @@ public static class PeftLoraWriter
         Write(directory, model, adapterCase.Rank, adapterCase.Targets, seed);
 
     /// <param name="alpha">lora_alpha; default 2r (scaling 2).</param>
-    public static void Write(string directory, ModelConfig model, int rank, IReadOnlyList<Projection> targets, int seed, double? alpha = null)
+    /// <param name="loraBias">PEFT's <c>lora_bias</c>: a <c>lora_B.bias [d_out]</c> per module.</param>
+    public static void Write(string directory, ModelConfig model, int rank, IReadOnlyList<Projection> targets, int seed, double? alpha = null, bool loraBias = false)
     {
         if (rank < 1) throw new ArgumentOutOfRangeException(nameof(rank), rank, "a LoRA rank is at least 1");
         if (targets.Count == 0) throw new ArgumentException("a LoRA adapter needs at least one target projection", nameof(targets));
@@ -39,6 +40,7 @@ public static class PeftLoraWriter
             ["inference_mode"] = true,
             ["use_rslora"] = false,
             ["use_dora"] = false,
+            ["lora_bias"] = loraBias,
             ["modules_to_save"] = null,
         };
         File.WriteAllText(Path.Combine(directory, "adapter_config.json"), config.ToJsonString(ModelConfig.JsonWriteOptions));
@@ -53,6 +55,7 @@ public static class PeftLoraWriter
                 string prefix = "base_model.model." + ProjectionNames.ModulePath(layer, p);
                 tensors.Add(new(prefix + ".lora_A.weight", TorchScalars.Div(randn([rank, inDim], generator: generator), Math.Sqrt(inDim))));        // [r, d_in]
                 tensors.Add(new(prefix + ".lora_B.weight", TorchScalars.Mul(randn([outDim, rank], generator: generator), 0.1 / Math.Sqrt(rank)))); // [d_out, r]
+                if (loraBias) tensors.Add(new(prefix + ".lora_B.bias", TorchScalars.Mul(randn([outDim], generator: generator), 0.1)));          // [d_out]
             }
         SafetensorsWriter.Write(Path.Combine(directory, "adapter_model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
     }

@@ -25,20 +25,20 @@ public class MixerSlotTests
 
     sealed record Mixer(LoadedAdapter Loaded, MixtureServingTests.TokenMixture Naive);
 
-    /// <summary>Mixers that differ in experts, top-K, rank, routed projections, router bias and renormalisation.</summary>
+    /// <summary>Mixers that differ in experts, top-K, rank, routed projections, router bias, renormalisation and expert biases.</summary>
     static Mixer[] Mixers(TempDir tmp, string id)
     {
-        var specs = new (int Experts, int TopK, int Rank, Projection[] Targets, bool RouterBias, bool Renormalize)[]
+        var specs = new (int Experts, int TopK, int Rank, Projection[] Targets, bool RouterBias, bool Renormalize, bool ExpertBias)[]
         {
-            (5, 3, 4, [.. Attention, Projection.Up], true, true),
-            (3, 1, 2, [Projection.Q, Projection.Down], false, false),
-            (6, 2, 4, [Projection.V, .. Mlp], true, true),
-            (4, 2, 3, [.. Attention, .. Mlp], true, false),
+            (5, 3, 4, [.. Attention, Projection.Up], true, true, false),
+            (3, 1, 2, [Projection.Q, Projection.Down], false, false, false),
+            (6, 2, 4, [Projection.V, .. Mlp], true, true, true),
+            (4, 2, 3, [.. Attention, .. Mlp], true, false, false),
         };
         return specs.Select((s, i) =>
         {
             string dir = tmp.Sub($"m{i}");
-            MixtureWriters.WriteLoraMixer(dir, Base, s.Experts, s.TopK, s.Rank, s.Targets, seed: 40 + i, routerBias: s.RouterBias, renormalize: s.Renormalize);
+            MixtureWriters.WriteLoraMixer(dir, Base, s.Experts, s.TopK, s.Rank, s.Targets, seed: 40 + i, routerBias: s.RouterBias, renormalize: s.Renormalize, expertBias: s.ExpertBias);
             var record = new AdapterRecord($"slot-m{i}-{id}", 1, dir, AdapterValidator.Validate(dir, Base), "sha256:test", "test", DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch);
             return new Mixer(LoadedAdapter.Load(record, new FuncBaseWeights((_, p) => zeros([Base.ProjectionShape(p).Out, Base.ProjectionShape(p).In])), CPU, ScalarType.Float32),
                 MixtureServingTests.NaiveMixer(dir));

@@ -65,6 +65,12 @@ public class MixtureServingTests
                 double s = ec["lora_alpha"]!.GetValue<double>() / ec["r"]!.GetValue<int>();
                 string weights = Path.Combine(expertDir, "adapter_model.safetensors");
                 var delta = MatVec(Host2(Read(weights, prefix + ".lora_B.weight")), MatVec(Host2(Read(weights, prefix + ".lora_A.weight")), x));
+                using (var file = SafetensorsFile.Open(weights))
+                    if (file.Tensors.ContainsKey(prefix + ".lora_B.bias"))                  // PEFT's lora_bias, scaled like the delta
+                    {
+                        var bias = Host1(file.Read(prefix + ".lora_B.bias", ScalarType.Float64, CPU));
+                        for (int o = 0; o < delta.Length; o++) delta[o] += bias[o];
+                    }
                 y ??= new double[delta.Length];
                 for (int o = 0; o < delta.Length; o++) y[o] += p[e] / mass * s * delta[o];
             }
