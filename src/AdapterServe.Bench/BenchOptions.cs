@@ -20,7 +20,7 @@ public sealed class BenchOptions
         common:   --json FILE  --repeats N (3; serve 1)  --warmup N (1)  --quick  --seed N  --timeout-s S  --verbose
         model:    --model-config tiny|stories260K|135m|1b|PATH/config.json (135m)  --cache-dir DIR (.bench-cache)
                   --dtype float32|bfloat16  --device cpu|cuda[:N]  --threads N (torch intra-op threads)
-        decode:   --batches 1,4,16,32  --max-tokens 64  --prompt-tokens 16
+        decode:   --batches 1,4,16,32  --max-tokens 64  --prompt-tokens 16  --temperature T (0: greedy)
         prefill:  --prompt-lengths 128,512
         adapters: --batches 1,16,32  --cases NAME,...  --device-cache 32  --max-tokens 64
         load:     --registered 1000  --device-cache 32  --load-samples 100  --distinct-files 64  --warmup N (2 x device cache)
@@ -47,6 +47,8 @@ public sealed class BenchOptions
     public IReadOnlyList<string>? Cases { get; private set; }
     public string Distribution { get; private set; } = "uniform";
     public bool IgnoreEos { get; private set; }
+    /// <summary>decode: 0 = greedy (default); above 0, each request samples at this temperature (seeded) over the whole vocabulary.</summary>
+    public float Temperature { get; private set; }
 
     private int? _repeats, _warmup, _maxTokens, _promptTokens, _registered, _deviceCache, _loadSamples, _distinctFiles,
         _generations, _concurrency, _soakAdapters, _churnCycles, _requests, _promptWords;
@@ -158,6 +160,11 @@ public sealed class BenchOptions
                 case "--prompt-words": o._promptWords = Int(); break;
                 case "--distribution": o.Distribution = Value(); break;
                 case "--ignore-eos": o.IgnoreEos = true; break;
+                case "--temperature":
+                    string temp = Value();
+                    o.Temperature = float.TryParse(temp, NumberStyles.Float, CultureInfo.InvariantCulture, out float tv) && tv >= 0
+                        ? tv : throw new UsageException($"option --temperature needs a number ≥ 0, not '{temp}'");
+                    break;
                 case "--timeout-s":
                     string t = Value();
                     o._timeout = double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out double s) && s > 0
@@ -199,6 +206,7 @@ public sealed class BenchOptions
             case "decode":
                 s["batches"] = Array(Batches);
                 s["prompt_tokens"] = PromptTokens;
+                s["temperature"] = Temperature;
                 break;
             case "prefill":
                 s["prompt_lengths"] = Array(PromptLengths);

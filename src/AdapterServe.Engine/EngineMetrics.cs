@@ -34,6 +34,10 @@ internal static class EngineMetrics
         new HistogramConfiguration { Buckets = [1, 2, 4, 8, 16, 32, 64, 128, 256] });
     public static readonly Histogram StepTokens = Metrics.CreateHistogram("adapterserve_step_tokens", "Tokens (prefill + decode) in one forward step.",
         new HistogramConfiguration { Buckets = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192] });
+    /// <summary>Engine-thread seconds by phase of the step loop (see <see cref="EngineStepPhases"/>).</summary>
+    public static readonly Counter StepPhaseSeconds = Metrics.CreateCounter("adapterserve_engine_step_phase_seconds_total",
+        "Engine-thread time by phase of the step loop: schedule (admit, reap, schedule, plan), hook (building the adapters' step), forward (the model forward with the adapter hooks), adapters_complete (the adapters' end of step: expert counts to the host), logits (log-softmax where asked, copy to the host), sample (sampling, detokenising, events), release (freeing the step's tensors).",
+        "phase");
     public static readonly Histogram StepSeconds = Metrics.CreateHistogram("adapterserve_step_seconds", "Duration of one forward step including sampling.",
         new HistogramConfiguration { Buckets = Histogram.ExponentialBuckets(0.0005, 2, 16) });
 }

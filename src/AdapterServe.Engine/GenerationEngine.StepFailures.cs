@@ -26,8 +26,12 @@ public sealed partial class GenerationEngine
     /// <summary>One sequence's share of a step: the tokens it feeds at its past length.</summary>
     private readonly record struct PlannedStep(Sequence Sequence, SequenceStep Step);
 
-    /// <summary>What a forward pass hands to <see cref="Commit"/>: the packed layout and CPU logits (and logprobs when asked for), <c>[rows, vocab]</c>.</summary>
-    private sealed record StepOutput(ForwardBatch Batch, Tensor Logits, Tensor? Logprobs);
+    /// <summary>
+    /// What a forward pass hands to <see cref="Commit"/>: the packed layout, the logits <c>[rows, vocab]</c> (float32; on
+    /// the host when a sequence samples from them), logprobs (host) when asked for, and each row's greedy token
+    /// (argmax, taken on the device) when a sequence decodes greedily.
+    /// </summary>
+    private sealed record StepOutput(ForwardBatch Batch, Tensor Logits, Tensor? Logprobs, long[]? Greedy);
 
     /// <summary>Runs and commits <paramref name="step"/>, containing a forward pass that throws.</summary>
     private void RunContained(List<PlannedStep> step)

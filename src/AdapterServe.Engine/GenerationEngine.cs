@@ -151,6 +151,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         {
             try
             {
+                long scheduling = Stopwatch.GetTimestamp();
                 Admit();
                 ReapCancelled();
                 var step = Schedule();
@@ -159,7 +160,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
                     _wake.Wait(_waiting.Count > 0 ? 20 : 1000);
                     continue;
                 }
-                Execute(step);
+                Execute(step, scheduling);
                 RecordLiveTensors();
             }
             catch (Exception e)
@@ -228,14 +229,22 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         return step;
     }
 
-    private void Execute(List<Sequence> step)
+    /// <param name="scheduling">When this iteration of the loop began scheduling (a <see cref="Stopwatch"/> timestamp).</param>
+    private void Execute(List<Sequence> step, long scheduling)
     {
-        long started = Stopwatch.GetTimestamp();
+        long started = Stopwatch.GetTimestamp(), releasing;
         if (_adapters is not null)   // sequences on the same adapters side by side: one contiguous segment per adapter
             step = [.. step.OrderBy(s => s.Owner.AdapterState?.GroupKey ?? "", StringComparer.Ordinal)];
-        using var scope = NewDisposeScope();
-        RunContained(Plan(step));
-        EngineMetrics.StepSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
+        using (var scope = NewDisposeScope())
+        {
+            var plan = Plan(step);
+            EngineStepPhases.Add(EngineStepPhases.Schedule, scheduling);
+            RunContained(plan);
+            EngineMetrics.StepSeconds.Observe(Stopwatch.GetElapsedTime(started).TotalSeconds);
+            releasing = Stopwatch.GetTimestamp();
+        }
+        EngineStepPhases.Add(EngineStepPhases.Release, releasing);
+        EngineStepPhases.StepRan();
     }
 
     /// <summary>The tokens each sequence feeds this step (a decode token or a prompt chunk), fixed once so that a retried or split step feeds the same.</summary>
@@ -260,19 +269,35 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
     /// </summary>
     private StepOutput Forward(IReadOnlyList<PlannedStep> part)
     {
+        long t = Stopwatch.GetTimestamp();
         var batch = new ForwardBatch(part.Select(p => p.Step).ToList());
         var hook = BuildHook(part, batch);
+        t = EngineStepPhases.Add(EngineStepPhases.Hook, t);
         Tensor logits;
         try { logits = _model!.Forward(batch, _cache!, hook); }                      // [rows, vocab]
         catch { hook?.Abandon(); throw; }
+        t = EngineStepPhases.Add(EngineStepPhases.Forward, t);
         hook?.Complete();
+        t = EngineStepPhases.Add(EngineStepPhases.AdaptersComplete, t);
         bool wantLogprobs = part.Any(p => p.Sequence.Owner.Request.Sampling.Logprobs is not null || p.Sequence.Owner.Request.PromptLogprobs);
         var logprobs = wantLogprobs ? logits.log_softmax(-1) : null;              // [rows, vocab]
-        return new StepOutput(batch, logits.cpu(), logprobs?.cpu());
+        // Greedy rows need one id each, not their vocab-wide row on the host: argmax on the device, one small copy.
+        var greedy = part.Any(p => p.Sequence.Sampler.IsGreedy) ? logits.argmax(-1).cpu().data<long>().ToArray() : null; // [rows]
+        bool sampled = part.Any(p => !p.Sequence.Sampler.IsGreedy);
+        var output = new StepOutput(batch, sampled ? logits.cpu() : logits, logprobs?.cpu(), greedy);
+        EngineStepPhases.Add(EngineStepPhases.Logits, t);
+        return output;
     }
 
     /// <summary>Advances the sequences of <paramref name="part"/> by the output of its forward pass: prompt progress, sampling, events.</summary>
     private void Commit(IReadOnlyList<PlannedStep> part, StepOutput output)
+    {
+        long started = Stopwatch.GetTimestamp();
+        try { CommitTokens(part, output); }
+        finally { EngineStepPhases.Add(EngineStepPhases.Sample, started); }
+    }
+
+    private void CommitTokens(IReadOnlyList<PlannedStep> part, StepOutput output)
     {
         EngineMetrics.BatchSize.Observe(part.Count);
         EngineMetrics.StepTokens.Observe(output.Batch.TokenCount);
@@ -290,7 +315,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
                 s.Status = SequenceStatus.Decoding;
                 if (s.PromptLogprobs is not null) s.Owner.Emit(new PromptLogprobsEvent(s.Index, s.PromptLogprobs));
             }
-            int token = s.Sampler.Sample(RowSpan(output.Logits, lastRow));
+            int token = s.Sampler.IsGreedy ? (int)output.Greedy![lastRow] : s.Sampler.Sample(RowSpan(output.Logits, lastRow));
             var lp = s.Owner.Request.Sampling.Logprobs is int k ? TokenLogprobOf(output.Logprobs!, lastRow, token, k) : null;
             AcceptToken(s, token, lp);
         }

@@ -13,10 +13,12 @@ public sealed record DecodeSample(double TokensPerSecond, double InterTokenMsP50
 /// </summary>
 public static class DecodeMeasurement
 {
+    /// <param name="temperature">0: greedy; otherwise every request samples at this temperature, seeded by its index.</param>
     public static async Task<DecodeSample> RunAsync(IGenerationEngine engine, Prompts prompts, int batch, int promptTokens, int maxTokens,
-        Func<int, IReadOnlyList<AdapterRef>> adaptersOfSequence, CancellationToken ct)
+        Func<int, IReadOnlyList<AdapterRef>> adaptersOfSequence, CancellationToken ct, float temperature = 0)
     {
-        var requests = Enumerable.Range(0, batch).Select(i => GenerationDriver.Greedy(prompts.Next(promptTokens), maxTokens, adaptersOfSequence(i))).ToList();
+        var requests = Enumerable.Range(0, batch).Select(i => GenerationDriver.Greedy(prompts.Next(promptTokens), maxTokens, adaptersOfSequence(i)))
+            .Select((r, i) => temperature <= 0 ? r : r with { Sampling = r.Sampling with { Temperature = temperature, Seed = i } }).ToList();
         return Summarise(await GenerationDriver.RunAllAsync(engine, requests, ct));
     }
 

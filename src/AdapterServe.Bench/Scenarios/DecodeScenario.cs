@@ -1,5 +1,6 @@
 using AdapterServe.Bench.Driving;
 using AdapterServe.Bench.Reporting;
+using AdapterServe.Engine;
 using AdapterServe.Modeling.Llama;
 
 namespace AdapterServe.Bench.Scenarios;
@@ -17,16 +18,26 @@ public sealed class DecodeScenario : IScenario
         await using var session = await EngineSession.StartAsync(context, report, model, o.Batches.Max(), o.PromptTokens + o.MaxTokens, adapters: null, ct);
 
         // Every batch size once per round, so the batch-B/batch-1 ratios compare passes taken moments apart.
+        // Each pass also reads the engine's step-phase counters before and after: where a step's time goes outside the forward.
         var rounds = await session.MeasureRoundsAsync(
-            o.Batches.Select(batch => ($"decode b{batch}", (Func<Task<DecodeSample>>)(() =>
-                DecodeMeasurement.RunAsync(session.Engine, session.Prompts, batch, o.PromptTokens, o.MaxTokens, _ => [], ct)))).ToList(),
-            s => $"{s.TokensPerSecond:0.0} tokens/s");
+            o.Batches.Select(batch => ($"decode b{batch}", (Func<Task<(DecodeSample Sample, StepPhaseShare Phases)>>)(async () =>
+            {
+                var before = EngineStepPhases.Totals();
+                var sample = await DecodeMeasurement.RunAsync(session.Engine, session.Prompts, batch, o.PromptTokens, o.MaxTokens, _ => [], ct, o.Temperature);
+                return (sample, StepPhaseShare.Between(before, EngineStepPhases.Totals()));
+            }))).ToList(),
+            s => $"{s.Sample.TokensPerSecond:0.0} tokens/s");
         var throughput = new Dictionary<int, Figure>();
-        foreach (var (batch, samples) in o.Batches.Zip(rounds))
+        foreach (var (batch, passes) in o.Batches.Zip(rounds))
         {
+            var samples = passes.Select(p => p.Sample).ToList();
             throughput[batch] = report.Add(Figure.Of($"decode.b{batch}.tokens_per_s", "tokens/s", samples.Select(s => s.TokensPerSecond).ToList()));
             report.Add(Figure.Of($"decode.b{batch}.itl_ms_p50", "ms", samples.Select(s => s.InterTokenMsP50).ToList()));
             report.Add(Figure.Of($"decode.b{batch}.ttft_ms", "ms", samples.Select(s => s.TimeToFirstTokenMs).ToList()));
+            // Engine-thread ms per step by phase (the pass's steps: its few prefill steps included).
+            foreach (var phase in EngineStepPhases.All)
+                report.Add(Figure.Of($"decode.b{batch}.phase.{phase}_ms", "ms", passes.Select(p => p.Phases.MsPerStep(phase)).ToList()));
+            report.Add(Figure.Of($"decode.b{batch}.outside_forward_ms", "ms", passes.Select(p => p.Phases.MsPerStepOutside("forward")).ToList()));
         }
         // The step's floor (its GEMMs alone) and its native-call count, on a second copy of the model while the engine idles.
         using (var copy = StepProfile.LoadModel(model.Directory, o.Dtype, o.Device))
