@@ -86,8 +86,7 @@ public sealed class OmoeModule : IDisposable
         var bCat = TorchScalars.Mul(cat(b.Select(t => t.to(ScalarType.Float64)).ToArray(), 1), scaling);       // [d_out, n·r] = [s·B_1 … s·B_n]
         var (basis, rB) = linalg.qr(bCat);                                                                     // [d_out, p], [p, n·r] (reduced)
         var coordinates = rB.reshape(rB.size(0), n, r).permute(1, 2, 0);                                        // [n, r, p]
-        int active = topK ?? n;
-        var order = tensor(Enumerable.Range(0, active).Select(i => (float)i / active).ToArray());                  // [k] i / k < 1
+        var order = ExpertOrder(topK ?? n, CPU);                                                                // [k] i / k < 1
         Tensor Keep(Tensor t, ScalarType type) => t.to(type, device, copy: true).contiguous().DetachFromDisposeScope();
         return new OmoeModule(n, r, topK, rescaleNorm,
             Keep(router, ScalarType.Float32), Keep(aAll, dtype), Keep(basis, dtype), Keep(coordinates, ScalarType.Float32),
@@ -101,12 +100,23 @@ public sealed class OmoeModule : IDisposable
     public (Tensor Gates, Tensor? Selected) Route(Tensor x)
     {
         var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);      // [N, d_in]
-        var g = softmax(linear(xf, Router), -1);                                     // [N, n]
-        if (TopK is not { } k) return (g, null);
+        return Gate(linear(xf, Router), TopK);                                       // [N, n] logits
+    }
+
+    /// <summary>
+    /// The routing from the router's logits <paramref name="logits"/> <c>[N, n]</c> (float32): <c>g = softmax</c>; with
+    /// <paramref name="topK"/>, the K most probable experts kept in expert order with their gates renormalised over them.
+    /// Shared by the per-group path (<see cref="Route"/>) and the slot path (<c>OmoeSlotStep</c>).
+    /// </summary>
+    /// <returns>Gates <c>[N, k]</c>; the selected expert ids <c>[N, K]</c> (int64, ascending), or null without top_k.</returns>
+    internal static (Tensor Gates, Tensor? Selected) Gate(Tensor logits, int? topK)
+    {
+        var g = softmax(logits, -1);                                                 // [N, n]
+        if (topK is not { } k) return (g, null);
         var (top, chosen) = g.topk(k, -1);                                           // [N, K] by probability
         var (selected, perm) = chosen.sort(-1);                                      // [N, K] expert order
         var gates = top.gather(1, perm);                                             // [N, K]
-        gates = gates.div(gates.sum(-1, keepdim: true));                  // renormalised over the K
+        gates = gates.div(gates.sum(-1, keepdim: true));                             // renormalised over the K
         return (gates, selected);
     }
 
@@ -132,15 +142,35 @@ public sealed class OmoeModule : IDisposable
     {
         var (gates, chosen) = Route(x);                                              // [N, k], [N, K]?
         selected = chosen;
-        var s = ExpertCoordinates(x);                                                // [N, p, n]
-        if (chosen is not null)
-            s = s.gather(2, chosen.unsqueeze(1).expand(-1, s.size(1), -1));         // [N, p, K]
-        var (q, fix, norms, perm) = Factor(s, _eps, _order);                         // [N, p, k], [N, k], [N, k], [N, k]
-        var coefficients = gates.gather(1, perm).mul(fix);                           // [N, k] g (±1, 0 where guarded) in q's column order
-        if (RescaleNorm) coefficients = coefficients.mul(norms);                     // g_i · ‖E_i‖
-        var v = q.mul(coefficients.unsqueeze(1)).sum(-1);                            // [N, p] = Σ_i c_i q^S_i
+        var v = Combine(ExpertCoordinates(x), gates, chosen, _eps, _order, RescaleNorm); // [N, p]
         return linear(v.dtype == Basis.dtype ? v : v.to(Basis.dtype), Basis);        // [N, d_out] = U·Σ_i c_i q^S_i
     }
+
+    /// <summary>
+    /// The mixture in the experts' coordinates for every token: the participating columns of <paramref name="coordinates"/>
+    /// <c>S [N, p, n]</c> (all, or <paramref name="selected"/> <c>[N, K]</c>), orthonormalised in expert order
+    /// (<see cref="Factor"/>), combined as <c>Σ_i c_i q^S_i</c> with <c>c_i = g_i · (‖E_i‖ or 1)</c>, ±1 from the sign fix and 0
+    /// where guarded. The one place of OMoE's per-token maths: the per-group path (<see cref="Delta"/>) and the slot path
+    /// (<c>OmoeSlotStep</c>, N = its S·L rows) both call it.
+    /// </summary>
+    /// <param name="gates"><c>[N, k]</c> float32 (a caller may fold a per-row scale into them).</param>
+    /// <param name="eps">0-dim float32.</param>
+    /// <param name="order"><c>[k]</c> float32, <c>i / k</c> (<see cref="ExpertOrder"/>).</param>
+    /// <returns><c>[N, p]</c> float32.</returns>
+    internal static Tensor Combine(Tensor coordinates, Tensor gates, Tensor? selected, Tensor eps, Tensor order, bool rescaleNorm)
+    {
+        var s = coordinates;                                                         // [N, p, n]
+        if (selected is not null)
+            s = s.gather(2, selected.unsqueeze(1).expand(-1, s.size(1), -1));       // [N, p, K]
+        var (q, fix, norms, perm) = Factor(s, eps, order);                           // [N, p, k], [N, k], [N, k], [N, k]
+        var coefficients = gates.gather(1, perm).mul(fix);                           // [N, k] g (±1, 0 where guarded) in q's column order
+        if (rescaleNorm) coefficients = coefficients.mul(norms);                     // g_i · ‖E_i‖
+        return q.mul(coefficients.unsqueeze(1)).sum(-1);                             // [N, p] = Σ_i c_i q^S_i
+    }
+
+    /// <summary><c>[k]</c> float32 <c>i / k</c>: ranks k participating experts in expert order, every one below a guarded column's key (≥ 1).</summary>
+    internal static Tensor ExpertOrder(int active, Device device) =>
+        tensor(Enumerable.Range(0, active).Select(i => (float)i / active).ToArray(), ScalarType.Float32, device);
 
     /// <summary>
     /// Gram–Schmidt of the columns of <paramref name="m"/> <c>[N, d, k]</c> (float32) for every token at once. Columns
