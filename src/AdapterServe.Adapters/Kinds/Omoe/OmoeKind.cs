@@ -70,24 +70,40 @@ namespace AdapterServe.Adapters.Kinds.Omoe
     }
 
     /// <summary>
-    /// OMoE's share of one step: per adapted projection and OMoE group, the fixed sequence of <see cref="OmoeModule.Delta"/>
-    /// (whatever n, top_k or the routing), the selections recorded on the device, the rows added in place.
+    /// OMoE's share of one step. Two paths, chosen per group when the step is built: several short groups of slotted
+    /// adapters of one signature go through <see cref="OmoeSlotStep"/> (one fixed sequence of calls per projection for
+    /// all of them); the others (a single OMoE group, prefills, adapters without a slot, a lone signature) each run the
+    /// fixed sequence of <see cref="OmoeModule.Delta"/> (whatever n, top_k or the routing). Selections are recorded on
+    /// the device either way, the rows added in place.
     /// </summary>
-    internal sealed class OmoeStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally) : IAdapterStepExecutor
+    internal sealed class OmoeStepExecutor : IAdapterStepExecutor
     {
-        private readonly (AdapterTokenGroup Group, OmoeWeights Weights)[] _groups =
-            [.. groups.Select(g => (g, (g.Adapter.Modules as OmoeModules ?? throw new InvalidOperationException($"{g.Adapter} is not an OMoE adapter")).Weights))];
+        private readonly ExpertStepTally _tally;
+        private readonly (AdapterTokenGroup Group, OmoeWeights Weights)[] _groups;     // the per-group path
+        private readonly OmoeSlotStep? _slots;
+
+        public OmoeStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally)
+        {
+            _tally = tally;
+            var all = groups.Select(g => (g, (g.Adapter.Modules as OmoeModules ?? throw new InvalidOperationException($"{g.Adapter} is not an OMoE adapter")).Weights)).ToList();
+            _slots = OmoeSlotStep.TryBuild(all, tally, out var rest);
+            _groups = [.. rest];
+        }
+
+        /// <summary>Groups served from the slot stacks in this step (0 when the slot path is not used).</summary>
+        internal int SlotGroupCount => _slots?.GroupCount ?? 0;
 
         public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
         {
+            _slots?.Apply(layer, projection, x, y);
             foreach (var (g, weights) in _groups)
             {
                 if (weights.Module(layer, projection) is not var (module, site)) continue;
                 if (module.InFeatures != x.size(1) || module.OutFeatures != y.size(1))
                     throw new InvalidOperationException($"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
                 var delta = module.Delta(g.Rows(x), out var selected);                 // [n_g, d_out]
-                if (selected is null) tally.RecordAll(site, g.Count);
-                else tally.RecordTopK(site, selected);
+                if (selected is null) _tally.RecordAll(site, g.Count);
+                else _tally.RecordTopK(site, selected);
                 if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
                 g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
             }
@@ -100,7 +116,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe
         {
             if (_completed) return;
             _completed = true;
-            tally.Leave();
+            try { _tally.Leave(); }
+            finally { _slots?.Dispose(); }
         }
 
         /// <summary>The forward threw: leaves the step's shared tally without counting (the step's counts are dropped, not copied).</summary>
@@ -108,7 +125,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe
         {
             if (_completed) return;
             _completed = true;
-            tally.Abandon();
+            try { _tally.Abandon(); }
+            finally { _slots?.Dispose(); }
         }
     }
 }

@@ -1,0 +1,157 @@
+using AdapterServe.Adapters.Experts;
+using AdapterServe.Modeling;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters.Kinds.Omoe;
+
+/// <summary>
+/// The slot path of the OMoE kind for one step: short OMoE groups of slotted adapters served from the
+/// <see cref="OmoeSlotBank"/> stacks, one fixed sequence of calls per projection and <see cref="OmoeSignature"/>
+/// (a class of at least <see cref="MinGroups"/> groups) whatever the number of distinct adapters, their routing or
+/// top-K selections. A class's rows are laid out <c>[S groups, L = longest group]</c> (<see cref="SlotRows"/>; padding
+/// rows weigh 0):
+/// <list type="number">
+/// <item>Routing for every group at once: <c>logits = bmm(x, W_gᵀ[slots])</c> <c>[S, L, n]</c>, then the per-group
+/// maths (<see cref="OmoeModule.Gate"/>: softmax, top-K in expert order, renormalised), times the group's scale.</item>
+/// <item>Expert coordinates: <c>H = bmm(A_all[slots], xᵀ)</c> <c>[S, n·r, L]</c>, then per (slot, expert)
+/// <c>bmm(Hᵀ, Coordinates)</c> <c>[S·n, L, p]</c>, laid out per row as <c>[S·L, p, n]</c>.</item>
+/// <item>The same Gram–Schmidt and combination as the per-group path (<see cref="OmoeModule.Combine"/>, one batched QR
+/// over all S·L rows), then <c>Δ = bmm(v, Uᵀ[slots])</c> <c>[S, L, d_out]</c> and one add into the rows.</item>
+/// </list>
+/// Selections are recorded once per projection and class: top-K ids with <see cref="ExpertStepTally.RecordSlots"/>,
+/// dense routing with <see cref="ExpertStepTally.RecordAll"/> (host only). Owns the step's small index tensors.
+/// </summary>
+internal sealed class OmoeSlotStep : IDisposable
+{
+    /// <summary>Longest group (tokens) served from the slots; longer ones are prefills, where the per-group path's GEMMs dominate.</summary>
+    internal const int MaxGroupTokens = 16;
+    /// <summary>
+    /// Fewest groups of one signature served from the slots: one group costs about 25 calls per projection on its own
+    /// path, the slot path about 30 for all of them, so two groups already run fewer calls.
+    /// </summary>
+    internal const int MinGroups = 2;
+
+    private readonly OmoeSlotBank _bank;
+    private readonly ExpertStepTally _tally;
+    private readonly SignatureClass[] _classes;
+
+    private OmoeSlotStep(OmoeSlotBank bank, ExpertStepTally tally, IEnumerable<List<(AdapterTokenGroup Group, OmoeWeights Weights)>> classes)
+    {
+        _bank = bank;
+        _tally = tally;
+        _classes = [.. classes.Select(c => new SignatureClass(c))];
+        bank.GroupsServed += _classes.Sum(c => c.GroupCount);
+    }
+
+    /// <summary>Groups served from the slot stacks in this step.</summary>
+    public int GroupCount => _classes.Sum(c => c.GroupCount);
+
+    /// <summary>
+    /// The slot path for the short, slotted OMoE groups of <paramref name="groups"/> whose signature has at least
+    /// <see cref="MinGroups"/> of them (null when none has); <paramref name="rest"/> gets the groups it does not serve.
+    /// </summary>
+    public static OmoeSlotStep? TryBuild(List<(AdapterTokenGroup Group, OmoeWeights Weights)> groups, ExpertStepTally tally,
+        out List<(AdapterTokenGroup Group, OmoeWeights Weights)> rest)
+    {
+        var placed = SlotGroups.Select(groups, MaxGroupTokens, MinGroups, OmoeSlotBank.Of, (bank, adapter, weights) => bank.TryPlace(adapter, weights),
+            null, out var stacks, out rest);
+        if (placed is null) return null;
+        var classes = placed.GroupBy(g => OmoeSignature.Of(g.Modules.Config)).Select(c => c.ToList()).ToList();
+        foreach (var few in classes.Where(c => c.Count < MinGroups)) rest.AddRange(few);          // a lone signature: its own path
+        classes.RemoveAll(c => c.Count < MinGroups);
+        return classes.Count == 0 ? null : new OmoeSlotStep(stacks!, tally, classes);
+    }
+
+    /// <summary>Adds every slotted group's OMoE delta for (<paramref name="layer"/>, <paramref name="projection"/>) to its rows of <paramref name="y"/>.</summary>
+    public void Apply(int layer, Projection projection, Tensor x, Tensor y)
+    {
+        foreach (var c in _classes) c.Apply(_bank, _tally, layer, projection, x, y);
+    }
+
+    public void Dispose()
+    {
+        foreach (var c in _classes) c.Dispose();
+    }
+
+    /// <summary>The groups of one signature in this step: their row layout and, with top-K, the mask of the selections that count.</summary>
+    private sealed class SignatureClass : IDisposable
+    {
+        private readonly OmoeSignature _signature;
+        private readonly (AdapterTokenGroup Group, OmoeWeights Weights)?[] _positions;   // per layout position (null: empty)
+        private readonly SlotRows _layout;
+        private readonly long[] _routed;           // tokens per position
+        private Tensor? _valid;                    // [S, L, K] int64 0/1: real rows (top-K only); handed to the tally
+        private bool _validHandedOver;
+
+        public SignatureClass(List<(AdapterTokenGroup Group, OmoeWeights Weights)> groups)
+        {
+            _signature = OmoeSignature.Of(groups[0].Weights.Config);
+            _layout = new SlotRows([.. groups.Select(g => g.Group)], slotRange: true);
+            _positions = [.. _layout.Order.Select(i => i < 0 ? ((AdapterTokenGroup, OmoeWeights)?)null : groups[i])];
+            _routed = [.. _positions.Select(p => p?.Group.Count ?? 0)];
+            if (_signature.TopK is not { } k) return;
+
+            int s = _layout.Groups, length = _layout.Length;
+            var valid = new long[s * length * k];
+            for (int i = 0; i < s; i++)
+                for (int t = 0; t < _routed[i]; t++)
+                    Array.Fill(valid, 1L, (i * length + t) * k, k);
+            using var inferenceOff = inference_mode(false);
+            using var scope = NewDisposeScope();
+            _valid = tensor(valid, ScalarType.Int64, groups[0].Group.Adapter.Device).view(s, length, k).DetachFromDisposeScope();
+        }
+
+        public int GroupCount => _layout.GroupCount;
+
+        public void Apply(OmoeSlotBank bank, ExpertStepTally tally, int layer, Projection projection, Tensor x, Tensor y)
+        {
+            var sites = new ExpertSite?[_positions.Length];
+            bool targeted = false;
+            for (int i = 0; i < _positions.Length; i++)
+            {
+                sites[i] = _positions[i]?.Weights.Module(layer, projection)?.Site;
+                targeted |= sites[i] is not null;
+            }
+            if (!targeted || bank.Stack(new OmoeStackKey(layer, projection, _signature)) is not { } stack) return;
+            if (stack.InFeatures != x.size(1) || stack.OutFeatures != y.size(1))
+                throw new InvalidOperationException(
+                    $"the OMoE slots of {projection.ShortName()} of layer {layer} are [{stack.OutFeatures}, {stack.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
+
+            int s = _layout.Groups, l = _layout.Length, n = _signature.Experts, r = _signature.Rank;
+            long dIn = stack.InFeatures, p = stack.BasisRank;
+
+            var xs = _layout.Gather(x);                                                                     // [S·L, d_in]
+            var xf = xs.dtype == ScalarType.Float32 ? xs : xs.to(ScalarType.Float32);
+            var logits = bmm(xf.view(s, l, dIn), _layout.SelectSlots(stack.Router).transpose(1, 2));         // [S, L, n]
+            var (gates, selected) = OmoeModule.Gate(logits.view((long)s * l, n), _signature.TopK);         // [S·L, k], [S·L, K]?
+            if (_layout.Scale is not null) gates = gates.mul(_layout.Scale.view(_layout.Count, 1));          // scale · g, 0 on padding rows
+
+            var xa = xs.dtype == stack.A.dtype ? xs : xs.to(stack.A.dtype);
+            var h = bmm(_layout.SelectSlots(stack.A), xa.view(s, l, dIn).transpose(1, 2));                  // [S, n·r, L] = A_all xᵀ per slot
+            if (h.dtype != ScalarType.Float32) h = h.to(ScalarType.Float32);
+            var coordinates = bmm(h.view((long)s * n, r, l).transpose(1, 2),
+                _layout.SelectSlots(stack.Coordinates).view((long)s * n, r, p));                           // [S·n, L, r]·[S·n, r, p] → [S·n, L, p]
+            var m = coordinates.view(s, n, l, p).permute(0, 2, 3, 1).reshape(_layout.Count, p, n);          // [S·L, p, n]: S_i per row
+            var v = OmoeModule.Combine(m, gates, selected, stack.Eps, stack.Order, _signature.RescaleNorm); // [S·L, p] = scale · Σ_i c_i q^S_i
+            if (v.dtype != stack.Basis.dtype) v = v.to(stack.Basis.dtype);
+            var delta = bmm(v.view(s, l, p), _layout.SelectSlots(stack.Basis));                             // [S, L, d_out] = U·v per slot
+            _layout.AddTo(y, delta.view(_layout.Count, stack.OutFeatures));
+
+            if (selected is null)
+            {
+                for (int i = 0; i < sites.Length; i++)
+                    if (sites[i] is { } site) tally.RecordAll(site, _routed[i]);
+                return;
+            }
+            tally.RecordSlots(sites, _routed, selected.view(s, l, _signature.Active), _valid!, n);          // [S, L, K] ids
+            _validHandedOver = true;
+        }
+
+        public void Dispose()
+        {
+            _layout.Dispose();
+            if (!_validHandedOver) _valid?.Dispose();
+            _valid = null;
+        }
+    }
+}
