@@ -1,0 +1,228 @@
+using AdapterServe.Adapters;
+using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Omoe;
+using AdapterServe.Adapters.Store;
+using AdapterServe.Bench.Adapters;
+using AdapterServe.Modeling;
+using AdapterServe.Tests.AdapterMath;
+using AdapterServe.Tests.Infrastructure;
+using TorchSharp;
+using static TorchSharp.torch;
+using static AdapterServe.Tests.Mixtures.MixtureNaive;
+
+namespace AdapterServe.Tests.Mixtures;
+
+/// <summary>
+/// Several OMoE adapters in one step share one fixed sequence of batched calls per projection and signature (the OMoE
+/// slots), and every row still gets exactly its own adapter's per-token mixture: compared with a naive loop over tokens
+/// and experts (explicit softmax, top-K, Gram–Schmidt with the ε guard) that reads the adapter files, and the expert
+/// counters with the naive selections; also after a slot has passed to an adapter of another signature, and with the
+/// number of native calls per projection independent of the number of adapters.
+/// </summary>
+public class OmoeSlotTests
+{
+    static readonly ModelConfig Base = TinyModels.Llama;
+
+    sealed record Omoe(LoadedAdapter Loaded, MixtureServingTests.TokenMixture Naive);
+
+    /// <summary>
+    /// OMoE adapters that differ in experts, rank, top_k, rescale and targeted projections, in pairs of one signature
+    /// (o0/o1 dense with norm rescale, o2/o3 top-2, o4/o5 top-3 without rescale and n·r wider than k_proj's d_out), and o6,
+    /// a signature of its own.
+    /// </summary>
+    static Omoe[] Adapters(TempDir tmp, string id)
+    {
+        var specs = new (int Experts, int Rank, int? TopK, string Rescale, Projection[] Targets)[]
+        {
+            (4, 2, null, "norm", [Projection.Q, Projection.V, Projection.Up]),
+            (4, 2, null, "norm", [Projection.Q, Projection.Down]),
+            (3, 3, 2, "norm", [Projection.V, Projection.Up, Projection.Down]),
+            (3, 3, 2, "norm", [Projection.Q, Projection.V, Projection.Up, Projection.Down]),
+            (5, 4, 3, "none", [Projection.Q, Projection.K, Projection.Down]),
+            (5, 4, 3, "none", [Projection.K, Projection.V, Projection.Up]),
+            (2, 4, null, "none", [Projection.Q, Projection.Up]),
+        };
+        return specs.Select((s, i) => Load(tmp, $"o{i}-{id}", s.Experts, s.Rank, s.TopK, s.Rescale, s.Targets, seed: 60 + i)).ToArray();
+    }
+
+    static Omoe Load(TempDir tmp, string name, int experts, int rank, int? topK, string rescale, Projection[] targets, int seed)
+    {
+        string dir = tmp.Sub(name);
+        MixtureWriters.WriteOmoe(dir, Base, experts, rank, targets, seed, topK, rescale);
+        var record = new AdapterRecord($"slot-{name}", 1, dir, AdapterValidator.Validate(dir, Base), "sha256:test", "test", DateTimeOffset.UnixEpoch, DateTimeOffset.UnixEpoch);
+        return new Omoe(LoadedAdapter.Load(record, new FuncBaseWeights((_, p) => zeros([Base.ProjectionShape(p).Out, Base.ProjectionShape(p).In])), CPU, ScalarType.Float32),
+            MixtureServingTests.NaiveOmoe(dir));
+    }
+
+    [Theory]
+    [InlineData(false)]   // one token per group (decode)
+    [InlineData(true)]    // up to three tokens per group, with padding rows and a group on rows that are not contiguous
+    public void Omoe_adapters_in_one_step_share_the_slot_stacks_and_give_every_row_its_own_mixture_and_counts(bool longer)
+    {
+        using var tmp = new TempDir();
+        var adapters = Adapters(tmp, Guid.NewGuid().ToString("N")[..8]);
+        using var slots = new AdapterSlotTable(8);
+        foreach (var i in new[] { 3, 0, 5, 2, 6, 1, 4 }) slots.Assign(adapters[i].Loaded);   // slots not in group order
+        try
+        {
+            // o0 | base | o1·0.5 | o2 | o3·1.5 | o4 | o2·0.7 | o5·2 | o6 (alone in its signature: its own path);
+            // with `longer`, o0, o2 and o5 get more rows and o0 a second, non-contiguous sequence.
+            int more = longer ? 3 : 1;
+            AssertStep(adapters, slots,
+            [
+                (0, longer ? 2 : 1, 1f), (null, 1, 1f), (1, 1, 0.5f), (2, more, 1f), (3, 1, 1.5f), (4, 1, 1f), (2, 1, 0.7f), (5, longer ? 2 : 1, 2f), (6, 1, 1f),
+                .. longer ? [((int?)0, 1, 1f)] : Array.Empty<(int?, int, float)>(),
+            ], ownPath: 1);
+        }
+        finally
+        {
+            foreach (var a in adapters) a.Loaded.Dispose();
+        }
+    }
+
+    [Fact]
+    public void A_slot_reused_by_an_omoe_adapter_of_another_signature_serves_the_new_one()
+    {
+        using var tmp = new TempDir();
+        string id = Guid.NewGuid().ToString("N")[..8];
+        var adapters = Adapters(tmp, id).Append(Load(tmp, $"o7-{id}", 5, 4, 3, "none", [Projection.Q, Projection.Down], seed: 67)).ToArray();
+        using var slots = new AdapterSlotTable(3);
+        try
+        {
+            slots.Assign(adapters[0].Loaded);
+            slots.Assign(adapters[1].Loaded);
+            slots.Assign(adapters[2].Loaded);
+            AssertStep(adapters, slots, [(0, 1, 1f), (1, 1, 1f), (2, 1, 1f)], salt: 1, ownPath: 1);
+            // o0 leaves the device tier; o3 (top-2, o2's signature) takes its slot, then o4 and o5 (top-3, no rescale) o1's and o2's.
+            slots.Free(adapters[0].Loaded);
+            slots.Assign(adapters[3].Loaded);
+            AssertStep(adapters, slots, [(3, 1, 1f), (2, 2, 2f), (1, 1, 1f), (3, 1, 0.5f)], salt: 2, ownPath: 1);   // o3 at two scales: two groups on one slot
+            slots.Free(adapters[1].Loaded);
+            slots.Free(adapters[2].Loaded);
+            slots.Assign(adapters[4].Loaded);
+            slots.Assign(adapters[5].Loaded);
+            AssertStep(adapters, slots, [(4, 3, 1f), (5, 1, 1f), (3, 2, 1f)], salt: 3, ownPath: 1);
+            // o5 leaves; o7, of its signature but without its k_proj (which o4 adapts), takes its slot: its rows get no k_proj delta.
+            slots.Free(adapters[5].Loaded);
+            slots.Assign(adapters[7].Loaded);
+            AssertStep(adapters, slots, [(7, 1, 1f), (4, 1, 1f), (7, 2, 0.5f)], salt: 4);
+        }
+        finally
+        {
+            foreach (var a in adapters) a.Loaded.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The slot path's native calls per projection (tensors created, every TorchSharp op makes one) are the same for 2 and
+    /// for 8 distinct OMoE adapters of one signature, dense or top-K, and fewer than two groups cost on the per-group path
+    /// (why <see cref="OmoeSlotStep.MinGroups"/> is 2).
+    /// </summary>
+    [Theory]
+    [InlineData(null)]
+    [InlineData(2)]
+    public void The_slot_path_runs_the_same_calls_per_projection_for_two_and_eight_adapters(int? topK)
+    {
+        using var tmp = new TempDir();
+        string id = Guid.NewGuid().ToString("N")[..8];
+        var adapters = Enumerable.Range(0, 8).Select(i => Load(tmp, $"c{i}-{id}", 4, 2, topK, "norm", [Projection.Q, Projection.Up], seed: 80 + i)).ToArray();
+        using var slots = new AdapterSlotTable(8);
+        foreach (var a in adapters) slots.Assign(a.Loaded);
+        try
+        {
+            long Calls(int groups)
+            {
+                var segments = Enumerable.Range(0, groups).Select(i => AdapterSegment.Single(i, 1, adapters[i].Loaded, i % 2 == 0 ? 1f : 0.5f)).ToList();
+                var (dIn, dOut) = Base.ProjectionShape(Projection.Up);
+                var x = randn([groups, dIn], generator: new Generator(7));                     // [N, d_in]
+                var w = zeros([dOut, dIn]);
+                var served = OmoeSlotBank.Of(slots).GroupsServed;
+                using var batch = new AdapterBatch(segments);
+                Assert.Equal(groups < OmoeSlotStep.MinGroups ? 0 : groups, OmoeSlotBank.Of(slots).GroupsServed - served);
+                batch.Apply(0, Projection.Up, x, zeros([groups, dOut]), w);                      // the first use of a layout: warm
+                var stats = DisposeScopeManager.Statistics;
+                long before = stats.CreatedInScopeCount + stats.CreatedOutsideScopeCount;
+                batch.Apply(1, Projection.Up, x, zeros([groups, dOut]), w);
+                long calls = stats.CreatedInScopeCount + stats.CreatedOutsideScopeCount - before - 1;   // less the zeros
+                batch.Complete();
+                return calls;
+            }
+            long single = Calls(1), two = Calls(2), eight = Calls(8);
+            Assert.True(two == eight, $"slot path: {two} tensors per projection for 2 adapters, {eight} for 8");
+            Assert.True(two < 2 * single, $"slot path for 2 groups: {two} tensors; one group on its own path: {single}");
+        }
+        finally
+        {
+            foreach (var a in adapters) a.Loaded.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// One step over <paramref name="plan"/> (per segment: adapter index or null for the base, tokens, scale): every row
+    /// against the naive mixture of its adapter, and the expert counters against the naive selections.
+    /// <paramref name="ownPath"/> groups are expected on the per-group path (a signature alone in the step).
+    /// </summary>
+    static void AssertStep(Omoe[] adapters, AdapterSlotTable slots, (int? Adapter, int Tokens, float Scale)[] plan, int salt = 0, int ownPath = 0)
+    {
+        var rowAdapter = new List<(int Adapter, float Scale)?>();
+        var segments = new List<AdapterSegment>();
+        foreach (var (adapter, tokens, scale) in plan)
+        {
+            segments.Add(adapter is { } a ? AdapterSegment.Single(rowAdapter.Count, tokens, adapters[a].Loaded, scale) : AdapterSegment.Base(rowAdapter.Count, tokens));
+            for (int t = 0; t < tokens; t++) rowAdapter.Add(adapter is { } aa ? (aa, scale) : null);
+        }
+        int rows = rowAdapter.Count;
+        int groups = plan.Where(p => p.Adapter is not null).Select(p => (p.Adapter, p.Scale)).Distinct().Count();
+
+        var bank = OmoeSlotBank.Of(slots);
+        long servedBefore = bank.GroupsServed;
+        var before = adapters.Select(a => ExpertUsage.Shared.Snapshot(a.Loaded.Name)).ToArray();
+        var naiveCounts = new Dictionary<(int Adapter, string Module, int Expert), long>();
+        using (var batch = new AdapterBatch(segments))
+        {
+            Assert.Equal(groups - ownPath, bank.GroupsServed - servedBefore);                 // every group of a shared signature from the stacks
+            for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
+                foreach (var p in ProjectionNames.All)
+                {
+                    var (dIn, dOut) = Base.ProjectionShape(p);
+                    var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)p + 1)));  // [rows, d_in]
+                    var y = batch.Apply(layer, p, x, zeros([rows, dOut]), zeros([dOut, dIn]));   // base output 0: y is the delta
+                    string module = ProjectionNames.ModulePath(layer, p);
+                    var xs = Host2(x);
+                    var got = Host2(y);
+                    for (int r = 0; r < rows; r++)
+                    {
+                        var expected = new double[dOut];
+                        if (rowAdapter[r] is var (a, scale))
+                        {
+                            var (delta, selected) = adapters[a].Naive(module, Row(xs, r));
+                            if (delta is not null)
+                            {
+                                for (int o = 0; o < dOut; o++) expected[o] = scale * delta[o];
+                                foreach (int e in selected) naiveCounts[(a, module, e)] = naiveCounts.GetValueOrDefault((a, module, e)) + 1;
+                            }
+                        }
+                        for (int o = 0; o < dOut; o++)
+                            Assert.True(Math.Abs(expected[o] - got[r, o]) < 1e-5, $"layer {layer} {p} row {r} [{o}]: naive {expected[o]}, served {got[r, o]}");
+                    }
+                }
+            batch.Complete();
+        }
+
+        foreach (int a in plan.Where(p => p.Adapter is not null).Select(p => p.Adapter!.Value).Distinct())
+        {
+            var after = ExpertUsage.Shared.Snapshot(adapters[a].Loaded.Name)!;
+            Assert.NotEmpty(after.Modules);
+            foreach (var module in after.Modules)
+            {
+                var old = before[a]?.Modules.SingleOrDefault(o => o.Layer == module.Layer && o.Module == module.Module);
+                string path = ProjectionNames.ModulePath(module.Layer, ProjectionNames.All.Single(p => p.ShortName() == module.Module));
+                for (int e = 0; e < module.Experts.Count; e++)
+                {
+                    long counted = module.Experts[e].Selections - (old?.Experts[e].Selections ?? 0);
+                    Assert.True(naiveCounts.GetValueOrDefault((a, path, e)) == counted, $"o{a} {path} expert {e}: naive {naiveCounts.GetValueOrDefault((a, path, e))}, counted {counted}");
+                }
+            }
+        }
+    }
+}
