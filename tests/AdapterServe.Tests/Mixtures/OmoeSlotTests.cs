@@ -113,6 +113,43 @@ public class OmoeSlotTests
         }
     }
 
+    [Fact]
+    public void Slot_steps_leave_no_live_tensors_behind()
+    {
+        using var tmp = new TempDir();
+        var adapters = Adapters(tmp, Guid.NewGuid().ToString("N")[..8]);
+        using var slots = new AdapterSlotTable(8);
+        foreach (var a in adapters) slots.Assign(a.Loaded);
+        try
+        {
+            using var outer = NewDisposeScope();
+            var plan = new (int Adapter, int Tokens, float Scale)[] { (0, 2, 1f), (1, 1, 0.5f), (2, 3, 1f), (3, 1, 1f), (4, 1, 2f), (5, 2, 1f), (6, 1, 1f), (2, 1, 0.7f) };
+            int rows = plan.Sum(p => p.Tokens);
+            void Step()
+            {
+                using var step = NewDisposeScope();
+                int start = 0;
+                using var batch = new AdapterBatch([.. plan.Select(p => AdapterSegment.Single((start += p.Tokens) - p.Tokens, p.Tokens, adapters[p.Adapter].Loaded, p.Scale))]);
+                for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
+                    foreach (var p in ProjectionNames.All)
+                    {
+                        var (dIn, dOut) = Base.ProjectionShape(p);
+                        batch.Apply(layer, p, randn([rows, dIn]), zeros([rows, dOut]), zeros([dOut, dIn]));
+                    }
+                batch.Complete();                                                             // the tally takes the masks and frees them after its flush
+            }
+
+            Step();                                                                           // warm-up: places the adapters in their slots
+            long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+            for (int i = 0; i < 10; i++) Step();
+            Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+        }
+        finally
+        {
+            foreach (var a in adapters) a.Loaded.Dispose();
+        }
+    }
+
     /// <summary>
     /// The slot path's native calls per projection (tensors created, every TorchSharp op makes one) are the same for 2 and
     /// for 8 distinct OMoE adapters of one signature, dense or top-K, and fewer than two groups cost on the per-group path
