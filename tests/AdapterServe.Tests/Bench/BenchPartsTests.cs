@@ -107,6 +107,8 @@ public sealed class BenchPartsTests
         Assert.Equal(64, BenchOptions.Parse(["load"]).Warmup);
         Assert.Equal(20, BenchOptions.Parse(["load", "--device-cache", "10"]).Warmup);
         Assert.Equal(0, BenchOptions.Parse(["load", "--warmup", "0"]).Warmup);
+        Assert.Equal(0.7f, BenchOptions.Parse(["decode", "--temperature", "0.7"]).Temperature);
+        Assert.Equal(0f, BenchOptions.Parse(["decode"]).Temperature);   // greedy unless told
     }
 
     [Theory]
@@ -114,6 +116,7 @@ public sealed class BenchPartsTests
     [InlineData(new[] { "decode", "--fast" }, "unknown option '--fast'")]
     [InlineData(new[] { "decode", "--batches", "1,x" }, "--batches")]
     [InlineData(new[] { "decode", "--repeats", "0" }, "--repeats")]
+    [InlineData(new[] { "decode", "--temperature", "-1" }, "--temperature")]
     [InlineData(new[] { "serve" }, "--url")]
     public void Bad_command_lines_name_the_culprit(string[] args, string message) =>
         Assert.Contains(message, Assert.Throws<UsageException>(() => BenchOptions.Parse(args)).Message);
