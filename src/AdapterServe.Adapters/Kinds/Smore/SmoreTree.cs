@@ -20,7 +20,7 @@ public sealed record SmoreRouting(Tensor[] Ids, Tensor[] Weights);
 /// The S'MoRE forward pass, fused (methods.md §4.3): routing top-down before any expert runs, then the experts
 /// bottom-up, level by level. It runs G trees of one <see cref="SmoreSignature"/> at once over <c>[G, M]</c> rows (tree g
 /// reads rows <c>[g, :]</c>, its weights are <c>[g, ...]</c> of <see cref="SmoreTensors"/>): G = 1 for one module, G = S
-/// for the stacked modules of several adapters. Per sub-layer a fixed number of TorchSharp calls
+/// for the stacked slots of a step (<see cref="SmoreSlotStep"/>). Per sub-layer a fixed number of TorchSharp calls
 /// whatever G, the number of experts, the fan-out or how the tokens route: ONE batched GEMM reads the token for the
 /// router and for every expert of every sub-layer (<c>x @ Input</c>, <c>[G, M, d_down + Σ s_l·r_l]</c>), then per
 /// sub-layer one batched GEMM for every expert's B, one gather of the selected paths, the parent's W term, σ, and one

@@ -23,12 +23,15 @@ public sealed class SmoreWeights : IAdapterModules
         var labels = description.ExpertLabels;
         _sites = modules.Keys.ToDictionary(k => k, k => new ExpertSite(adapter, k.Item1, k.Item2, labels));
         Bytes = modules.Values.Sum(m => m.Bytes);
+        Signatures = modules.Values.Select(m => m.Signature).ToHashSet();
     }
 
     public string Adapter { get; }
     public SmoreDescription Description { get; }
     public long Bytes { get; }
     public IReadOnlyCollection<SmoreModule> Modules => _modules.Values;
+    /// <summary>The distinct structures of its modules (one per distinct base projection shape; all modules share the config).</summary>
+    public IReadOnlySet<SmoreSignature> Signatures { get; }
 
     public SmoreModule? Module(int layer, Projection projection) => _modules.GetValueOrDefault((layer, projection));
 

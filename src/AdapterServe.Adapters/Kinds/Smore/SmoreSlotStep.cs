@@ -1,0 +1,148 @@
+using AdapterServe.Adapters.Experts;
+using AdapterServe.Modeling;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Adapters.Kinds.Smore;
+
+/// <summary>
+/// The slot path of the S'MoRE kind for one step: several short S'MoRE groups (one adapter with one scale each) served
+/// from the <see cref="SmoreSlotBank"/> stacks. Per projection and structure class present there (the groups whose
+/// module has one <see cref="SmoreSignature"/>), ONE run of the fused tree over all of them, whatever their number:
+/// their rows laid out <c>[S groups, L = longest group]</c> (<see cref="SlotRows"/>; padding rows weigh 0), the trees'
+/// tensors picked from the stack by slot (<c>[S, ...]</c>), then <see cref="SmoreTree.Project"/> (one batched GEMM),
+/// <see cref="SmoreTree.Route"/>, <see cref="SmoreTree.Evaluate"/>, the rows' scales and one add into the rows. The
+/// selections of all the class's groups are recorded once per projection (<see cref="ExpertStepTally.RecordSlots"/>).
+/// Owns the step's small index tensors.
+/// </summary>
+internal sealed class SmoreSlotStep : IDisposable
+{
+    /// <summary>Longest group (tokens) served from the slots; longer ones are prefills, where each group's own GEMMs dominate.</summary>
+    internal const int MaxGroupTokens = 16;
+    /// <summary>
+    /// Fewest groups of one structure for which the slot path is used: one S'MoRE tree costs ~50 calls per projection,
+    /// a class from the stacks about as many plus one read of each stacked tensor, so two groups already gain.
+    /// </summary>
+    internal const int MinGroups = 2;
+
+    private readonly SmoreSlotBank _bank;
+    private readonly ExpertStepTally _tally;
+    private readonly (AdapterTokenGroup Group, SmoreWeights Weights)[] _groups;
+    private readonly Dictionary<string, ClassRows> _classes = [];   // by the class's groups (indices into _groups)
+
+    /// <summary>The row layout of one structure class's groups and its selection mask, shared by every projection where the class is the same groups.</summary>
+    private sealed class ClassRows(int[] members, SlotRows layout, Tensor valid) : IDisposable
+    {
+        /// <summary>Indices into the step's groups, in layout order of <see cref="SlotRows.Order"/>'s indices.</summary>
+        public int[] Members { get; } = members;
+        public SlotRows Layout { get; } = layout;
+        /// <summary><c>[S, L, Σ P_l]</c> int64 0/1: a real row's selections count; the tally takes it over at the first record.</summary>
+        public Tensor Valid { get; } = valid;
+        public bool HandedOver { get; set; }
+
+        public void Dispose()
+        {
+            Layout.Dispose();
+            if (!HandedOver) Valid.Dispose();
+        }
+    }
+
+    private SmoreSlotStep(SmoreSlotBank bank, ExpertStepTally tally, List<(AdapterTokenGroup Group, SmoreWeights Weights)> groups)
+    {
+        _bank = bank;
+        _tally = tally;
+        _groups = [.. groups];
+        bank.GroupsServed += groups.Count;
+    }
+
+    public int GroupCount => _groups.Length;
+
+    /// <summary>
+    /// The slot path for the short, slotted S'MoRE groups of <paramref name="groups"/> whose structure at least
+    /// <see cref="MinGroups"/> of them share (null when fewer qualify); <paramref name="rest"/> gets the groups it does
+    /// not serve. A structure of one group stays on that group's own path: from the stacks it would cost as much, plus the reads.
+    /// </summary>
+    public static SmoreSlotStep? TryBuild(List<(AdapterTokenGroup Group, SmoreWeights Weights)> groups, ExpertStepTally tally,
+        out List<(AdapterTokenGroup Group, SmoreWeights Weights)> rest)
+    {
+        var shared = new Dictionary<SmoreSignature, int>();
+        foreach (var (g, weights) in groups)
+            if (g.Count > 0 && g.Count <= MaxGroupTokens && g.Adapter.Slot is not null)
+                foreach (var signature in weights.Signatures) shared[signature] = shared.GetValueOrDefault(signature) + 1;
+        var placed = SlotGroups.Select(groups, MaxGroupTokens, MinGroups, SmoreSlotBank.Of, (bank, adapter, weights) => bank.TryPlace(adapter, weights),
+            weights => weights.Signatures.Any(s => shared[s] >= MinGroups), out var stacks, out rest);
+        return placed is null ? null : new SmoreSlotStep(stacks!, tally, placed);
+    }
+
+    /// <summary>Adds every slotted group's <c>scale · S'MoRE delta</c> at (<paramref name="layer"/>, <paramref name="projection"/>) to its rows of <paramref name="y"/>.</summary>
+    public void Apply(int layer, Projection projection, Tensor x, Tensor y)
+    {
+        var classes = new Dictionary<SmoreSignature, List<int>>();
+        for (int i = 0; i < _groups.Length; i++)
+            if (_groups[i].Weights.Module(layer, projection) is { } module)
+            {
+                if (!classes.TryGetValue(module.Signature, out var members)) classes[module.Signature] = members = [];
+                members.Add(i);
+            }
+
+        foreach (var (signature, members) in classes)
+        {
+            var stack = _bank.Stack(layer, projection, signature)
+                ?? throw new InvalidOperationException($"no S'MoRE slot stack for {projection.ShortName()} of layer {layer} with {signature}");
+            if (signature.InFeatures != x.size(1) || signature.OutFeatures != y.size(1))
+                throw new InvalidOperationException(
+                    $"the S'MoRE slots of {projection.ShortName()} of layer {layer} are [{signature.OutFeatures}, {signature.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
+            var rows = Rows(members, signature);
+            var layout = rows.Layout;
+            int s = layout.Groups, length = layout.Length;
+
+            var xs = layout.Gather(x);                                                              // [S·L, d_in]
+            if (xs.dtype != ScalarType.Float32) xs = xs.to(ScalarType.Float32);
+            var tree = stack.Select(layout);                                                        // [S, ...] per tree
+            var projected = SmoreTree.Project(tree, xs.view(s, length, signature.InFeatures));      // [S, L, d_down + Σ s·r]
+            var routing = SmoreTree.Route(tree, projected);                                         // [S, L, P_l]
+            var delta = SmoreTree.Evaluate(tree, projected, routing);                               // [S, L, d_out]
+            if (layout.Scale is not null) delta = delta.mul_(layout.Scale);                         // · the row's scale (0 on padding rows)
+            layout.AddTo(y, delta.view(layout.Count, signature.OutFeatures));
+
+            var sites = new ExpertSite?[s];
+            var routed = new long[s];
+            for (int p = 0; p < s; p++)
+            {
+                if (layout.Order[p] < 0) continue;                                                  // an empty position: nothing counted
+                var (group, weights) = _groups[rows.Members[layout.Order[p]]];
+                sites[p] = weights.Site(layer, projection);
+                routed[p] = group.Count;
+            }
+            _tally.RecordSlots(sites, routed, SmoreTree.Labelled(tree, routing), rows.Valid, signature.Experts); // ids [S, L, Σ P_l]
+            rows.HandedOver = true;
+        }
+    }
+
+    /// <summary>The layout of one class's groups (made the first time that set of groups is a class in this step).</summary>
+    private ClassRows Rows(List<int> members, SmoreSignature signature)
+    {
+        string key = string.Join(",", members);
+        if (_classes.TryGetValue(key, out var known)) return known;
+
+        var layout = new SlotRows([.. members.Select(i => _groups[i].Group)], slotRange: true);
+        int s = layout.Groups, length = layout.Length, width = signature.Selections;
+        var valid = new long[s * length * width];
+        for (int p = 0; p < s; p++)
+        {
+            if (layout.Order[p] < 0) continue;
+            long count = _groups[members[layout.Order[p]]].Group.Count;
+            for (int t = 0; t < count; t++) Array.Fill(valid, 1L, (p * length + t) * width, width);
+        }
+        Tensor mask;
+        using (inference_mode(false))
+        using (var scope = NewDisposeScope())
+            mask = tensor(valid, ScalarType.Int64, _groups[members[0]].Group.Adapter.Device).view(s, length, width).DetachFromDisposeScope();
+        return _classes[key] = new ClassRows([.. members], layout, mask);
+    }
+
+    public void Dispose()
+    {
+        foreach (var c in _classes.Values) c.Dispose();
+        _classes.Clear();
+    }
+}
