@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using System.Threading.Channels;
 using AdapterServe.Modeling;
 using AdapterServe.Modeling.Llama;
@@ -284,7 +285,7 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         // Greedy rows need one id each, not their vocab-wide row on the host: argmax on the device, one small copy.
         var greedy = part.Any(p => p.Sequence.Sampler.IsGreedy) ? logits.argmax(-1).cpu().data<long>().ToArray() : null; // [rows]
         bool sampled = part.Any(p => !p.Sequence.Sampler.IsGreedy);
-        var output = new StepOutput(batch, sampled ? logits.cpu() : logits, logprobs?.cpu(), greedy);
+        var output = new StepOutput(batch, sampled ? logits.cpu().contiguous() : logits, logprobs?.cpu(), greedy);
         EngineStepPhases.Add(EngineStepPhases.Logits, t);
         return output;
     }
@@ -337,7 +338,8 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
         return _adapters.BuildHook(segments);
     }
 
-    private static ReadOnlySpan<float> RowSpan(Tensor rows, int row) => rows[row].data<float>().ToArray();
+    /// <summary>Row <paramref name="row"/> of the host logits <c>[rows, vocab]</c> (float32, contiguous), read in place: no copy of the vocabulary-wide row.</summary>
+    private static ReadOnlySpan<float> RowSpan(Tensor rows, int row) => MemoryMarshal.Cast<byte, float>(rows[row].bytes);
 
     private void RecordPromptLogprobs(Sequence s, SequenceStep st, Tensor logprobs, int firstRow)
     {

@@ -26,7 +26,7 @@ public sealed class Sampler(SamplingParams p, int choiceIndex)
         float t = p.Temperature;
         for (int i = 0; i < v; i++) scaled[i] = logits[i] / t;
 
-        var ranking = new Ranking(scaled, scratch.Ids, v, p.TopK > 0 ? Math.Min(p.TopK, v) : v);
+        var ranking = new Ranking(scaled, scratch.Keys, v, p.TopK > 0 ? Math.Min(p.TopK, v) : v);
         var ranked = scratch.Ranked;      // ids in rank order, as far as taken
         var probs = scratch.Probs;        // exp(scaled − max) of ranked[i]
         ranked[0] = ranking.Next();
@@ -79,48 +79,46 @@ public sealed class Sampler(SamplingParams p, int choiceIndex)
         return best;
     }
 
-    /// <summary>True when token <paramref name="a"/> ranks before <paramref name="b"/>: higher scaled logit (NaN lowest), then lower id.</summary>
-    private static bool Before(float[] scaled, int a, int b)
-    {
-        int c = scaled[b].CompareTo(scaled[a]);
-        return c != 0 ? c < 0 : a < b;
-    }
-
     /// <summary>
-    /// The first <see cref="Count"/> tokens in rank order, one at a time. With a cut (Count &lt; vocabulary) they are
-    /// selected in one pass through a min-heap of Count and sorted; otherwise a max-heap over the whole vocabulary is
-    /// built in linear time and popped.
+    /// The first <see cref="Count"/> tokens in rank order, one at a time. Each token is one 64-bit key, larger = ranked
+    /// earlier: the scaled logit's bits made orderable (NaN lowest, −0 = +0) above the id's complement, so one integer
+    /// comparison orders by logit, then by lower id. With a cut (Count &lt; vocabulary) the best Count are selected in
+    /// one pass through a min-heap and sorted; otherwise a max-heap over the whole vocabulary is built in linear time
+    /// and popped.
     /// </summary>
     private struct Ranking
     {
-        private readonly float[] _scaled;
-        private readonly int[] _heap;
+        private readonly ulong[] _heap;
+        private readonly int _vocabulary;
+        private readonly bool _selected;
         private int _size;
         private int _next;
-        private readonly bool _selected;
 
-        public Ranking(float[] scaled, int[] ids, int vocabulary, int count)
+        public Ranking(float[] scaled, ulong[] keys, int vocabulary, int count)
         {
-            _scaled = scaled;
+            _heap = keys;
+            _vocabulary = vocabulary;
             Count = count;
             _selected = count < vocabulary;
             if (_selected)
             {
                 // The count best in a min-heap (its root is the worst of them), then sorted best first.
-                _heap = ids;
-                for (int i = 0; i < count; i++) _heap[i] = i;
+                for (int id = 0; id < count; id++) keys[id] = Key(scaled, id, vocabulary);
                 _size = count;
-                for (int i = count / 2 - 1; i >= 0; i--) SiftDown(i, worstFirst: true);
+                for (int i = count / 2 - 1; i >= 0; i--) SiftDown(i, largestFirst: false);
                 for (int id = count; id < vocabulary; id++)
-                    if (Before(scaled, id, _heap[0])) { _heap[0] = id; SiftDown(0, worstFirst: true); }
-                Array.Sort(ids, 0, count, Comparer<int>.Create((a, b) => a == b ? 0 : Before(scaled, a, b) ? -1 : 1));
+                {
+                    ulong key = Key(scaled, id, vocabulary);
+                    if (key > keys[0]) { keys[0] = key; SiftDown(0, largestFirst: false); }
+                }
+                Array.Sort(keys, 0, count);
+                Array.Reverse(keys, 0, count);
             }
             else
             {
-                _heap = ids;
-                for (int i = 0; i < vocabulary; i++) _heap[i] = i;
+                for (int id = 0; id < vocabulary; id++) keys[id] = Key(scaled, id, vocabulary);
                 _size = vocabulary;
-                for (int i = vocabulary / 2 - 1; i >= 0; i--) SiftDown(i, worstFirst: false);
+                for (int i = vocabulary / 2 - 1; i >= 0; i--) SiftDown(i, largestFirst: true);
             }
         }
 
@@ -130,29 +128,40 @@ public sealed class Sampler(SamplingParams p, int choiceIndex)
         /// <summary>The next token in rank order.</summary>
         public int Next()
         {
-            if (_selected) return _heap[_next++];
-            int top = _heap[0];
-            _heap[0] = _heap[--_size];
-            if (_size > 0) SiftDown(0, worstFirst: false);
-            return top;
+            ulong top;
+            if (_selected) top = _heap[_next++];
+            else
+            {
+                top = _heap[0];
+                _heap[0] = _heap[--_size];
+                if (_size > 0) SiftDown(0, largestFirst: true);
+            }
+            return _vocabulary - 1 - (int)(uint)top;
         }
 
-        private void SiftDown(int i, bool worstFirst)
+        private static ulong Key(float[] scaled, int id, int vocabulary)
+        {
+            float f = scaled[id];
+            uint ordered = float.IsNaN(f) ? 0u
+                : f == 0 ? 0x8000_0000u                                             // −0 ranks with +0
+                : BitConverter.SingleToInt32Bits(f) is var bits && bits >= 0 ? (uint)bits | 0x8000_0000u : ~(uint)bits;
+            return ((ulong)ordered << 32) | (uint)(vocabulary - 1 - id);           // equal logits: the lower id is larger
+        }
+
+        private readonly void SiftDown(int i, bool largestFirst)
         {
             var heap = _heap;
+            int size = _size;
             while (true)
             {
                 int l = 2 * i + 1, r = l + 1, pick = i;
-                if (l < _size && Above(heap[l], heap[pick], worstFirst)) pick = l;
-                if (r < _size && Above(heap[r], heap[pick], worstFirst)) pick = r;
+                if (l < size && (largestFirst ? heap[l] > heap[pick] : heap[l] < heap[pick])) pick = l;   // keys are unique (the id)
+                if (r < size && (largestFirst ? heap[r] > heap[pick] : heap[r] < heap[pick])) pick = r;
                 if (pick == i) return;
                 (heap[i], heap[pick]) = (heap[pick], heap[i]);
                 i = pick;
             }
         }
-
-        /// <summary>Whether <paramref name="a"/> belongs above <paramref name="b"/> in the heap.</summary>
-        private readonly bool Above(int a, int b, bool worstFirst) => worstFirst ? Before(_scaled, b, a) : Before(_scaled, a, b);
     }
 
     /// <summary>The engine thread's buffers for one vocabulary size, reused by every sampled token.</summary>
@@ -163,13 +172,13 @@ public sealed class Sampler(SamplingParams p, int choiceIndex)
         private Scratch(int v)
         {
             Scaled = new float[v];
-            Ids = new int[v];
+            Keys = new ulong[v];
             Ranked = new int[v];
             Probs = new double[v];
         }
 
         public float[] Scaled { get; }
-        public int[] Ids { get; }
+        public ulong[] Keys { get; }
         public int[] Ranked { get; }
         public double[] Probs { get; }
 

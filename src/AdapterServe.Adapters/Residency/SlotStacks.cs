@@ -3,7 +3,8 @@ using static TorchSharp.torch;
 namespace AdapterServe.Adapters;
 
 /// <summary>
-/// What every kind's per-slot stacks share (<c>LoraSlotBank</c>, <c>MixerSlotBank</c>, <c>KroneckerSlotBank</c>): one
+/// What every kind's per-slot stacks share (<c>LoraSlotBank</c>, <c>MixerSlotBank</c>, <c>KroneckerSlotBank</c>,
+/// <c>OmoeSlotBank</c>, <c>SmoreSlotBank</c>): one
 /// <see cref="AdapterSlotTable"/>, one device and dtype, and which occupant each slot's tensors were last written
 /// for (a slot's <see cref="AdapterSlot.Stamp"/> tells a new occupant from the old one), so an adapter is copied in the
 /// first time a step uses it in its slot. A kind's stacks grow in steps of <see cref="SlotGrowth"/> slots, up to the

@@ -63,6 +63,8 @@ public static class AdapterCases
         // S'MoRE acts on the MLP projections: compared with one r16 LoRA on the same three (issue 10: ≤ 1.15× its time per token).
         new("lora-r16-mlp", AdapterKind.Lora, 16, Mlp, 1, PeftLoraWriter.Write),
         new("smore-2x4", AdapterKind.Smore, 4, Mlp, 1, SmoreWriter.Write, ComparedTo: "lora-r16-mlp", Target: new Target(AtLeast: 1 / 1.15), TargetBatches: [1, 16]),
+        // Issue 13: four S'MoRE adapters of one structure in a step share the S'MoRE slot stacks (no target of its own).
+        new("smore-2x4-x4", AdapterKind.Smore, 4, Mlp, 4, SmoreWriter.Write, ComparedTo: "smore-2x4"),
     ];
 
     /// <summary>The table, or the named subset of it (<c>--cases</c>).</summary>

@@ -28,6 +28,37 @@ public class GenerationEngineTests
     }
 
     [Fact]
+    public async Task Sampling_reads_each_sequences_own_row_of_logits()
+    {
+        // Near-zero temperature (still the sampling path: top_k 0) puts all the mass on the row's argmax, so every
+        // sampled token of three concurrent sequences must be the naive model's argmax for that sequence, wherever a
+        // clear winner exists (a gap ≥ 0.01 between the two best logits: the runner-up's odds are below e^-1000).
+        await using var engine = await EngineRunner.StartAsync(ModelDir, maxBatch: 4);
+        using var naive = new NaiveLlama(ModelDir);
+        int[][] prompts = [[12, 40, 7, 255], [3, 9], [77, 1, 5, 200, 31]];
+        var results = await Task.WhenAll(prompts.Select(p => EngineRunner.RunAsync(engine, EngineRunner.Greedy(p, 8) with
+        {
+            Sampling = new SamplingParams { Temperature = 1e-5f, Seed = 5, MaxTokens = 8, IgnoreEos = true },
+        })));
+        int checkedTokens = 0;
+        for (int i = 0; i < prompts.Length; i++)
+        {
+            var seq = new List<int>(prompts[i]);
+            foreach (var token in results[i][0].Tokens)
+            {
+                var (top, ids) = naive.Logits(seq)[-1].to_type(ScalarType.Float64).topk(2);
+                if (top[0].item<double>() - top[1].item<double>() >= 0.01)
+                {
+                    Assert.Equal((int)ids[0].item<long>(), token);
+                    checkedTokens++;
+                }
+                seq.Add(token);
+            }
+        }
+        Assert.True(checkedTokens >= 12, $"only {checkedTokens} of 24 tokens had a clear winner");
+    }
+
+    [Fact]
     public async Task Concurrent_requests_of_different_lengths_equal_each_request_alone()
     {
         await using var engine = await EngineRunner.StartAsync(ModelDir, maxBatch: 4, maxTokensPerStep: 16);
