@@ -4,11 +4,13 @@ namespace AdapterServe.Engine;
 /// Picks the next token from one row of logits: greedy, or temperature → top-k → top-p → a draw from the
 /// sequence's own seeded generator, so a seeded request gives the same tokens whatever else shares its batch.
 /// <para>
-/// Tokens are ranked by scaled logit, highest first (ties: lower id first), but never fully sorted: a full sort of a
-/// 49k vocabulary costs 5–10 ms per sampled token on this CPU (as much as a whole batch-16 forward for 16 sequences).
-/// With top-k only the k best are selected (one pass) and sorted; without it the tokens come out of a heap in rank
-/// order for as long as the nucleus or the draw needs them, usually a handful. The normaliser over the whole
-/// vocabulary (no top-k) is summed in id order.
+/// Never a sort of the vocabulary (a full sort of 49k tokens costs 5–10 ms per sampled token on this CPU, as much as a
+/// whole batch-16 forward for 16 sequences). Without top-k and top-p (the OpenAI default) nothing needs ranking: the
+/// draw walks the cumulative distribution in id order, three linear passes. With top-k or top-p the walk is in rank
+/// order (scaled logit, highest first; ties: lower id first): with top-k the k best are selected in one pass and
+/// sorted; with top-p alone the tokens come out of a heap as far as the nucleus and the draw need them. The normaliser
+/// over the whole vocabulary (top-p alone) is summed in id order.
+/// </para>
 /// </para>
 /// </summary>
 public sealed class Sampler(SamplingParams p, int choiceIndex)
@@ -25,6 +27,7 @@ public sealed class Sampler(SamplingParams p, int choiceIndex)
         var scaled = scratch.Scaled;
         float t = p.Temperature;
         for (int i = 0; i < v; i++) scaled[i] = logits[i] / t;
+        if (p.TopK <= 0 && p.TopP >= 1) return DrawOverVocabulary(scaled, scratch.Probs, v);
 
         var ranking = new Ranking(scaled, scratch.Keys, v, p.TopK > 0 ? Math.Min(p.TopK, v) : v);
         var ranked = scratch.Ranked;      // ids in rank order, as far as taken
@@ -70,6 +73,28 @@ public sealed class Sampler(SamplingParams p, int choiceIndex)
         }
         while (taken < keep) Take();
         return ranked[keep - 1];
+    }
+
+    /// <summary>
+    /// A draw from softmax(scaled) over the whole vocabulary (no top-k, no nucleus): no ranking is needed, so the
+    /// cumulative walk runs in id order, three linear passes.
+    /// </summary>
+    private int DrawOverVocabulary(float[] scaled, double[] probs, int v)
+    {
+        double max = double.NegativeInfinity;
+        for (int i = 0; i < v; i++) if (scaled[i] > max) max = scaled[i];
+        double sum = 0;
+        for (int i = 0; i < v; i++) sum += probs[i] = Math.Exp(scaled[i] - max);
+        double u = _random.NextDouble() * sum, acc = 0;
+        int last = 0;
+        for (int i = 0; i < v; i++)
+        {
+            if (probs[i] == 0) continue;
+            acc += probs[i];
+            if (u < acc) return i;
+            last = i;
+        }
+        return last;
     }
 
     public static int ArgMax(ReadOnlySpan<float> logits)

@@ -4,19 +4,23 @@ namespace AdapterServe.Tests.Engine;
 
 /// <summary>
 /// The sampler ranks tokens without sorting the vocabulary; it must still draw what a full sort would: compared, draw
-/// by draw with the same seed, with a reference that sorts every token (temperature, top-k, top-p as OpenAI/vLLM
-/// define them).
+/// by draw with the same seed, with a reference that sorts every token whenever top-k or top-p needs a ranking
+/// (temperature, top-k, top-p as OpenAI/vLLM define them).
 /// </summary>
 public class SamplerTests
 {
-    /// <summary>The reference: scale, sort the whole vocabulary (ties by id), cut at top-k, then the top-p nucleus, draw.</summary>
+    /// <summary>
+    /// The reference: scale; without top-k and top-p, walk the cumulative softmax in id order; else sort the whole
+    /// vocabulary (ties by id), cut at top-k, then the top-p nucleus, and walk in that order.
+    /// </summary>
     static int FullSortDraw(float[] logits, SamplingParams p, Random random)
     {
         int v = logits.Length;
         var scaled = logits.Select(l => l / p.Temperature).ToArray();
-        var order = Enumerable.Range(0, v).OrderByDescending(i => scaled[i]).ThenBy(i => i).ToArray();
+        bool ranked = p.TopK > 0 || p.TopP < 1;
+        var order = ranked ? Enumerable.Range(0, v).OrderByDescending(i => scaled[i]).ThenBy(i => i).ToArray() : Enumerable.Range(0, v).ToArray();
         int keep = p.TopK > 0 ? Math.Min(p.TopK, v) : v;
-        double max = scaled[order[0]];
+        double max = scaled.Max();
         var probs = order.Take(keep).Select(i => Math.Exp(scaled[i] - max)).ToArray();
         double sum = probs.Sum();
         if (p.TopP < 1)
