@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using AdapterServe.Bench;
+using AdapterServe.Engine;
 using AdapterServe.Tests.Infrastructure;
 
 namespace AdapterServe.Tests.Bench;
@@ -104,12 +105,20 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var (rc, report, output, progress) = await RunTinyAsync("decode", "--repeats", "3");
         Assert.True(rc == 0, progress);
         AssertReport(report!, "decode",
-            ["decode.b1.tokens_per_s", "decode.b1.itl_ms_p50", "decode.b1.ttft_ms", "decode.b2.tokens_per_s", "decode.b2.itl_ms_p50", "decode.b2.ttft_ms",
+            ["decode.b1.tokens_per_s", "decode.b1.itl_ms_p50", "decode.b1.ttft_ms", .. Phases(1), "decode.b2.tokens_per_s", "decode.b2.itl_ms_p50", "decode.b2.ttft_ms", .. Phases(2),
              "decode.b1.floor_ms", "decode.b1.forward_ms", "decode.b1.tensors_per_step", "decode.b1.tensors_per_layer",
              "decode.b2.floor_ms", "decode.b2.forward_ms", "decode.b2.tensors_per_step", "decode.b2.tensors_per_layer"],
             ["decode.b2/b1", "decode.b1.overhead", "decode.b1.forward/floor", "decode.b2.overhead", "decode.b2.forward/floor"]);
         Assert.Contains("decode.b2.tokens_per_s", output);
         Assert.Equal(3, Runs(report!, "decode.b2.tokens_per_s").Length);   // the ratio (checked in AssertReport) is the median of 3 rounds
+        // The engine thread's phases: the forward takes time, and what lies outside it is the sum of the other phases.
+        Assert.True(Median(report!, "decode.b2.phase.forward_ms") > 0);
+        var outside = Runs(report!, "decode.b2.outside_forward_ms");
+        var others = EngineStepPhases.All.Where(p => p != "forward").Select(p => Runs(report!, $"decode.b2.phase.{p}_ms")).ToList();
+        for (int run = 0; run < outside.Length; run++) Assert.Equal(outside[run], others.Sum(o => o[run]), 6);
+
+        static IEnumerable<string> Phases(int b) =>
+            [.. EngineStepPhases.All.Select(p => $"decode.b{b}.phase.{p}_ms"), $"decode.b{b}.outside_forward_ms"];
     }
 
     [Fact]
@@ -170,6 +179,11 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         ratios.AddRange(["adapters.lora-r16-x4.b4/base", "adapters.lora-r16-x4.b4/lora-r16"]);
         figures.AddRange(["adapters.mixer-top3-of-6-x4.b4.tokens_per_s", "adapters.mixer-top3-of-6-x4.b4.itl_ms_p50"]);   // 4 mixers against one
         ratios.AddRange(["adapters.mixer-top3-of-6-x4.b4/base", "adapters.mixer-top3-of-6-x4.b4/mixer-top3-of-6"]);
+        foreach (var (many, one) in new[] { ("omoe-4-x4", "omoe-4"), ("smore-2x4-x4", "smore-2x4") })                   // 4 of one configuration against one
+        {
+            figures.AddRange([$"adapters.{many}.b4.tokens_per_s", $"adapters.{many}.b4.itl_ms_p50"]);
+            ratios.AddRange([$"adapters.{many}.b4/base", $"adapters.{many}.b4/{one}"]);
+        }
         AssertReport(report!, "adapters", figures, ratios);
 
         var settings = report!["settings"]!.AsObject();
@@ -183,9 +197,9 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         var notes = report["notes"]!.AsArray().Select(n => n!.GetValue<string>()).ToList();
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x16 skipped: 16 distinct adapters need a batch of at least 16", StringComparison.Ordinal));
         Assert.Contains(notes, n => n.StartsWith("lora-r16-x32 skipped", StringComparison.Ordinal));
-        // r8-0, r16-0..3, r64-0, LoKr, MoKA, the two mixtures, three more mixers of the x4 line (its first is the single mixer), r16-mlp-0 and the S'MoRE
-        // tree all stay resident: more slots than --quick's 4.
-        Assert.Contains("device cache raised from 4 to 15: the run uses 15 distinct adapters, all kept resident", notes);
+        // r8-0, r16-0..3, r64-0, LoKr, MoKA, the two mixtures, three more mixers of the x4 line (its first is the single mixer), three more OMoE
+        // adapters of theirs, r16-mlp-0, the S'MoRE tree and three more of its x4 line all stay resident: more slots than --quick's 4.
+        Assert.Contains("device cache raised from 4 to 21: the run uses 21 distinct adapters, all kept resident", notes);
         Assert.Contains("adapters.lora-r16-x4.b4/lora-r16", output);
     }
 

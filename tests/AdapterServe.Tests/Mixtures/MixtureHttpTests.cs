@@ -61,11 +61,12 @@ public sealed class MixtureHttpTests
     }
 
     /// <summary>
-    /// Same tokens; logprobs within the HTTP tests' batching round-off (3e-4: the JSON carries float32, and batch shapes
+    /// Same tokens; logprobs within the HTTP tests' batching round-off (5e-4: the JSON carries float32, and batch shapes
     /// change the GEMM kernels and their summation order; adapter GEMMs run on one MKL thread, whose kernels differ
-    /// more between one row and several: 1.4e-4 seen on a mixer).
+    /// more between one row and several, and two or more mixers in a step share the slot path's batched GEMMs while a
+    /// mixer alone runs its own: 1.4e-4 and 3.1e-4 seen on a mixer, at a logprob of −3.6).
     /// </summary>
-    static void AssertClose(Completion expected, Completion actual, string what, double tolerance = 3e-4)
+    static void AssertClose(Completion expected, Completion actual, string what, double tolerance = 5e-4)
     {
         Assert.True(expected.Tokens.SequenceEqual(actual.Tokens), $"{what}: tokens differ\n expected: {string.Join('|', expected.Tokens)}\n   actual: {string.Join('|', actual.Tokens)}");
         for (int i = 0; i < expected.Logprobs.Count; i++)
