@@ -1,14 +1,11 @@
 using AdapterServe.Adapters;
-using AdapterServe.Adapters.Experts;
 using AdapterServe.Adapters.Kinds.LoraMixer;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Bench.Adapters;
 using AdapterServe.Modeling;
 using AdapterServe.Tests.AdapterMath;
 using AdapterServe.Tests.Infrastructure;
-using TorchSharp;
 using static TorchSharp.torch;
-using static AdapterServe.Tests.Mixtures.MixtureNaive;
 
 namespace AdapterServe.Tests.Mixtures;
 
@@ -96,64 +93,9 @@ public class MixerSlotTests
     /// </summary>
     static void AssertStep(Mixer[] mixers, AdapterSlotTable slots, (int? Mixer, int Tokens, float Scale)[] plan, int salt = 0)
     {
-        var rowMixer = new List<(int Mixer, float Scale)?>();
-        var segments = new List<AdapterSegment>();
-        foreach (var (mixer, tokens, scale) in plan)
-        {
-            segments.Add(mixer is { } m ? AdapterSegment.Single(rowMixer.Count, tokens, mixers[m].Loaded, scale) : AdapterSegment.Base(rowMixer.Count, tokens));
-            for (int t = 0; t < tokens; t++) rowMixer.Add(mixer is { } mm ? (mm, scale) : null);
-        }
-        int rows = rowMixer.Count;
-        int groups = plan.Where(p => p.Mixer is not null).Select(p => (p.Mixer, p.Scale)).Distinct().Count();
-
         var bank = MixerSlotBank.Of(slots);
-        long servedBefore = bank.GroupsServed;
-        var before = mixers.Select(m => ExpertUsage.Shared.Snapshot(m.Loaded.Name)).ToArray();
-        var naiveCounts = new Dictionary<(int Mixer, string Module, int Expert), long>();
-        using (var batch = new AdapterBatch(segments))
-        {
-            Assert.Equal(groups, bank.GroupsServed - servedBefore);                        // every mixer group from the stacks
-            for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
-                foreach (var p in ProjectionNames.All)
-                {
-                    var (dIn, dOut) = Base.ProjectionShape(p);
-                    var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)p + 1)));  // [rows, d_in]
-                    var y = batch.Apply(layer, p, x, zeros([rows, dOut]), zeros([dOut, dIn]));   // base output 0: y is the delta
-                    string module = ProjectionNames.ModulePath(layer, p);
-                    var xs = Host2(x);
-                    var got = Host2(y);
-                    for (int r = 0; r < rows; r++)
-                    {
-                        var expected = new double[dOut];
-                        if (rowMixer[r] is var (m, scale))
-                        {
-                            var (delta, selected) = mixers[m].Naive(module, Row(xs, r));
-                            if (delta is not null)
-                            {
-                                for (int o = 0; o < dOut; o++) expected[o] = scale * delta[o];
-                                foreach (int e in selected) naiveCounts[(m, module, e)] = naiveCounts.GetValueOrDefault((m, module, e)) + 1;
-                            }
-                        }
-                        for (int o = 0; o < dOut; o++)
-                            Assert.True(Math.Abs(expected[o] - got[r, o]) < 1e-5, $"layer {layer} {p} row {r} [{o}]: naive {expected[o]}, served {got[r, o]}");
-                    }
-                }
-            batch.Complete();
-        }
-
-        foreach (int m in plan.Where(p => p.Mixer is not null).Select(p => p.Mixer!.Value).Distinct())
-        {
-            var after = ExpertUsage.Shared.Snapshot(mixers[m].Loaded.Name)!;
-            foreach (var module in after.Modules)
-            {
-                var old = before[m]?.Modules.SingleOrDefault(o => o.Layer == module.Layer && o.Module == module.Module);
-                string path = ProjectionNames.ModulePath(module.Layer, ProjectionNames.All.Single(p => p.ShortName() == module.Module));
-                for (int e = 0; e < module.Experts.Count; e++)
-                {
-                    long counted = module.Experts[e].Selections - (old?.Experts[e].Selections ?? 0);
-                    Assert.True(naiveCounts.GetValueOrDefault((m, path, e)) == counted, $"m{m} {path} expert {e}: naive {naiveCounts.GetValueOrDefault((m, path, e))}, counted {counted}");
-                }
-            }
-        }
+        int groups = plan.Where(p => p.Mixer is not null).Select(p => (p.Mixer, p.Scale)).Distinct().Count();   // every mixer group from the stacks
+        SlotStepCheck.Run(Base, [.. mixers.Select(m => m.Loaded)], (m, layer, p, x) => mixers[m].Naive(ProjectionNames.ModulePath(layer, p), x),
+            plan, () => bank.GroupsServed, groups, ProjectionNames.All, salt);
     }
 }

@@ -1,5 +1,4 @@
 using AdapterServe.Adapters;
-using AdapterServe.Adapters.Experts;
 using AdapterServe.Adapters.Kinds.Omoe;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Bench.Adapters;
@@ -8,7 +7,6 @@ using AdapterServe.Tests.AdapterMath;
 using AdapterServe.Tests.Infrastructure;
 using TorchSharp;
 using static TorchSharp.torch;
-using static AdapterServe.Tests.Mixtures.MixtureNaive;
 
 namespace AdapterServe.Tests.Mixtures;
 
@@ -201,65 +199,9 @@ public class OmoeSlotTests
     /// </summary>
     static void AssertStep(Omoe[] adapters, AdapterSlotTable slots, (int? Adapter, int Tokens, float Scale)[] plan, int salt = 0, int ownPath = 0)
     {
-        var rowAdapter = new List<(int Adapter, float Scale)?>();
-        var segments = new List<AdapterSegment>();
-        foreach (var (adapter, tokens, scale) in plan)
-        {
-            segments.Add(adapter is { } a ? AdapterSegment.Single(rowAdapter.Count, tokens, adapters[a].Loaded, scale) : AdapterSegment.Base(rowAdapter.Count, tokens));
-            for (int t = 0; t < tokens; t++) rowAdapter.Add(adapter is { } aa ? (aa, scale) : null);
-        }
-        int rows = rowAdapter.Count;
-        int groups = plan.Where(p => p.Adapter is not null).Select(p => (p.Adapter, p.Scale)).Distinct().Count();
-
         var bank = OmoeSlotBank.Of(slots);
-        long servedBefore = bank.GroupsServed;
-        var before = adapters.Select(a => ExpertUsage.Shared.Snapshot(a.Loaded.Name)).ToArray();
-        var naiveCounts = new Dictionary<(int Adapter, string Module, int Expert), long>();
-        using (var batch = new AdapterBatch(segments))
-        {
-            Assert.Equal(groups - ownPath, bank.GroupsServed - servedBefore);                 // every group of a shared signature from the stacks
-            for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
-                foreach (var p in ProjectionNames.All)
-                {
-                    var (dIn, dOut) = Base.ProjectionShape(p);
-                    var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)p + 1)));  // [rows, d_in]
-                    var y = batch.Apply(layer, p, x, zeros([rows, dOut]), zeros([dOut, dIn]));   // base output 0: y is the delta
-                    string module = ProjectionNames.ModulePath(layer, p);
-                    var xs = Host2(x);
-                    var got = Host2(y);
-                    for (int r = 0; r < rows; r++)
-                    {
-                        var expected = new double[dOut];
-                        if (rowAdapter[r] is var (a, scale))
-                        {
-                            var (delta, selected) = adapters[a].Naive(module, Row(xs, r));
-                            if (delta is not null)
-                            {
-                                for (int o = 0; o < dOut; o++) expected[o] = scale * delta[o];
-                                foreach (int e in selected) naiveCounts[(a, module, e)] = naiveCounts.GetValueOrDefault((a, module, e)) + 1;
-                            }
-                        }
-                        for (int o = 0; o < dOut; o++)
-                            Assert.True(Math.Abs(expected[o] - got[r, o]) < 1e-5, $"layer {layer} {p} row {r} [{o}]: naive {expected[o]}, served {got[r, o]}");
-                    }
-                }
-            batch.Complete();
-        }
-
-        foreach (int a in plan.Where(p => p.Adapter is not null).Select(p => p.Adapter!.Value).Distinct())
-        {
-            var after = ExpertUsage.Shared.Snapshot(adapters[a].Loaded.Name)!;
-            Assert.NotEmpty(after.Modules);
-            foreach (var module in after.Modules)
-            {
-                var old = before[a]?.Modules.SingleOrDefault(o => o.Layer == module.Layer && o.Module == module.Module);
-                string path = ProjectionNames.ModulePath(module.Layer, ProjectionNames.All.Single(p => p.ShortName() == module.Module));
-                for (int e = 0; e < module.Experts.Count; e++)
-                {
-                    long counted = module.Experts[e].Selections - (old?.Experts[e].Selections ?? 0);
-                    Assert.True(naiveCounts.GetValueOrDefault((a, path, e)) == counted, $"o{a} {path} expert {e}: naive {naiveCounts.GetValueOrDefault((a, path, e))}, counted {counted}");
-                }
-            }
-        }
+        int groups = plan.Where(p => p.Adapter is not null).Select(p => (p.Adapter, p.Scale)).Distinct().Count();
+        SlotStepCheck.Run(Base, [.. adapters.Select(a => a.Loaded)], (a, layer, p, x) => adapters[a].Naive(ProjectionNames.ModulePath(layer, p), x),
+            plan, () => bank.GroupsServed, groups - ownPath, ProjectionNames.All, salt);   // every group of a shared signature from the stacks
     }
 }

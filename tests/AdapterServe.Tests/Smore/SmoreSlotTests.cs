@@ -1,13 +1,12 @@
 using AdapterServe.Adapters;
-using AdapterServe.Adapters.Experts;
 using AdapterServe.Adapters.Kinds.Smore;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
 using AdapterServe.Tests.AdapterMath;
 using AdapterServe.Tests.Infrastructure;
+using AdapterServe.Tests.Mixtures;
 using TorchSharp;
 using static TorchSharp.torch;
-using static AdapterServe.Tests.Mixtures.MixtureNaive;
 
 namespace AdapterServe.Tests.Smore;
 
@@ -177,68 +176,17 @@ public class SmoreSlotTests(ITestOutputHelper output)
     /// </summary>
     static void AssertStep(Tree[] trees, AdapterSlotTable slots, (int? Tree, int Tokens, float Scale)[] plan, int salt = 0, int[]? onOwnPath = null)
     {
-        var rowTree = new List<(int Tree, float Scale)?>();
-        var segments = new List<AdapterSegment>();
-        foreach (var (tree, tokens, scale) in plan)
-        {
-            segments.Add(tree is { } t ? AdapterSegment.Single(rowTree.Count, tokens, trees[t].Loaded, scale) : AdapterSegment.Base(rowTree.Count, tokens));
-            for (int i = 0; i < tokens; i++) rowTree.Add(tree is { } tt ? (tt, scale) : null);
-        }
-        int rows = rowTree.Count;
-        int groups = plan.Where(p => p.Tree is { } t && !(onOwnPath ?? []).Contains(t)).Select(p => (p.Tree, p.Scale)).Distinct().Count();
-
         var bank = SmoreSlotBank.Of(slots);
-        long servedBefore = bank.GroupsServed;
-        var before = trees.Select(t => ExpertUsage.Shared.Snapshot(t.Loaded.Name)).ToArray();
-        var naiveCounts = new Dictionary<(int Tree, string Module, string Label), long>();
-        using (var batch = new AdapterBatch(segments))
-        {
-            Assert.Equal(groups, bank.GroupsServed - servedBefore);                             // the slot path served these groups
-            for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
-                foreach (var p in Mlp)
-                {
-                    var (dIn, dOut) = Base.ProjectionShape(p);
-                    var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)p + 1)));  // [rows, d_in]
-                    var y = batch.Apply(layer, p, x, zeros([rows, dOut]), zeros([dOut, dIn]));  // base output 0: y is the delta
-                    var xs = Host2(x);
-                    var got = Host2(y);
-                    for (int r = 0; r < rows; r++)
-                    {
-                        var expected = new double[dOut];
-                        if (rowTree[r] is var (t, scale) && trees[t].Files.Tensors.ContainsKey($"{SmoreTestAdapter.Prefix(layer, p)}.moe_W_final"))
-                        {
-                            var shape = trees[t].Files.Shape;
-                            var (delta, selected) = new NaiveSmore(shape, trees[t].Files.Module(layer, p)).Token(Row(xs, r));
-                            for (int o = 0; o < dOut; o++) expected[o] = scale * delta[o];
-                            for (int l = 0; l < shape.Levels; l++)
-                                foreach (int e in selected[l])
-                                {
-                                    var key = (t, p.ShortName() + "@" + layer, $"l{l}.{e}");
-                                    naiveCounts[key] = naiveCounts.GetValueOrDefault(key) + 1;
-                                }
-                        }
-                        for (int o = 0; o < dOut; o++)
-                            Assert.True(Math.Abs(expected[o] - got[r, o]) <= 1e-5 * (1 + Math.Abs(expected[o])),
-                                $"layer {layer} {p} row {r} [{o}]: naive {expected[o]}, served {got[r, o]}");
-                    }
-                }
-            batch.Complete();
-        }
+        int groups = plan.Where(p => p.Tree is { } t && !(onOwnPath ?? []).Contains(t)).Select(p => (p.Tree, p.Scale)).Distinct().Count();
+        SlotStepCheck.Run(Base, [.. trees.Select(t => t.Loaded)], Naive, plan, () => bank.GroupsServed, groups, Mlp, salt, relative: true);
 
-        foreach (int t in plan.Where(p => p.Tree is not null).Select(p => p.Tree!.Value).Distinct())
+        // The tree's delta, and each (token, path) selection of each sub-layer as its label's index (leaf level first).
+        (double[]? Delta, IEnumerable<int> Selected) Naive(int t, int layer, Projection p, double[] x)
         {
-            var after = ExpertUsage.Shared.Snapshot(trees[t].Loaded.Name)!;
-            Assert.Equal(trees[t].Files.Tensors.Keys.Count(k => k.EndsWith(".moe_W_final", StringComparison.Ordinal)), after.Modules.Count); // every module counted
-            foreach (var module in after.Modules)
-            {
-                var old = before[t]?.Modules.SingleOrDefault(o => o.Layer == module.Layer && o.Module == module.Module);
-                foreach (var expert in module.Experts)
-                {
-                    long counted = expert.Selections - (old?.Experts.Single(e => e.Expert == expert.Expert).Selections ?? 0);
-                    long naive = naiveCounts.GetValueOrDefault((t, module.Module + "@" + module.Layer, expert.Expert));
-                    Assert.True(naive == counted, $"t{t} {module.Module} of layer {module.Layer} expert {expert.Expert}: naive {naive}, counted {counted}");
-                }
-            }
+            if (!trees[t].Files.Tensors.ContainsKey($"{SmoreTestAdapter.Prefix(layer, p)}.moe_W_final")) return (null, []);
+            var shape = trees[t].Files.Shape;
+            var (delta, selected) = new NaiveSmore(shape, trees[t].Files.Module(layer, p)).Token(x);
+            return (delta, Enumerable.Range(0, shape.Levels).SelectMany(l => selected[l].Select(e => shape.Experts.Take(l).Sum() + e)));
         }
     }
 }

@@ -1,0 +1,83 @@
+using AdapterServe.Adapters;
+using AdapterServe.Adapters.Experts;
+using AdapterServe.Modeling;
+using static AdapterServe.Tests.Mixtures.MixtureNaive;
+using static TorchSharp.torch;
+
+namespace AdapterServe.Tests.Mixtures;
+
+/// <summary>
+/// One step of a mixture kind over a plan of segments (adapter index or null for the base, tokens, scale), checked
+/// against an independent per-token computation: every row of every projection equals its adapter's naive delta times
+/// the segment's scale (base rows: zero), the kind's slot path served the expected groups, and the expert counters
+/// moved by exactly the naive selections, for exactly the modules the naive computation adapts.
+/// </summary>
+internal static class SlotStepCheck
+{
+    /// <summary>An adapter's naive result for one token at (layer, projection): its delta (null: not adapted there) and the selected experts' indices in the site's label order.</summary>
+    public delegate (double[]? Delta, IEnumerable<int> Selected) NaiveToken(int adapter, int layer, Projection projection, double[] x);
+
+    /// <param name="servedFromSlots">The kind's slot bank's running count of groups served (read before and after the step).</param>
+    /// <param name="slotGroups">Groups the slot path must serve in this step.</param>
+    /// <param name="relative">Tolerance 1e-5·(1 + |naive|) instead of 1e-5.</param>
+    public static void Run(ModelConfig model, IReadOnlyList<LoadedAdapter> adapters, NaiveToken naive, (int? Adapter, int Tokens, float Scale)[] plan,
+        Func<long> servedFromSlots, int slotGroups, IReadOnlyList<Projection> projections, int salt = 0, bool relative = false)
+    {
+        var rowAdapter = new List<(int Adapter, float Scale)?>();
+        var segments = new List<AdapterSegment>();
+        foreach (var (adapter, tokens, scale) in plan)
+        {
+            segments.Add(adapter is { } a ? AdapterSegment.Single(rowAdapter.Count, tokens, adapters[a], scale) : AdapterSegment.Base(rowAdapter.Count, tokens));
+            for (int t = 0; t < tokens; t++) rowAdapter.Add(adapter is { } aa ? (aa, scale) : null);
+        }
+        int rows = rowAdapter.Count;
+
+        long servedBefore = servedFromSlots();
+        var before = adapters.Select(a => ExpertUsage.Shared.Snapshot(a.Name)).ToArray();
+        var naiveCounts = new Dictionary<(int Adapter, int Layer, string Module, int Expert), long>();
+        var adapted = new HashSet<(int Adapter, int Layer, string Module)>();
+        using (var batch = new AdapterBatch(segments))
+        {
+            Assert.Equal(slotGroups, servedFromSlots() - servedBefore);
+            for (int layer = 0; layer < model.NumHiddenLayers; layer++)
+                foreach (var p in projections)
+                {
+                    var (dIn, dOut) = model.ProjectionShape(p);
+                    var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)p + 1)));  // [rows, d_in]
+                    var y = batch.Apply(layer, p, x, zeros([rows, dOut]), zeros([dOut, dIn]));   // base output 0: y is the delta
+                    var xs = Host2(x);
+                    var got = Host2(y);
+                    for (int r = 0; r < rows; r++)
+                    {
+                        var expected = new double[dOut];
+                        if (rowAdapter[r] is var (a, scale) && naive(a, layer, p, Row(xs, r)) is ({ } delta, var selected))
+                        {
+                            for (int o = 0; o < dOut; o++) expected[o] = scale * delta[o];
+                            adapted.Add((a, layer, p.ShortName()));
+                            foreach (int e in selected) naiveCounts[(a, layer, p.ShortName(), e)] = naiveCounts.GetValueOrDefault((a, layer, p.ShortName(), e)) + 1;
+                        }
+                        for (int o = 0; o < dOut; o++)
+                            Assert.True(Math.Abs(expected[o] - got[r, o]) <= 1e-5 * (1 + (relative ? Math.Abs(expected[o]) : 0)),
+                                $"layer {layer} {p} row {r} [{o}]: naive {expected[o]}, served {got[r, o]}");
+                    }
+                }
+            batch.Complete();
+        }
+
+        foreach (int a in plan.Where(p => p.Adapter is not null).Select(p => p.Adapter!.Value).Distinct())
+        {
+            var after = ExpertUsage.Shared.Snapshot(adapters[a].Name)!;
+            Assert.Equal(adapted.Where(m => m.Adapter == a).Select(m => (m.Layer, m.Module)).Order(), after.Modules.Select(m => (m.Layer, m.Module)).Order());
+            foreach (var module in after.Modules)
+            {
+                var old = before[a]?.Modules.SingleOrDefault(o => o.Layer == module.Layer && o.Module == module.Module);
+                for (int e = 0; e < module.Experts.Count; e++)
+                {
+                    long counted = module.Experts[e].Selections - (old?.Experts[e].Selections ?? 0);
+                    long expected = naiveCounts.GetValueOrDefault((a, module.Layer, module.Module, e));
+                    Assert.True(expected == counted, $"{adapters[a].Name} {module.Module} of layer {module.Layer} expert {module.Experts[e].Expert}: naive {expected}, counted {counted}");
+                }
+            }
+        }
+    }
+}
