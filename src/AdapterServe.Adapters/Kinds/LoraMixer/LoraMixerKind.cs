@@ -110,15 +110,13 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
     /// (two GEMMs on the stacked experts whatever E, K or the routing) into their rows in place. The top-K
     /// ids are recorded on the device either way.
     /// </summary>
-    internal sealed class MixerStepExecutor : IAdapterStepExecutor
+    internal sealed class MixerStepExecutor : MixtureStepExecutor
     {
-        private readonly ExpertStepTally _tally;
         private readonly (AdapterTokenGroup Group, MixerWeights Weights)[] _groups;   // the per-group path
         private readonly MixerSlotStep? _slots;
 
-        public MixerStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally)
+        public MixerStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally) : base(tally)
         {
-            _tally = tally;
             var all = groups.Select(g => (g, (g.Adapter.Modules as MixerModules ?? throw new InvalidOperationException($"{g.Adapter} is not a LoRA-Mixer")).Weights)).ToList();
             _slots = MixerSlotStep.TryBuild(all, tally, out var rest);
             _groups = [.. rest];
@@ -127,7 +125,9 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
         /// <summary>Groups served from the slot stacks in this step (0 when the slot path is not used).</summary>
         internal int SlotGroupCount => _slots?.GroupCount ?? 0;
 
-        public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
+        protected override IDisposable? Slots => _slots;
+
+        public override void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
         {
             _slots?.Apply(layer, projection, x, y);
             foreach (var (g, weights) in _groups)
@@ -144,28 +144,8 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
                     if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
                     g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
                 }
-                _tally.RecordTopK(site, selected);
+                Tally.RecordTopK(site, selected);
             }
-        }
-
-        private bool _completed;
-
-        /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
-        public void Complete()
-        {
-            if (_completed) return;
-            _completed = true;
-            try { _tally.Leave(); }
-            finally { _slots?.Dispose(); }
-        }
-
-        /// <summary>The forward threw: leaves the step's shared tally without counting (the step's counts are dropped, not copied).</summary>
-        public void Abandon()
-        {
-            if (_completed) return;
-            _completed = true;
-            try { _tally.Abandon(); }
-            finally { _slots?.Dispose(); }
         }
     }
 }

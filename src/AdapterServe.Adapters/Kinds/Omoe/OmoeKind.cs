@@ -76,15 +76,13 @@ namespace AdapterServe.Adapters.Kinds.Omoe
     /// fixed sequence of <see cref="OmoeModule.Delta"/> (whatever n, top_k or the routing). Selections are recorded on
     /// the device either way, the rows added in place.
     /// </summary>
-    internal sealed class OmoeStepExecutor : IAdapterStepExecutor
+    internal sealed class OmoeStepExecutor : MixtureStepExecutor
     {
-        private readonly ExpertStepTally _tally;
         private readonly (AdapterTokenGroup Group, OmoeWeights Weights)[] _groups;     // the per-group path
         private readonly OmoeSlotStep? _slots;
 
-        public OmoeStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally)
+        public OmoeStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally) : base(tally)
         {
-            _tally = tally;
             var all = groups.Select(g => (g, (g.Adapter.Modules as OmoeModules ?? throw new InvalidOperationException($"{g.Adapter} is not an OMoE adapter")).Weights)).ToList();
             _slots = OmoeSlotStep.TryBuild(all, tally, out var rest);
             _groups = [.. rest];
@@ -93,7 +91,9 @@ namespace AdapterServe.Adapters.Kinds.Omoe
         /// <summary>Groups served from the slot stacks in this step (0 when the slot path is not used).</summary>
         internal int SlotGroupCount => _slots?.GroupCount ?? 0;
 
-        public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
+        protected override IDisposable? Slots => _slots;
+
+        public override void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
         {
             _slots?.Apply(layer, projection, x, y);
             foreach (var (g, weights) in _groups)
@@ -102,31 +102,11 @@ namespace AdapterServe.Adapters.Kinds.Omoe
                 if (module.InFeatures != x.size(1) || module.OutFeatures != y.size(1))
                     throw new InvalidOperationException($"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
                 var delta = module.Delta(g.Rows(x), out var selected);                 // [n_g, d_out]
-                if (selected is null) _tally.RecordAll(site, g.Count);
-                else _tally.RecordTopK(site, selected);
+                if (selected is null) Tally.RecordAll(site, g.Count);
+                else Tally.RecordTopK(site, selected);
                 if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
                 g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
             }
-        }
-
-        private bool _completed;
-
-        /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
-        public void Complete()
-        {
-            if (_completed) return;
-            _completed = true;
-            try { _tally.Leave(); }
-            finally { _slots?.Dispose(); }
-        }
-
-        /// <summary>The forward threw: leaves the step's shared tally without counting (the step's counts are dropped, not copied).</summary>
-        public void Abandon()
-        {
-            if (_completed) return;
-            _completed = true;
-            try { _tally.Abandon(); }
-            finally { _slots?.Dispose(); }
         }
     }
 }

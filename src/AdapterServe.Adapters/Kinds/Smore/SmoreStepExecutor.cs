@@ -1,4 +1,5 @@
 using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using static TorchSharp.torch;
 
@@ -12,26 +13,25 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// <c>scale · y_delta</c> into its rows. Selections are tallied on the device in the step's tally shared by every
 /// mixture kind (<see cref="ExpertUsage.JoinStep"/>), which reaches the host once per step, when the last kind completes.
 /// </summary>
-internal sealed class SmoreStepExecutor : IAdapterStepExecutor
+internal sealed class SmoreStepExecutor : MixtureStepExecutor
 {
     private readonly (AdapterTokenGroup Group, SmoreWeights Weights)[] _groups;   // the per-group path
     private readonly SmoreSlotStep? _slots;
-    private readonly ExpertStepTally _tally;
-    private bool _completed;
 
-    public SmoreStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertUsage usage)
+    public SmoreStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertUsage usage) : base(usage.JoinStep())
     {
         var all = groups.Select(g => (g, g.Adapter.Modules as SmoreWeights
             ?? throw new InvalidOperationException($"{g.Adapter} is a '{g.Adapter.Kind}' adapter, not an S'MoRE one"))).ToList();
-        _tally = usage.JoinStep();
-        _slots = SmoreSlotStep.TryBuild(all, _tally, out var rest);
+        _slots = SmoreSlotStep.TryBuild(all, Tally, out var rest);
         _groups = [.. rest];
     }
 
     /// <summary>Groups served from the slot stacks in this step (0 when the slot path is not used).</summary>
     internal int SlotGroupCount => _slots?.GroupCount ?? 0;
 
-    public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
+    protected override IDisposable? Slots => _slots;
+
+    public override void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
     {
         _slots?.Apply(layer, projection, x, y);
         foreach (var (g, weights) in _groups)
@@ -41,27 +41,9 @@ internal sealed class SmoreStepExecutor : IAdapterStepExecutor
                 throw new InvalidOperationException(
                     $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
             var (delta, routing) = SmoreTree.Forward(module, g.Rows(x));                    // [n_g, d_out] float32
-            SmoreTree.Record(_tally, weights.Site(layer, projection), module, routing);
+            SmoreTree.Record(Tally, weights.Site(layer, projection), module, routing);
             if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
             g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
         }
-    }
-
-    /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
-    public void Complete()
-    {
-        if (_completed) return;
-        _completed = true;
-        try { _tally.Leave(); }
-        finally { _slots?.Dispose(); }
-    }
-
-    /// <summary>The forward threw: leaves the step's shared tally without counting (the step's counts are dropped, not copied).</summary>
-    public void Abandon()
-    {
-        if (_completed) return;
-        _completed = true;
-        try { _tally.Abandon(); }
-        finally { _slots?.Dispose(); }
     }
 }
