@@ -76,8 +76,13 @@ public sealed class SoakScenario : IScenario
             }
             async Task Worker()
             {
-                while (Interlocked.Increment(ref started) <= o.Generations)
+                int j;
+                while ((j = Interlocked.Increment(ref started) - 1) < o.Generations)
                 {
+                    // Generation j starts once ⌊(j + 1)·cycles / generations⌋ churn cycles ran, so every cycle runs while
+                    // generations do, however fast they are (the churn paces itself the other way: no deadlock either way round).
+                    if (room is not null)
+                        while (names.Cycles < (long)(j + 1) * o.ChurnCycles / o.Generations) await Task.Delay(1, ct);
                     var (request, name, prompt) = Draw();
                     try
                     {
@@ -212,8 +217,8 @@ public sealed class SoakScenario : IScenario
                     await Task.Yield();
                     Load(i, random.Next(1, variants.Count));
                     Interlocked.Increment(ref _cycles);
-                    // Spread the cycles over the run: cycle k waits until k/cycles of the generations are done.
-                    while (!ct.IsCancellationRequested && (long)completed() * cycles < (long)Cycles * generations)
+                    // Spread the cycles over the run: after k cycles, wait until ⌊k·generations / cycles⌋ generations are done.
+                    while (!ct.IsCancellationRequested && completed() < (long)Cycles * generations / cycles)
                         await Task.Delay(2, ct);
                 }
             }
