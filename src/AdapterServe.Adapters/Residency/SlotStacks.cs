@@ -55,15 +55,17 @@ internal abstract class SlotStacks(AdapterSlotTable table) : IDisposable
 /// <summary>How a kind's step executor picks the groups its slot stacks serve.</summary>
 internal static class SlotGroups
 {
+    /// <summary>Longest group (tokens) any kind serves from its slots; longer ones are prefills, where each group's own GEMMs dominate.</summary>
+    public const int MaxGroupTokens = 16;
+
     /// <summary>
     /// The groups of <paramref name="groups"/> that go through the slot path: non-empty groups of at most
-    /// <paramref name="maxTokens"/> tokens (decode; longer ones are prefills where each group's own GEMMs dominate)
-    /// whose adapter has a slot of one table, that <paramref name="stackable"/> accepts and whose stacks
-    /// <paramref name="place"/> fills. Null (and every group in <paramref name="rest"/>) when fewer than
-    /// <paramref name="minGroups"/> qualify: few groups are cheaper on their own path.
+    /// <see cref="MaxGroupTokens"/> tokens whose adapter has a slot of one table, that <paramref name="stackable"/>
+    /// accepts and whose stacks <paramref name="place"/> fills. Null (and every group in <paramref name="rest"/>) when
+    /// fewer than <paramref name="minGroups"/> qualify: few groups are cheaper on their own path.
     /// </summary>
     public static List<(AdapterTokenGroup Group, T Modules)>? Select<T, TStacks>(
-        IReadOnlyList<(AdapterTokenGroup Group, T Modules)> groups, int maxTokens, int minGroups,
+        IReadOnlyList<(AdapterTokenGroup Group, T Modules)> groups, int minGroups,
         Func<AdapterSlotTable, TStacks> stacksOf, Func<TStacks, LoadedAdapter, T, bool> place, Func<T, bool>? stackable,
         out TStacks? stacks, out List<(AdapterTokenGroup Group, T Modules)> rest) where TStacks : SlotStacks
     {
@@ -72,7 +74,7 @@ internal static class SlotGroups
         var candidates = new List<(AdapterTokenGroup Group, T Modules)>();
         foreach (var (g, m) in groups)
         {
-            bool candidate = g.Count > 0 && g.Count <= maxTokens && g.Adapter.Slot is { } slot
+            bool candidate = g.Count > 0 && g.Count <= MaxGroupTokens && g.Adapter.Slot is { } slot
                 && (stacks is null || ReferenceEquals(stacks.Table, slot.Table)) && (stackable?.Invoke(m) ?? true);
             if (candidate)
             {
@@ -91,5 +93,20 @@ internal static class SlotGroups
         if (placed.Count >= minGroups) return placed;
         rest = [.. groups];
         return null;
+    }
+
+    /// <summary>
+    /// A <c>stackable</c> filter for kinds that stack only modules of equal structure (OMoE, S'MoRE): true for modules
+    /// with a structure (<paramref name="classes"/>) that at least <paramref name="minGroups"/> of the step's candidate
+    /// groups (short, slotted) share; a structure alone in the step keeps its group on its own path.
+    /// </summary>
+    public static Func<T, bool> SharingAClass<T, TClass>(IEnumerable<(AdapterTokenGroup Group, T Modules)> groups, int minGroups,
+        Func<T, IEnumerable<TClass>> classes) where TClass : notnull
+    {
+        var count = new Dictionary<TClass, int>();
+        foreach (var (g, modules) in groups)
+            if (g.Count > 0 && g.Count <= MaxGroupTokens && g.Adapter.Slot is not null)
+                foreach (var c in classes(modules).Distinct()) count[c] = count.GetValueOrDefault(c) + 1;
+        return modules => classes(modules).Any(c => count.GetValueOrDefault(c) >= minGroups);
     }
 }

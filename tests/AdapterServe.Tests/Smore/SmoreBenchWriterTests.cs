@@ -21,7 +21,7 @@ public sealed class SmoreBenchWriterTests
         Assert.Equal(model.NumHiddenLayers * mlp.Length, description.Modules.Count);
         Assert.Equal([4, 4], description.Config.NumExperts);
         Assert.Equal([2, 2], description.Config.NumActive);
-        Assert.Equal(32, description.Config.HiddenDim(2));
+        Assert.Equal(32, SmoreSignature.Of(description.Config, model.HiddenSize, model.IntermediateSize).HiddenDim(2));
         Assert.Equal(SmoreGateType.NoisyTopK, description.Config.GateType);
     }
 }

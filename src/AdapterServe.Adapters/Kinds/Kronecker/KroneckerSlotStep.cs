@@ -12,8 +12,6 @@ namespace AdapterServe.Adapters.Kinds.Kronecker;
 /// </summary>
 internal sealed class KroneckerSlotStep : IDisposable
 {
-    /// <summary>Longest group (tokens) served from the slots; longer ones are prefills.</summary>
-    internal const int MaxGroupTokens = 16;
     /// <summary>Fewest groups for which the slot path is used: a group costs about four calls per term on its own path.</summary>
     internal const int MinGroups = 3;
 
@@ -29,12 +27,10 @@ internal sealed class KroneckerSlotStep : IDisposable
         _layout = new SlotRows([.. groups.Select(g => g.Group)]);
     }
 
-    public int GroupCount => _layout.GroupCount;
-
     /// <summary>The slot path for the short, slotted groups of <paramref name="groups"/> (null when too few qualify); <paramref name="rest"/> gets the others.</summary>
     public static KroneckerSlotStep? TryBuild(List<(AdapterTokenGroup Group, KroneckerModules Modules)> groups, out List<(AdapterTokenGroup Group, KroneckerModules Modules)> rest)
     {
-        var placed = SlotGroups.Select(groups, MaxGroupTokens, MinGroups, KroneckerSlotBank.Of, (bank, adapter, modules) => bank.TryPlace(adapter, modules),
+        var placed = SlotGroups.Select(groups, MinGroups, KroneckerSlotBank.Of, (bank, adapter, modules) => bank.TryPlace(adapter, modules),
             null, out var stacks, out rest);
         return placed is null ? null : new KroneckerSlotStep(stacks!, placed);
     }

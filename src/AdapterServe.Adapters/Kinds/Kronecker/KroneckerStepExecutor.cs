@@ -23,9 +23,6 @@ internal sealed class KroneckerStepExecutor : IAdapterStepExecutor
         _groups = [.. rest];
     }
 
-    /// <summary>Groups served from the slot stacks in this step (0 when the slot path is not used).</summary>
-    internal int SlotGroupCount => _slots?.GroupCount ?? 0;
-
     public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
     {
         _slots?.Apply(layer, projection, x, y);

@@ -21,8 +21,6 @@ namespace AdapterServe.Adapters.Kinds.Lora;
 /// </summary>
 internal sealed class LoraStepExecutor : IAdapterStepExecutor
 {
-    /// <summary>Longest group (tokens) served from the slots; longer ones are prefills where the GEMMs dominate and padding would waste them.</summary>
-    internal const int MaxSlotGroupTokens = 16;
     /// <summary>
     /// Fewest stackable groups for which the slot path is used: a group costs 4–5 calls on the per-group path
     /// (rows, two linears, add, scale), the slot path 8–10 in all, so it pays from three groups on.
@@ -38,9 +36,6 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
         _slots = SlotStep.TryBuild(all, out var rest);
         _groups = [.. rest];
     }
-
-    /// <summary>Groups served from the slot stacks in this step (0 when the slot path is not used).</summary>
-    internal int SlotGroupCount => _slots?.GroupCount ?? 0;
 
     public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
     {
@@ -101,12 +96,10 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
             _layout = new SlotRows([.. groups.Select(g => g.Group)], slotRange: true);
         }
 
-        public int GroupCount => _layout.GroupCount;
-
         /// <summary>The slot path for the stackable short groups of <paramref name="groups"/> (null when there are too few); <paramref name="rest"/> gets the others.</summary>
         public static SlotStep? TryBuild(List<(AdapterTokenGroup Group, LoraModules Modules)> groups, out List<(AdapterTokenGroup, LoraModules)> rest)
         {
-            var placed = SlotGroups.Select(groups, MaxSlotGroupTokens, MinSlotGroups, LoraSlotBank.Of,
+            var placed = SlotGroups.Select(groups, MinSlotGroups, LoraSlotBank.Of,
                 (bank, adapter, modules) => bank.TryPlace(adapter, modules), LoraSlotBank.CanStack, out var stacks, out var others);
             rest = [.. others];
             return placed is null ? null : new SlotStep(stacks!, placed);

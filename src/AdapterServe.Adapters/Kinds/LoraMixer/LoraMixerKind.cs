@@ -122,9 +122,6 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
             _groups = [.. rest];
         }
 
-        /// <summary>Groups served from the slot stacks in this step (0 when the slot path is not used).</summary>
-        internal int SlotGroupCount => _slots?.GroupCount ?? 0;
-
         protected override IDisposable? Slots => _slots;
 
         public override void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)

@@ -21,8 +21,6 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer;
 /// </summary>
 internal sealed class MixerSlotStep : IDisposable
 {
-    /// <summary>Longest group (tokens) served from the slots; longer ones are prefills, where the per-group path's GEMMs dominate.</summary>
-    internal const int MaxGroupTokens = 16;
     /// <summary>Fewest mixer groups for which the slot path is used (one group is cheaper on its own module).</summary>
     internal const int MinGroups = 2;
 
@@ -71,8 +69,6 @@ internal sealed class MixerSlotStep : IDisposable
         _valid = tensor(valid, ScalarType.Int64, device).view(s, length, _topK).DetachFromDisposeScope();
     }
 
-    public int GroupCount => _layout.GroupCount;
-
     /// <summary>
     /// The slot path for the short, slotted mixer groups of <paramref name="groups"/> (null when fewer than
     /// <see cref="MinGroups"/> qualify); <paramref name="rest"/> gets the groups it does not serve.
@@ -80,7 +76,7 @@ internal sealed class MixerSlotStep : IDisposable
     public static MixerSlotStep? TryBuild(List<(AdapterTokenGroup Group, MixerWeights Weights)> groups, ExpertStepTally tally,
         out List<(AdapterTokenGroup Group, MixerWeights Weights)> rest)
     {
-        var placed = SlotGroups.Select(groups, MaxGroupTokens, MinGroups, MixerSlotBank.Of, (bank, adapter, weights) => bank.TryPlace(adapter, weights),
+        var placed = SlotGroups.Select(groups, MinGroups, MixerSlotBank.Of, (bank, adapter, weights) => bank.TryPlace(adapter, weights),
             null, out var stacks, out rest);
         return placed is null ? null : new MixerSlotStep(stacks!, tally, placed);
     }

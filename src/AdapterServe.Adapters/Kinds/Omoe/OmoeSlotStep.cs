@@ -23,8 +23,6 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 /// </summary>
 internal sealed class OmoeSlotStep : IDisposable
 {
-    /// <summary>Longest group (tokens) served from the slots; longer ones are prefills, where the per-group path's GEMMs dominate.</summary>
-    internal const int MaxGroupTokens = 16;
     /// <summary>
     /// Fewest groups of one signature served from the slots: per projection one group creates 33 tensors on its own path
     /// (43 with top-2), the slot path 48 (59) for all of them (<c>OmoeSlotTests</c>), so two groups already run fewer calls.
@@ -43,9 +41,6 @@ internal sealed class OmoeSlotStep : IDisposable
         bank.GroupsServed += _classes.Sum(c => c.GroupCount);
     }
 
-    /// <summary>Groups served from the slot stacks in this step.</summary>
-    public int GroupCount => _classes.Sum(c => c.GroupCount);
-
     /// <summary>
     /// The slot path for the short, slotted OMoE groups of <paramref name="groups"/> whose signature has at least
     /// <see cref="MinGroups"/> of them (null when none has); <paramref name="rest"/> gets the groups it does not serve.
@@ -53,13 +48,10 @@ internal sealed class OmoeSlotStep : IDisposable
     public static OmoeSlotStep? TryBuild(List<(AdapterTokenGroup Group, OmoeWeights Weights)> groups, ExpertStepTally tally,
         out List<(AdapterTokenGroup Group, OmoeWeights Weights)> rest)
     {
-        var placed = SlotGroups.Select(groups, MaxGroupTokens, MinGroups, OmoeSlotBank.Of, (bank, adapter, weights) => bank.TryPlace(adapter, weights),
-            null, out var stacks, out rest);
-        if (placed is null) return null;
-        var classes = placed.GroupBy(g => OmoeSignature.Of(g.Modules.Config)).Select(c => c.ToList()).ToList();
-        foreach (var few in classes.Where(c => c.Count < MinGroups)) rest.AddRange(few);          // a lone signature: its own path
-        classes.RemoveAll(c => c.Count < MinGroups);
-        return classes.Count == 0 ? null : new OmoeSlotStep(stacks!, tally, classes);
+        var placed = SlotGroups.Select(groups, MinGroups, OmoeSlotBank.Of, (bank, adapter, weights) => bank.TryPlace(adapter, weights),
+            SlotGroups.SharingAClass(groups, MinGroups, (OmoeWeights weights) => new[] { OmoeSignature.Of(weights.Config) }), out var stacks, out rest);
+        return placed is null ? null
+            : new OmoeSlotStep(stacks!, tally, placed.GroupBy(g => OmoeSignature.Of(g.Modules.Config)).Select(c => c.ToList()));
     }
 
     /// <summary>Adds every slotted group's OMoE delta for (<paramref name="layer"/>, <paramref name="projection"/>) to its rows of <paramref name="y"/>.</summary>

@@ -82,24 +82,8 @@ public sealed record SmoreConfig
         return paths;
     }
 
-    /// <summary>d_l: d_0 = 0, d_{l+1} = d_l + s_l·r_l (l = 0..L).</summary>
-    public int HiddenDim(int level)
-    {
-        int d = 0;
-        for (int l = 0; l < level; l++) d += NumExperts[l] * ExpertDims[l];
-        return d;
-    }
-
     /// <summary>Width of the router's down-projection for a projection with <paramref name="dIn"/> inputs.</summary>
     public int DownDim(int dIn) => DimDownprojX is > 0 and int d ? d : dIn;
-
-    /// <summary>Input width of sub-layer l's router MLP: the down-projected token plus the keys of its selected ancestors.</summary>
-    public int GateInputDim(int level, int dIn)
-    {
-        int dim = DownDim(dIn);
-        for (int l = level + 1; l < Levels; l++) dim += GateDims[l];
-        return dim;
-    }
 
     /// <summary>Does the config select this module (target_modules, exclude_modules, layers_to_transform)?</summary>
     public bool Targets(string modulePath, int layer) =>

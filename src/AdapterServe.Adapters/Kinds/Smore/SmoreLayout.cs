@@ -16,7 +16,8 @@ public static class SmoreLayout
     public static IReadOnlyList<SmoreTensor> Tensors(SmoreConfig config, int dIn, int dOut)
     {
         int levels = config.Levels;
-        int down = config.DownDim(dIn);
+        var signature = SmoreSignature.Of(config, dIn, dOut);
+        int down = signature.DownDim;
         var list = new List<SmoreTensor>
         {
             new("moe_downproj_x.weight", [down, dIn], $"[dim_downproj_x, d_in] = [{down}, {dIn}]"),
@@ -25,7 +26,7 @@ public static class SmoreLayout
         for (int l = 0; l < levels; l++)
         {
             int s = config.NumExperts[l], r = config.ExpertDims[l], g = config.GateDims[l];
-            int d = config.HiddenDim(l), dNext = config.HiddenDim(l + 1);
+            int d = signature.HiddenDim(l), dNext = signature.HiddenDim(l + 1);
             string chain = $"d_{l + 1} = d_{l} + s_{l}·r_{l} = {d} + {s}·{r} = {dNext}";
             list.Add(new($"moe_A.{l}", [s, r, dIn], $"[num_experts[{l}], expert_dims[{l}], d_in] = [{s}, {r}, {dIn}]"));
             list.Add(new($"moe_A_bias.{l}", [s, r], $"[num_experts[{l}], expert_dims[{l}]] = [{s}, {r}]"));
@@ -39,7 +40,7 @@ public static class SmoreLayout
             if (config.ExpertActivation == SmoreActivation.Prelu)
                 list.Add(new($"moe_expert_act_param.{l}", [1], "[1] (the learned PReLU slope of sub-layer " + l + ")"));
 
-            int gateIn = config.GateInputDim(l, dIn);
+            int gateIn = signature.GateInputDim(l);
             string gateWhy = $"dim_downproj_x + gate_dims of the sub-layers above {l} = {gateIn}";
             list.Add(new($"moe_gate.{l}.mlp.0.weight", [g, gateIn], $"[gate_dims[{l}], {gateWhy}] = [{g}, {gateIn}]"));
             list.Add(new($"moe_gate.{l}.mlp.0.bias", [g], $"[gate_dims[{l}]] = [{g}]"));
@@ -51,7 +52,7 @@ public static class SmoreLayout
             if (config.GateType == SmoreGateType.NoisyTopK)
                 list.Add(new($"moe_gate.{l}.weight_noise.weight", [s, gateIn], $"[num_experts[{l}], {gateWhy}] = [{s}, {gateIn}] (training-only noise, not used)", Optional: true));
         }
-        int dLast = config.HiddenDim(levels);
+        int dLast = signature.HiddenDim(levels);
         list.Add(new("moe_W_final", [dOut, dLast], $"[d_out, d_L] = [{dOut}, {dLast}] (d_L = Σ s_l·r_l)"));
         list.Add(new("moe_W_final_bias", [dOut], $"[d_out] = [{dOut}]"));
         return list;

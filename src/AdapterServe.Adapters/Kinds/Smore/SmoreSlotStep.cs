@@ -16,8 +16,6 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// </summary>
 internal sealed class SmoreSlotStep : IDisposable
 {
-    /// <summary>Longest group (tokens) served from the slots; longer ones are prefills, where each group's own GEMMs dominate.</summary>
-    internal const int MaxGroupTokens = 16;
     /// <summary>
     /// Fewest groups of one structure for which the slot path is used: one S'MoRE tree costs ~50 calls per projection,
     /// a class from the stacks about as many plus one read of each stacked tensor, so two groups already gain.
@@ -54,8 +52,6 @@ internal sealed class SmoreSlotStep : IDisposable
         bank.GroupsServed += groups.Count;
     }
 
-    public int GroupCount => _groups.Length;
-
     /// <summary>
     /// The slot path for the short, slotted S'MoRE groups of <paramref name="groups"/> whose structure at least
     /// <see cref="MinGroups"/> of them share (null when fewer qualify); <paramref name="rest"/> gets the groups it does
@@ -64,12 +60,8 @@ internal sealed class SmoreSlotStep : IDisposable
     public static SmoreSlotStep? TryBuild(List<(AdapterTokenGroup Group, SmoreWeights Weights)> groups, ExpertStepTally tally,
         out List<(AdapterTokenGroup Group, SmoreWeights Weights)> rest)
     {
-        var shared = new Dictionary<SmoreSignature, int>();
-        foreach (var (g, weights) in groups)
-            if (g.Count > 0 && g.Count <= MaxGroupTokens && g.Adapter.Slot is not null)
-                foreach (var signature in weights.Signatures) shared[signature] = shared.GetValueOrDefault(signature) + 1;
-        var placed = SlotGroups.Select(groups, MaxGroupTokens, MinGroups, SmoreSlotBank.Of, (bank, adapter, weights) => bank.TryPlace(adapter, weights),
-            weights => weights.Signatures.Any(s => shared[s] >= MinGroups), out var stacks, out rest);
+        var placed = SlotGroups.Select(groups, MinGroups, SmoreSlotBank.Of, (bank, adapter, weights) => bank.TryPlace(adapter, weights),
+            SlotGroups.SharingAClass(groups, MinGroups, weights => weights.Signatures), out var stacks, out rest);
         return placed is null ? null : new SmoreSlotStep(stacks!, tally, placed);
     }
 
