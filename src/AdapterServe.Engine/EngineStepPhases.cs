@@ -22,14 +22,9 @@ public static class EngineStepPhases
     internal static readonly Counter.Child Sample = Phase("sample");
     internal static readonly Counter.Child Release = Phase("release");
 
-    private static long _steps;
-
-    /// <summary>Steps run and the seconds spent in each phase since the process started.</summary>
+    /// <summary>Steps run (<c>adapterserve_step_seconds</c>' count) and the seconds spent in each phase since the process started.</summary>
     public static (long Steps, IReadOnlyDictionary<string, double> Seconds) Totals() =>
-        (Interlocked.Read(ref _steps), All.ToDictionary(p => p, p => Phase(p).Value));
-
-    /// <summary>One more step ran (its phases are added separately).</summary>
-    internal static void StepRan() => Interlocked.Increment(ref _steps);
+        (EngineMetrics.StepSeconds.Count, All.ToDictionary(p => p, p => Phase(p).Value));
 
     /// <summary>Adds the time since <paramref name="since"/> (a <see cref="Stopwatch"/> timestamp) to <paramref name="phase"/>; returns now.</summary>
     internal static long Add(Counter.Child phase, long since)

@@ -245,7 +245,6 @@ public sealed partial class GenerationEngine : IGenerationEngine, IAsyncDisposab
             releasing = Stopwatch.GetTimestamp();
         }
         EngineStepPhases.Add(EngineStepPhases.Release, releasing);
-        EngineStepPhases.StepRan();
     }
 
     /// <summary>The tokens each sequence feeds this step (a decode token or a prompt chunk), fixed once so that a retried or split step feeds the same.</summary>
