@@ -29,8 +29,24 @@ public sealed class LoadedAdapter : IDisposable
     public ScalarType DType { get; }
     /// <summary>The kind's loaded tensors.</summary>
     public IAdapterModules Modules { get; }
-    /// <summary>Bytes of all tensors this adapter holds.</summary>
-    public long Bytes => Modules.Bytes;
+    /// <summary>Bytes of all tensors this adapter holds, shared storage included (its footprint alone).</summary>
+    public long Bytes => Modules.Bytes + Modules.Shared.Sum(s => s.Bytes);
+
+    /// <summary>
+    /// Bytes <paramref name="adapters"/> hold together: each one's own tensors, and each block of
+    /// <see cref="IAdapterModules.Shared"/> storage once.
+    /// </summary>
+    public static long Footprint(IEnumerable<LoadedAdapter> adapters)
+    {
+        long own = 0;
+        var shared = new HashSet<SharedStorage>(ReferenceEqualityComparer.Instance);
+        foreach (var a in adapters)
+        {
+            own += a.Modules.Bytes;
+            shared.UnionWith(a.Modules.Shared);
+        }
+        return own + shared.Sum(s => s.Bytes);
+    }
     /// <summary>Null when it may be mixed with other adapters in one request; otherwise why not (see <see cref="AdapterDescription.NotMixable"/>).</summary>
     public string? NotMixable => Record.Description.NotMixable;
     public bool IsDisposed { get; private set; }

@@ -44,11 +44,19 @@ public interface IAdapterKindHandler
     IAdapterStepExecutor CreateStepExecutor(IReadOnlyList<AdapterTokenGroup> groups);
 }
 
-/// <summary>The loaded tensors of one adapter version, in a kind's own layout. Owns its tensors.</summary>
+/// <summary>
+/// The loaded tensors of one adapter version, in a kind's own layout. Owns its tensors; tensors in
+/// <see cref="Shared"/> storage are views that other loaded adapters may hold too.
+/// </summary>
 public interface IAdapterModules : IDisposable
 {
-    /// <summary>Bytes of every tensor held (the residency cache's budget).</summary>
+    /// <summary>Bytes of the tensors only this adapter holds (<see cref="Shared"/> storage not included).</summary>
     long Bytes { get; }
+    /// <summary>
+    /// Tensor storage this adapter holds views of and other loaded adapters may hold too (a LoRA-Mixer's expert stacks,
+    /// which the same LoRA called alone reads): the residency cache counts each once, however many adapters hold it.
+    /// </summary>
+    IReadOnlyCollection<SharedStorage> Shared => [];
     /// <summary>True when the adapter changes this projection of this layer.</summary>
     bool Targets(int layer, Projection projection);
     /// <summary>A copy on <paramref name="device"/>, same dtype (host tier → device tier).</summary>
@@ -72,4 +80,14 @@ public interface IAdapterStepExecutor
 
     /// <summary>The forward pass threw (the step is retried or split): free what was built for the step, no end-of-step work.</summary>
     void Abandon();
+}
+
+/// <summary>
+/// One block of tensor storage that several loaded adapters may hold views of (compared by reference). It stays
+/// allocated while any of them lives, so each holder's footprint includes all of <see cref="Bytes"/>.
+/// </summary>
+public sealed class SharedStorage(long bytes, string description)
+{
+    public long Bytes { get; } = bytes;
+    public override string ToString() => $"{description} ({Bytes} bytes)";
 }

@@ -160,7 +160,7 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
                 if (host.Bytes > _options.MaxDeviceBytes)
                     throw new AdapterValidationException(
                         $"{entry} needs {host.Bytes} bytes, more than the whole device adapter cache ({_options.MaxDeviceBytes} bytes)", "adapter_too_large", 413);
-                if (!MakeDeviceRoom(host.Bytes, entry)) return false;
+                if (!MakeDeviceRoom(host, entry)) return false;
                 entry.Promoting = true;
             }
         }
@@ -192,6 +192,7 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
             }
             entry.Device = onDevice;
             Slots.Assign(onDevice);
+            DropShadowedDependencies(entry, deviceTier: true);
             snapshot = SnapshotLocked();
             UpdateGauges(snapshot);
         }
@@ -380,6 +381,7 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
                 {
                     entry.Host = loaded;
                     Touch(entry);
+                    DropShadowedDependencies(entry, deviceTier: false);
                     TrimHost();
                 }
                 else orphan = loaded;
@@ -404,19 +406,23 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
 
     // ---- eviction (all under the lock) ----
 
-    /// <summary>Evicts LRU device copies until one more version of <paramref name="bytes"/> fits; false if that is impossible now.</summary>
-    private bool MakeDeviceRoom(long bytes, CachedVersion incoming)
+    /// <summary>
+    /// Evicts LRU device copies until one more version (<paramref name="adding"/>, counting storage it shares with
+    /// resident versions once) fits; false if that is impossible now.
+    /// </summary>
+    private bool MakeDeviceRoom(LoadedAdapter adding, CachedVersion incoming)
     {
         while (true)
         {
-            int count = 0;
-            long used = 0;
+            var resident = new List<LoadedAdapter>();
             foreach (var e in _versions.Values)
             {
-                if (e.Device is not null) { count++; used += e.Device.Bytes; }
-                else if (e.Promoting && e.Host is not null) { count++; used += e.Host.Bytes; }
+                if (e.Device is not null) resident.Add(e.Device);
+                else if (e.Promoting && e.Host is not null) resident.Add(e.Host);
             }
-            if (count + 1 <= _options.MaxDeviceAdapters && used + bytes <= _options.MaxDeviceBytes) return true;
+            int count = resident.Count;
+            long used = LoadedAdapter.Footprint(resident);
+            if (count + 1 <= _options.MaxDeviceAdapters && LoadedAdapter.Footprint([.. resident, adding]) <= _options.MaxDeviceBytes) return true;
 
             var victim = LeastRecentlyUsed(e => e.Device is not null && e.Leases == 0 && !e.Promoting && !IsPinned(e));
             if (victim is null)
@@ -437,11 +443,8 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
     {
         while (true)
         {
-            int count = 0;
-            long used = 0;
-            foreach (var e in _versions.Values)
-                if (e.Host is not null) { count++; used += e.Host.Bytes; }
-            if (count <= _options.MaxHostAdapters && used <= _options.MaxHostBytes) return;
+            var hosts = _versions.Values.Where(e => e.Host is not null).Select(e => e.Host!).ToList();
+            if (hosts.Count <= _options.MaxHostAdapters && LoadedAdapter.Footprint(hosts) <= _options.MaxHostBytes) return;
 
             // A host copy may go when it is not being copied to the device and either a device copy exists or nobody
             // needs it soon (no lease, not pinned). Leased versions still waiting for the device stay: the tier then
@@ -480,6 +483,30 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
         if (copy is not null && !ReferenceEquals(copy, entry.Device)) copy.Dispose();
     }
 
+    /// <summary>
+    /// After <paramref name="holder"/> (a LoRA-Mixer) entered a tier: idle copies in that tier of the versions it depends on
+    /// (its registered experts) that share none of its storage are dropped, so that their next use loads them as views
+    /// of its stacks (<see cref="IAdapterModules.Shared"/>) rather than keeping a second copy of the same weights.
+    /// Leased, pinned and loading versions keep their copies (a leased one until it is next loaded).
+    /// </summary>
+    private void DropShadowedDependencies(CachedVersion holder, bool deviceTier)
+    {
+        var holding = deviceTier ? holder.Device : holder.Host;
+        if (holding is null || holding.Modules.Shared.Count == 0) return;
+        foreach (var dependency in holder.Record.Description.Dependencies)
+        {
+            if (!_versions.TryGetValue((dependency.Name, dependency.Version), out var entry)
+                || entry.Leases > 0 || entry.Promoting || entry.Loading || IsPinned(entry)) continue;
+            var copy = deviceTier ? entry.Device : entry.Host;
+            if (copy is null || ReferenceEquals(copy, holding) || copy.Modules.Shared.Intersect(holding.Modules.Shared).Any()) continue;
+            long bytes = copy.Bytes;
+            DropDevice(entry);
+            if (!deviceTier) DropHost(entry);
+            RemoveIfIdle(entry);
+            LogShadowed(_logger, entry.Record.Name, entry.Record.Version, deviceTier ? DeviceTier : HostTier, bytes, holder.Record.Name);
+        }
+    }
+
     /// <summary>Forgets a version that holds nothing and that nobody holds (keeps the bookkeeping bounded).</summary>
     private void RemoveIfIdle(CachedVersion entry)
     {
@@ -510,16 +537,12 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
 
     private bool IsOnDevice(LoadedAdapter adapter) => adapter.Device.type == _device.type && adapter.Device.index == _device.index;
 
+    /// <summary>Each tier's versions and bytes (storage shared by several versions counted once).</summary>
     private ResidencySnapshot SnapshotLocked()
     {
-        int deviceCount = 0, hostCount = 0;
-        long deviceBytes = 0, hostBytes = 0;
-        foreach (var e in _versions.Values)
-        {
-            if (e.Device is not null) { deviceCount++; deviceBytes += e.Device.Bytes; }
-            if (e.Host is not null) { hostCount++; hostBytes += e.Host.Bytes; }
-        }
-        return new ResidencySnapshot(deviceCount, deviceBytes, hostCount, hostBytes, _versions.Count);
+        var device = _versions.Values.Where(e => e.Device is not null).Select(e => e.Device!).ToList();
+        var host = _versions.Values.Where(e => e.Host is not null).Select(e => e.Host!).ToList();
+        return new ResidencySnapshot(device.Count, LoadedAdapter.Footprint(device), host.Count, LoadedAdapter.Footprint(host), _versions.Count);
     }
 
     private void UpdateGauges(ResidencySnapshot s)
@@ -561,6 +584,10 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
     [LoggerMessage(EventId = 4105, Level = LogLevel.Debug,
         Message = "Adapter {Adapter} v{Version} waits for a device slot: {DeviceAdapters} adapters ({DeviceBytes} bytes) resident, all leased or pinned")]
     private static partial void LogDeviceFull(ILogger logger, string adapter, int version, int deviceAdapters, long deviceBytes);
+
+    [LoggerMessage(EventId = 4107, Level = LogLevel.Information,
+        Message = "Adapter {Adapter} v{Version} dropped from the {Tier} tier ({Bytes} bytes): {Holder} holds the same weights, its next use is served from there")]
+    private static partial void LogShadowed(ILogger logger, string adapter, int version, string tier, long bytes, string holder);
 
     [LoggerMessage(EventId = 4106, Level = LogLevel.Information,
         Message = "Adapter {Adapter} v{Version} forgotten ({Bytes} bytes released)")]

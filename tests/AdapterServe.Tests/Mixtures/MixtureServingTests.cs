@@ -125,7 +125,7 @@ public class MixtureServingTests
     }
 
     /// <summary>The naive model's projection hook for <paramref name="mixture"/>; counts selections per (module, expert id) into <paramref name="counts"/>.</summary>
-    static Func<string, Tensor, Tensor, Tensor> Hook(TokenMixture mixture, Dictionary<(string, int), long>? counts = null) => (module, x, y) =>
+    internal static Func<string, Tensor, Tensor, Tensor> Hook(TokenMixture mixture, Dictionary<(string, int), long>? counts = null) => (module, x, y) =>
     {
         var xs = Host2(x);
         var result = Host2(y);

@@ -14,15 +14,21 @@ public sealed class LoraModules : IAdapterModules
 {
     private readonly Dictionary<(int Layer, Projection Projection), LoraWeights> _modules;
 
-    private LoraModules(Dictionary<(int, Projection), LoraWeights> modules)
+    private readonly AdapterRecord? _record;     // the stored version (to find its weights held by a mixer); null when built from tensors at hand
+
+    private LoraModules(Dictionary<(int, Projection), LoraWeights> modules, AdapterRecord? record)
     {
         _modules = modules;
+        _record = record;
         Bytes = modules.Values.Sum(m => m.Bytes);
+        Shared = modules.Values.Select(m => m.Storage).OfType<SharedStorage>().Distinct().ToList();
         MaxRank = modules.Count == 0 ? 0 : modules.Values.Max(m => m.Rank);
         IsPlainDelta = modules.Values.All(m => !m.IsDora && m.Bias is null);
     }
 
     public long Bytes { get; }
+    /// <summary>The mixers' expert stacks its modules are views of (<see cref="SharedLoraWeights"/>).</summary>
+    public IReadOnlyCollection<SharedStorage> Shared { get; }
     /// <summary>Largest served rank of any module (0 without modules).</summary>
     public int MaxRank { get; }
     /// <summary>True when every module is <c>y += x (B·A)ᵀ</c> alone: no DoRA rescaling, no bias.</summary>
@@ -37,16 +43,22 @@ public sealed class LoraModules : IAdapterModules
     /// <summary>
     /// Reads <c>adapter_model.safetensors</c> of <paramref name="record"/>'s directory and builds the served tensors:
     /// computed in float32 on the base weight's device (KaSA's SVD included), stored in <paramref name="dtype"/> on
-    /// <paramref name="device"/>. Tensors are created outside any inference_mode guard. Errors are
-    /// <see cref="AdapterValidationException"/>s naming the adapter and the tensor.
+    /// <paramref name="device"/>. A module a loaded LoRA-Mixer already holds for this version (its expert stack, on this
+    /// device in this dtype: <see cref="SharedLoraWeights"/>) is a view of it instead, read from no file. Tensors are
+    /// created outside any inference_mode guard. Errors are <see cref="AdapterValidationException"/>s naming the
+    /// adapter and the tensor.
     /// </summary>
     public static LoraModules Load(AdapterRecord record, IBaseWeights baseWeights, Device device, ScalarType dtype)
     {
         var path = Path.Combine(record.Directory, AdapterFiles.WeightsFileName);
+        SafetensorsFile? file = null;                                     // opened for the first module no mixer holds
         try
         {
-            using var file = SafetensorsFile.Open(path);
-            return FromTensors(record, key => file.Tensors.ContainsKey(key) ? file.Read(key, ScalarType.Float32, CPU) : null, baseWeights, device, dtype);
+            return Build(record, key =>
+            {
+                file ??= SafetensorsFile.Open(path);
+                return file.Tensors.ContainsKey(key) ? file.Read(key, ScalarType.Float32, CPU) : null;
+            }, baseWeights, device, dtype, shareable: true);
         }
         catch (SafetensorsFormatException e)
         {
@@ -56,6 +68,10 @@ public sealed class LoraModules : IAdapterModules
         {
             throw new AdapterValidationException($"{Describe(record)}: cannot read {path}: {e.Message}", "adapter_unreadable", 500);
         }
+        finally
+        {
+            file?.Dispose();
+        }
     }
 
     /// <summary>
@@ -63,7 +79,10 @@ public sealed class LoraModules : IAdapterModules
     /// </summary>
     /// <param name="tensor">The adapter tensor stored under a full key (e.g. <c>{TensorPrefix}.lora_A.weight</c>), or null when
     /// absent. The tensors it returns are only read.</param>
-    public static LoraModules FromTensors(AdapterRecord record, Func<string, Tensor?> tensor, IBaseWeights baseWeights, Device device, ScalarType dtype)
+    public static LoraModules FromTensors(AdapterRecord record, Func<string, Tensor?> tensor, IBaseWeights baseWeights, Device device, ScalarType dtype) =>
+        Build(record, tensor, baseWeights, device, dtype, shareable: false);
+
+    private static LoraModules Build(AdapterRecord record, Func<string, Tensor?> tensor, IBaseWeights baseWeights, Device device, ScalarType dtype, bool shareable)
     {
         ArgumentNullException.ThrowIfNull(record);
         ArgumentNullException.ThrowIfNull(tensor);
@@ -78,7 +97,10 @@ public sealed class LoraModules : IAdapterModules
             {
                 if (modules.ContainsKey((spec.Layer, spec.Projection)))
                     throw new AdapterValidationException($"{Describe(record)}: {ProjectionNames.ModulePath(spec.Layer, spec.Projection)} is listed twice");
-                modules.Add((spec.Layer, spec.Projection), LoadModule(record, description, spec, tensor, baseWeights.Weight(spec.Layer, spec.Projection), device, dtype));
+                var shared = shareable && !spec.HasMagnitude ? SharedLoraWeights.TryView(record, spec.Layer, spec.Projection, device, dtype) : null;
+                modules.Add((spec.Layer, spec.Projection), shared is not null
+                    ? LoraWeights.FromShared(spec.Layer, spec.Projection, spec.Scaling, shared)
+                    : LoadModule(record, description, spec, tensor, baseWeights.Weight(spec.Layer, spec.Projection), device, dtype));
             }
         }
         catch
@@ -86,22 +108,26 @@ public sealed class LoraModules : IAdapterModules
             foreach (var m in modules.Values) m.Dispose();
             throw;
         }
-        return new LoraModules(modules);
+        return new LoraModules(modules, shareable ? record : null);
     }
 
+    /// <summary>A copy on <paramref name="device"/>; modules a loaded mixer holds there for this version are views of its stack instead.</summary>
     public IAdapterModules To(Device device)
     {
         var copies = new Dictionary<(int, Projection), LoraWeights>();
         try
         {
-            foreach (var (key, module) in _modules) copies.Add(key, module.To(device));
+            foreach (var (key, module) in _modules)
+                copies.Add(key, _record is not null && !module.IsDora && SharedLoraWeights.TryView(_record, key.Item1, key.Item2, device, module.A.dtype) is { } shared
+                    ? LoraWeights.FromShared(module.Layer, module.Projection, module.Scaling, shared)
+                    : module.To(device));
         }
         catch
         {
             foreach (var m in copies.Values) m.Dispose();
             throw;
         }
-        return new LoraModules(copies);
+        return new LoraModules(copies, _record);
     }
 
     public void Dispose()

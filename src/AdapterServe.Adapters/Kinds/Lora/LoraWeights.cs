@@ -21,7 +21,8 @@ public sealed class LoraWeights : IDisposable
     // DoRA's m / ‖W0 + scale·ΔW‖_row per request scale; scale 1 is filled at load, others on first use (engine thread).
     private readonly Dictionary<float, Tensor> _doraRowScales = [];
 
-    internal LoraWeights(int layer, Projection projection, double scaling, Tensor a, Tensor b, Tensor? bias, Tensor? magnitude, Tensor? doraRowScale)
+    internal LoraWeights(int layer, Projection projection, double scaling, Tensor a, Tensor b, Tensor? bias, Tensor? magnitude, Tensor? doraRowScale,
+        SharedStorage? storage = null)
     {
         Layer = layer;
         Projection = projection;
@@ -37,7 +38,19 @@ public sealed class LoraWeights : IDisposable
         Bias = bias;
         Magnitude = magnitude;
         if (doraRowScale is not null) _doraRowScales[1f] = doraRowScale;
-        Bytes = TensorBytes(a) + TensorBytes(BT) + TensorBytes(bias) + TensorBytes(magnitude) + TensorBytes(doraRowScale);
+        Storage = storage;
+        Bytes = storage is not null ? 0 : TensorBytes(a) + TensorBytes(BT) + TensorBytes(bias) + TensorBytes(magnitude) + TensorBytes(doraRowScale);
+    }
+
+    /// <summary>
+    /// A plain module whose tensors are views of <paramref name="block"/> (a mixer's expert stack, see
+    /// <see cref="SharedLoraWeights"/>): no copy; its ownership of the view handles passes here.
+    /// </summary>
+    internal static LoraWeights FromShared(int layer, Projection projection, double scaling, SharedLoraBlock block)
+    {
+        var b = block.BT.t().DetachFromDisposeScope();                         // [d_out, r], a view
+        block.BT.Dispose();
+        return new(layer, projection, scaling, block.A, b, block.Bias, null, null, block.Storage);
     }
 
     public int Layer { get; }
@@ -59,8 +72,10 @@ public sealed class LoraWeights : IDisposable
     public int InFeatures => (int)A.size(1);
     public int OutFeatures => (int)B.size(0);
     public bool IsDora => Magnitude is not null;
-    /// <summary>Bytes of the tensors loaded with the module (A, B, bias, magnitude and DoRA's scale-1 row factor).</summary>
+    /// <summary>Bytes of the tensors loaded with the module (A, B, bias, magnitude and DoRA's scale-1 row factor); 0 when they are views of <see cref="Storage"/>.</summary>
     public long Bytes { get; }
+    /// <summary>The storage its tensors are views of when another adapter holds them (<see cref="SharedLoraWeights"/>), else null.</summary>
+    public SharedStorage? Storage { get; }
 
     /// <summary>
     /// DoRA's per-output-row factor <c>m / ‖W0 + scale·B·A‖_row</c> (<c>[d_out]</c>, this module's dtype and device),

@@ -80,7 +80,8 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
                     experts[expert.Name] = LoraModules.Load(expertRecord, baseWeights, CPU, ScalarType.Float32);
                 }
                 var weights = MixerWeights.Load(record.Directory, layout, record.Name, (name, layer, projection) =>
-                    experts[name].Module(layer, projection) is { } w ? new ExpertDelta(w.A, w.B, w.Bias) : null, device, dtype);
+                    experts[name].Module(layer, projection) is { } w ? new ExpertDelta(w.A, w.B, w.Bias) : null,
+                    [.. layout.Experts.Select(e => e.Embedded ? null : e.Record)], device, dtype);
                 return new MixerModules(weights);
             }
             finally
@@ -98,6 +99,7 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
     {
         public MixerWeights Weights { get; } = weights;
         public long Bytes => Weights.Bytes;
+        public IReadOnlyCollection<SharedStorage> Shared => Weights.Shared;
         public bool Targets(int layer, Projection projection) => Weights.Module(layer, projection) is not null;
         public IAdapterModules To(Device device) => new MixerModules(Weights.To(device));
         public void Dispose() => Weights.Dispose();

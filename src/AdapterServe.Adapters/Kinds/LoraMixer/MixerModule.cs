@@ -1,3 +1,4 @@
+using AdapterServe.Adapters.Kinds.Lora;
 using TorchSharp;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn.functional;
@@ -22,8 +23,14 @@ public sealed record ExpertDelta(Tensor A, Tensor B, Tensor? Bias);
 /// </summary>
 public sealed class MixerModule : IDisposable
 {
-    private MixerModule(int experts, int rank, int topK, bool renormalize, Tensor router, Tensor? routerBias, Tensor aAll, Tensor bTAll, Tensor? biasAll)
+    private readonly int[] _expertRanks;         // r_e per expert (0: it does not adapt this module)
+    private readonly bool[] _expertBiases;       // whether expert e has a bias row here
+
+    private MixerModule(int experts, int rank, int topK, bool renormalize, Tensor router, Tensor? routerBias, Tensor aAll, Tensor bTAll, Tensor? biasAll,
+        int[] expertRanks, bool[] expertBiases)
     {
+        _expertRanks = expertRanks;
+        _expertBiases = expertBiases;
         Experts = experts;
         Rank = rank;
         TopK = topK;
@@ -35,7 +42,9 @@ public sealed class MixerModule : IDisposable
         BiasAll = biasAll;
         InFeatures = aAll.size(1);
         OutFeatures = bTAll.size(1);
-        Bytes = new[] { router, routerBias, aAll, bTAll, biasAll }.Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize);
+        RouterBytes = new[] { router, routerBias }.Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize);
+        Storage = new SharedStorage(new[] { aAll, bTAll, biasAll }.Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize),
+            $"LoRA-Mixer expert stack [{experts}×{rank}, {InFeatures} → {OutFeatures}] on {aAll.device}");
     }
 
     public int Experts { get; }
@@ -45,7 +54,10 @@ public sealed class MixerModule : IDisposable
     public bool Renormalize { get; }
     public long InFeatures { get; }
     public long OutFeatures { get; }
-    public long Bytes { get; }
+    /// <summary>Bytes of the router and its bias (this mixer's own).</summary>
+    public long RouterBytes { get; }
+    /// <summary>The stacked experts (A, Bᵀ, biases): views of it serve the same experts called alone (<see cref="ExpertBlock"/>).</summary>
+    public SharedStorage Storage { get; }
     /// <summary><c>W_g [E, d_in]</c>, float32.</summary>
     public Tensor Router { get; }
     /// <summary><c>b_g [E]</c>, float32, or null.</summary>
@@ -83,10 +95,14 @@ public sealed class MixerModule : IDisposable
         var aAll = zeros([e * r, dIn], ScalarType.Float32);                           // [E·r, d_in]
         var bTAll = zeros([e * r, dOut], ScalarType.Float32);                         // [E·r, d_out]
         var biasAll = anyBias ? zeros([e, dOut], ScalarType.Float32) : null;          // [E, d_out]
+        var ranks = new int[e];
+        var biases = new bool[e];
         for (int i = 0; i < e; i++)
         {
             if (experts[i] is not { } x) continue;
             long ri = x.A.size(0);
+            ranks[i] = (int)ri;
+            biases[i] = x.Bias is not null;
             if (x.A.dim() != 2 || x.A.size(1) != dIn || x.B.dim() != 2 || x.B.size(0) != dOut || x.B.size(1) != ri)
                 throw new ArgumentException($"expert {i}: A [{string.Join(", ", x.A.shape)}] and B [{string.Join(", ", x.B.shape)}] do not fit [r, {dIn}] and [{dOut}, r]", nameof(experts));
             aAll.narrow(0, (long)i * r, ri).copy_(x.A);                                 // rows i·r .. i·r + r_e
@@ -96,7 +112,24 @@ public sealed class MixerModule : IDisposable
         Tensor Keep(Tensor t, ScalarType type) => t.to(type, device, copy: true).contiguous().DetachFromDisposeScope();
         return new MixerModule(e, r, topK, renormalize,
             Keep(router, ScalarType.Float32), routerBias is null ? null : Keep(routerBias, ScalarType.Float32),
-            Keep(aAll, dtype), Keep(bTAll, dtype), biasAll is null ? null : Keep(biasAll, dtype));
+            Keep(aAll, dtype), Keep(bTAll, dtype), biasAll is null ? null : Keep(biasAll, dtype), ranks, biases);
+    }
+
+    /// <summary>
+    /// New views of expert <paramref name="expert"/>'s rows of the stack: <c>A_e [r_e, d_in]</c>, <c>(s_e·B_e)ᵀ [r_e, d_out]</c>
+    /// and <c>s_e·bias_e</c> (null when it has none); null when the expert does not adapt this module.
+    /// </summary>
+    public SharedLoraBlock? ExpertBlock(int expert)
+    {
+        int r = _expertRanks[expert];
+        if (r == 0) return null;
+        using var inferenceOff = inference_mode(false);
+        long first = (long)expert * Rank;
+        return new SharedLoraBlock(
+            AAll.narrow(0, first, r).DetachFromDisposeScope(),                            // [r_e, d_in]
+            BTAll.narrow(0, first, r).DetachFromDisposeScope(),                           // [r_e, d_out]
+            _expertBiases[expert] ? BiasAll!.select(0, expert).DetachFromDisposeScope() : null, // [d_out]
+            Storage);
     }
 
     /// <summary>
@@ -155,7 +188,7 @@ public sealed class MixerModule : IDisposable
         using var inferenceOff = inference_mode(false);
         Tensor Copy(Tensor t) => t.to(device, copy: true).DetachFromDisposeScope();
         return new MixerModule(Experts, Rank, TopK, Renormalize, Copy(Router), RouterBias is null ? null : Copy(RouterBias),
-            Copy(AAll), Copy(BTAll), BiasAll is null ? null : Copy(BiasAll));
+            Copy(AAll), Copy(BTAll), BiasAll is null ? null : Copy(BiasAll), _expertRanks, _expertBiases);
     }
 
     public void Dispose()

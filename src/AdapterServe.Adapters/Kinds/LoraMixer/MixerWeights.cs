@@ -1,4 +1,5 @@
 using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Lora;
 using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using TorchSharp;
@@ -8,21 +9,34 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer;
 
 /// <summary>
 /// One loaded LoRA-Mixer: a fused <see cref="MixerModule"/> and its <see cref="ExpertSite"/> (labels = expert names)
-/// per routed projection, stacked from the experts' served LoRA weights (scalings already folded in). Owns its tensors.
+/// per routed projection, stacked from the experts' served LoRA weights (scalings already folded in). The rows of each
+/// registered expert are published (<see cref="SharedLoraWeights"/>) while these weights live, so that LoRA called
+/// alone on the same device is served from them instead of a copy of its own. Owns its tensors.
 /// </summary>
 public sealed class MixerWeights : IDisposable
 {
     private readonly Dictionary<(int Layer, Projection Projection), (MixerModule Module, ExpertSite Site)> _modules;
+    private readonly IReadOnlyList<AdapterRecord?> _expertRecords;    // per expert: its registered version, null when embedded
+    private readonly List<IDisposable> _publications = [];
 
-    private MixerWeights(LoraMixerConfig config, Dictionary<(int, Projection), (MixerModule, ExpertSite)> modules)
+    private MixerWeights(LoraMixerConfig config, Dictionary<(int, Projection), (MixerModule, ExpertSite)> modules, IReadOnlyList<AdapterRecord?> expertRecords)
     {
         Config = config;
         _modules = modules;
-        Bytes = modules.Values.Sum(m => m.Item1.Bytes);
+        _expertRecords = expertRecords;
+        Bytes = modules.Values.Sum(m => m.Item1.RouterBytes);
+        Shared = modules.Values.Select(m => m.Item1.Storage).ToList();
+        foreach (var ((layer, projection), (module, _)) in modules)
+            for (int e = 0; e < expertRecords.Count; e++)
+                if (expertRecords[e] is { } expert && module.ExpertBlock(e) is { } block)
+                    _publications.Add(SharedLoraWeights.Publish(expert, layer, projection, block));
     }
 
     public LoraMixerConfig Config { get; }
+    /// <summary>Bytes of the routers (the mixer's own tensors).</summary>
     public long Bytes { get; }
+    /// <summary>The expert stacks, one per routed projection.</summary>
+    public IReadOnlyCollection<SharedStorage> Shared { get; }
     public IEnumerable<(MixerModule Module, ExpertSite Site)> Modules => _modules.Values;
 
     public (MixerModule Module, ExpertSite Site)? Module(int layer, Projection projection) =>
@@ -30,7 +44,9 @@ public sealed class MixerWeights : IDisposable
 
     /// <summary>Reads the routers of a validated mixer directory and stacks the experts under them.</summary>
     /// <param name="expert">The served LoRA weights of expert <c>name</c> at (layer, projection), or null where it does not adapt it.</param>
-    public static MixerWeights Load(string directory, LoraMixerLayout layout, string adapterName, Func<string, int, Projection, ExpertDelta?> expert, Device device, ScalarType dtype)
+    /// <param name="expertRecords">Per expert of <c>layout.Config.Experts</c>: its registered version, or null when embedded.</param>
+    public static MixerWeights Load(string directory, LoraMixerLayout layout, string adapterName, Func<string, int, Projection, ExpertDelta?> expert,
+        IReadOnlyList<AdapterRecord?> expertRecords, Device device, ScalarType dtype)
     {
         const string file = LoraMixerConfig.RouterFileName;
         var config = layout.Config;
@@ -54,7 +70,7 @@ public sealed class MixerWeights : IDisposable
             foreach (var (m, _) in modules.Values) m.Dispose();
             throw;
         }
-        return new MixerWeights(config, modules);
+        return new MixerWeights(config, modules, expertRecords);
     }
 
     /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
@@ -70,11 +86,13 @@ public sealed class MixerWeights : IDisposable
             foreach (var (m, _) in copies.Values) m.Dispose();
             throw;
         }
-        return new MixerWeights(Config, copies);
+        return new MixerWeights(Config, copies, _expertRecords);
     }
 
     public void Dispose()
     {
+        foreach (var p in _publications) p.Dispose();
+        _publications.Clear();
         foreach (var (m, _) in _modules.Values) m.Dispose();
     }
 }

@@ -1,0 +1,193 @@
+using System.Text.Json.Nodes;
+using AdapterServe.Adapters;
+using AdapterServe.Adapters.Kinds.Lora;
+using AdapterServe.Adapters.Kinds.LoraMixer;
+using AdapterServe.Bench.Adapters;
+using AdapterServe.Engine;
+using AdapterServe.Modeling;
+using AdapterServe.Modeling.Safetensors;
+using AdapterServe.Tests.AdapterServing;
+using AdapterServe.Tests.Engine;
+using AdapterServe.Tests.Infrastructure;
+using AdapterServe.Tests.Modeling;
+using static TorchSharp.torch;
+using static AdapterServe.Tests.Mixtures.MixtureNaive;
+
+namespace AdapterServe.Tests.Mixtures;
+
+/// <summary>
+/// Issue 10: a registered LoRA used as a mixer's expert is one resident copy of its weights, whether it is called alone
+/// or through the mixer, and whichever of the two is loaded first; the residency cache counts that copy once.
+/// </summary>
+public class SharedExpertWeightsTests
+{
+    static readonly ModelConfig Base = TinyModels.Llama;
+    static string ModelDir => TinyModels.Directory(Base);
+    static readonly Projection[] Targets = [Projection.Q, Projection.V, Projection.Up];
+
+    /// <summary>A plain LoRA per token, read from its PEFT files: <c>s·B(A x) (+ s·bias)</c>.</summary>
+    static MixtureServingTests.TokenMixture NaiveLora(string dir)
+    {
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!;
+        double s = config["lora_alpha"]!.GetValue<double>() / config["r"]!.GetValue<int>();
+        string weights = Path.Combine(dir, "adapter_model.safetensors");
+        return (module, x) =>
+        {
+            string prefix = "base_model.model." + module;
+            using var f = SafetensorsFile.Open(weights);
+            if (!f.Tensors.ContainsKey(prefix + ".lora_A.weight")) return (null!, []);
+            var delta = MatVec(Host2(f.Read(prefix + ".lora_B.weight", ScalarType.Float64, CPU)), MatVec(Host2(f.Read(prefix + ".lora_A.weight", ScalarType.Float64, CPU)), x));
+            if (f.Tensors.ContainsKey(prefix + ".lora_B.bias"))
+            {
+                var bias = Host1(f.Read(prefix + ".lora_B.bias", ScalarType.Float64, CPU));
+                for (int o = 0; o < delta.Length; o++) delta[o] += bias[o];
+            }
+            return (delta.Select(v => s * v).ToArray(), []);
+        };
+    }
+
+    static async Task<LoadedAdapter> Resident(AdapterEngineFixture f, string name)
+    {
+        Assert.True(f.Store.Registry.TryResolve(name, out var record));
+        var lease = f.Cache.Acquire(record);
+        try
+        {
+            Assert.True(lease.HostLoaded.Wait(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken));
+            LoadedAdapter? adapter = null;
+            for (int i = 0; i < 100 && !f.Cache.TryGetReady(lease, out adapter); i++) await Task.Delay(20, TestContext.Current.CancellationToken);
+            return adapter ?? throw new InvalidOperationException($"{name} did not become resident");
+        }
+        finally
+        {
+            f.Cache.Release(lease);
+        }
+    }
+
+    [Fact]
+    public async Task A_registered_expert_and_its_mixer_hold_one_copy_of_its_weights_whichever_loads_first()
+    {
+        await using var f = await AdapterEngineFixture.StartAsync(ModelDir);
+        using var tmp = new TempDir();
+        string id = Guid.NewGuid().ToString("N")[..8];
+        string[] experts = [$"zara-{id}", $"forest-{id}", $"moss-{id}"];
+        string mixer = $"mix-{id}";
+        for (int i = 0; i < experts.Length; i++)
+        {
+            // Different ranks, scalings and one lora_B bias: each expert's rows of the stack differ in shape and scale.
+            PeftLoraWriter.Write(tmp.Sub(experts[i]), Base, rank: 2 + 2 * i, Targets, seed: 40 + i, alpha: 3.0 + i, loraBias: i == 1);
+            await f.RegisterAsync(experts[i], tmp.Sub(experts[i]));
+        }
+        string mixerDir = tmp.Sub(mixer);
+        MixtureWriters.WriteLoraMixer(mixerDir, Base, experts.Length, topK: 2, rank: 4, [Projection.Q, Projection.V], seed: 12, expertNames: experts);
+        await f.RegisterAsync(mixer, mixerDir);
+        using var naive = new NaiveLlama(ModelDir);
+        int[] prompt = [3, 1, 4, 1, 5];
+
+        async Task<Completion> Run(string adapter) =>
+            (await EngineRunner.RunAsync(f.Engine, EngineRunner.Greedy(prompt, 4, logprobs: 0) with { Adapters = [new AdapterRef(adapter)] }))[0];
+
+        // The expert alone first: its own copy, equal to the naive LoRA model.
+        var first = await Run(experts[0]);
+        var seq = prompt.ToList();
+        foreach (var (token, lp) in first.Tokens.Zip(first.Logprobs))
+        {
+            var expected = naive.Logits(seq, MixtureServingTests.Hook(NaiveLora(tmp.Sub(experts[0]))))[-1].log_softmax(-1);
+            Assert.Equal((int)expected.argmax().item<long>(), token);
+            Assert.Equal(expected[token].item<double>(), lp!.Logprob, 1e-5);
+            seq.Add(token);
+        }
+        var alone = await Resident(f, experts[0]);
+        Assert.True(alone.Modules.Bytes > 0);
+        Assert.Empty(alone.Modules.Shared);
+
+        // The mixer loads: it stacks its experts, and the expert's idle copy of the same weights is dropped.
+        await Run(mixer);
+        var mixed = await Resident(f, mixer);
+        long mixerBytes = f.Cache.Snapshot().DeviceBytes;
+        Assert.Equal(mixed.Bytes, mixerBytes);
+        Assert.Equal(1, f.Cache.Snapshot().DeviceAdapters);
+        Assert.True(alone.IsDisposed);
+
+        // The expert again, and an expert first used after the mixer: views of the mixer's stacks, not copies.
+        var again = await Run(experts[0]);
+        Assert.Equal(first.Tokens, again.Tokens);
+        Assert.Equal(first.Logprobs.Select(l => l!.Logprob), again.Logprobs.Select(l => l!.Logprob));
+        await Run(experts[1]);
+        var stacks = mixed.Modules.Shared.ToHashSet();
+        foreach (var (name, index) in new[] { (experts[0], 0), (experts[1], 1) })
+        {
+            var served = await Resident(f, name);
+            var modules = served.LoraModules();
+            var weights = (mixed.Modules as MixerModules)!.Weights;
+            foreach (var p in new[] { Projection.Q, Projection.V })
+            {
+                var w = modules.Module(0, p)!;
+                var (stack, _) = weights.Module(0, p)!.Value;
+                Assert.Equal(0, w.Bytes);
+                Assert.Same(stack.Storage, w.Storage);
+                // The very memory of the stack: expert e's rows start e·r_max rows into A_all and Bᵀ_all.
+                Assert.Equal(stack.AAll.storage<float>().data_ptr(), w.A.storage<float>().data_ptr());
+                Assert.Equal(stack.BTAll.storage<float>().data_ptr(), w.BT.storage<float>().data_ptr());
+                Assert.Equal(stack.AAll.storage_offset() + index * stack.Rank * stack.InFeatures, w.A.storage_offset());
+                Assert.Equal(stack.BTAll.storage_offset() + index * stack.Rank * stack.OutFeatures, w.BT.storage_offset());
+                Assert.True(w.A.allclose(stack.AAll.narrow(0, index * stack.Rank, w.Rank), rtol: 0, atol: 0));
+                Assert.Equal(index == 1, w.Bias is not null);
+            }
+            // Up is an expert module the mixer does not route: that one stays the LoRA's own.
+            Assert.Null(modules.Module(0, Projection.Up)!.Storage);
+            Assert.True(modules.Shared.All(stacks.Contains));
+        }
+
+        // Device bytes: the mixer once, plus only the expert modules it does not hold (Up of two experts).
+        var snapshot = f.Cache.Snapshot();
+        Assert.Equal(3, snapshot.DeviceAdapters);
+        long ownUp = 0;
+        foreach (var name in experts[..2]) ownUp += (await Resident(f, name)).Modules.Bytes;
+        Assert.Equal(mixerBytes + ownUp, snapshot.DeviceBytes);
+        Assert.True(snapshot.DeviceBytes < mixerBytes + (await Resident(f, experts[0])).Bytes + (await Resident(f, experts[1])).Bytes);
+    }
+
+    [Fact]
+    public async Task Deleting_a_mixer_leaves_the_expert_served_from_its_stack_intact_and_counts_that_stack_for_the_expert()
+    {
+        await using var f = await AdapterEngineFixture.StartAsync(ModelDir);
+        using var tmp = new TempDir();
+        string id = Guid.NewGuid().ToString("N")[..8];
+        string[] experts = [$"a-{id}", $"b-{id}"];
+        string mixer = $"mix-{id}";
+        for (int i = 0; i < experts.Length; i++)
+        {
+            PeftLoraWriter.Write(tmp.Sub(experts[i]), Base, rank: 4, [Projection.Q, Projection.V], seed: 50 + i);
+            await f.RegisterAsync(experts[i], tmp.Sub(experts[i]));
+        }
+        MixtureWriters.WriteLoraMixer(tmp.Sub(mixer), Base, experts.Length, topK: 1, rank: 4, [Projection.Q, Projection.V], seed: 13, expertNames: experts);
+        await f.RegisterAsync(mixer, tmp.Sub(mixer));
+        int[] prompt = [9, 8, 7];
+
+        async Task<Completion> Run(string adapter) =>
+            (await EngineRunner.RunAsync(f.Engine, EngineRunner.Greedy(prompt, 4, logprobs: 0) with { Adapters = [new AdapterRef(adapter)] }))[0];
+
+        await Run(mixer);
+        var viaStack = await Run(experts[0]);
+        var expert = await Resident(f, experts[0]);
+        Assert.Equal(0, expert.Modules.Bytes);
+        long stackBytes = expert.Modules.Shared.Sum(s => s.Bytes);
+
+        await f.Store.DeleteAsync(mixer, wait: true, TestContext.Current.CancellationToken);
+
+        // The mixer's tensors are gone, the expert's views keep the stack's memory: same output, and the cache counts
+        // the whole stack for the expert now (it stays allocated while the expert lives).
+        Assert.Equal(ResidencyTier.Stored, f.Cache.Status(mixer).Tier);
+        var after = await Run(experts[0]);
+        Assert.Equal(viaStack.Tokens, after.Tokens);
+        Assert.Equal(viaStack.Logprobs.Select(l => l!.Logprob), after.Logprobs.Select(l => l!.Logprob));
+        Assert.Equal(stackBytes, f.Cache.Snapshot().DeviceBytes);
+
+        // Loaded again with no mixer holding it: its own copy, read from its files.
+        f.Cache.Forget(experts[0]);
+        var reloaded = await Resident(f, experts[0]);
+        Assert.Empty(reloaded.Modules.Shared);
+        Assert.True(reloaded.Modules.Bytes > 0);
+        Assert.Equal(viaStack.Tokens, (await Run(experts[0])).Tokens);
+    }
+}
