@@ -33,7 +33,8 @@ public class MixtureServingTests
     static Tensor Read(string file, string key) { using var f = SafetensorsFile.Open(file); return f.Read(key, ScalarType.Float64, CPU); }
 
     /// <summary>LoRA-Mixer per token: softmax router (+bias), explicit top-K, renormalise, Σ p̃_e s_e B_e A_e x.</summary>
-    internal static TokenMixture NaiveMixer(string dir)
+    /// <param name="expertDirectory">Where expert <c>name</c>'s PEFT files are (default: embedded under <c>experts/name</c>).</param>
+    internal static TokenMixture NaiveMixer(string dir, Func<string, string>? expertDirectory = null)
     {
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!;
         var experts = config["experts"]!.AsArray().Select(e => e!.GetValue<string>()).ToArray();
@@ -60,7 +61,7 @@ public class MixtureServingTests
             double[]? y = null;
             foreach (int e in top)
             {
-                string expertDir = Path.Combine(dir, "experts", experts[e]);
+                string expertDir = expertDirectory?.Invoke(experts[e]) ?? Path.Combine(dir, "experts", experts[e]);
                 var ec = JsonNode.Parse(File.ReadAllText(Path.Combine(expertDir, "adapter_config.json")))!;
                 double s = ec["lora_alpha"]!.GetValue<double>() / ec["r"]!.GetValue<int>();
                 string weights = Path.Combine(expertDir, "adapter_model.safetensors");

@@ -190,4 +190,56 @@ public class SharedExpertWeightsTests
         Assert.True(reloaded.Modules.Bytes > 0);
         Assert.Equal(viaStack.Tokens, (await Run(experts[0])).Tokens);
     }
+
+    [Fact]
+    public async Task Two_mixers_over_the_same_experts_share_one_stack_under_their_own_routers()
+    {
+        await using var f = await AdapterEngineFixture.StartAsync(ModelDir);
+        using var tmp = new TempDir();
+        string id = Guid.NewGuid().ToString("N")[..8];
+        string[] experts = [$"p-{id}", $"q-{id}", $"s-{id}"];
+        for (int i = 0; i < experts.Length; i++)
+        {
+            PeftLoraWriter.Write(tmp.Sub(experts[i]), Base, rank: 3 + i, Targets, seed: 60 + i, alpha: 2.0 + i);
+            await f.RegisterAsync(experts[i], tmp.Sub(experts[i]));
+        }
+        string[] mixers = [$"m1-{id}", $"m2-{id}"];
+        for (int m = 0; m < mixers.Length; m++)
+        {
+            MixtureWriters.WriteLoraMixer(tmp.Sub(mixers[m]), Base, experts.Length, topK: 2 - m, rank: 4, Targets, seed: 70 + m, expertNames: experts, routerBias: m == 0);
+            await f.RegisterAsync(mixers[m], tmp.Sub(mixers[m]));
+        }
+        using var naive = new NaiveLlama(ModelDir);
+        int[] prompt = [2, 7, 1, 8];
+
+        // Each mixer's tokens and logprobs are its own router's (the naive per-token loop), the second one loaded
+        // while the first holds the stack.
+        foreach (var mixer in mixers)
+        {
+            var result = (await EngineRunner.RunAsync(f.Engine, EngineRunner.Greedy(prompt, 3, logprobs: 0) with { Adapters = [new AdapterRef(mixer)] }))[0];
+            var mixture = MixtureServingTests.NaiveMixer(tmp.Sub(mixer), tmp.Sub);
+            var seq = prompt.ToList();
+            foreach (var (token, lp) in result.Tokens.Zip(result.Logprobs))
+            {
+                var expected = naive.Logits(seq, MixtureServingTests.Hook(mixture))[-1].log_softmax(-1);
+                Assert.Equal((int)expected.argmax().item<long>(), token);
+                Assert.Equal(expected[token].item<double>(), lp!.Logprob, 1e-5);
+                seq.Add(token);
+            }
+        }
+
+        var first = (await Resident(f, mixers[0])).Modules as MixerModules;
+        var second = (await Resident(f, mixers[1])).Modules as MixerModules;
+        foreach (var p in Targets)
+        {
+            var (a, _) = first!.Weights.Module(1, p)!.Value;
+            var (b, _) = second!.Weights.Module(1, p)!.Value;
+            Assert.Same(a.Storage, b.Storage);
+            Assert.Equal(a.AAll.storage<float>().data_ptr(), b.AAll.storage<float>().data_ptr());
+            Assert.Equal(a.BTAll.storage<float>().data_ptr(), b.BTAll.storage<float>().data_ptr());
+            Assert.NotEqual(a.Router.storage<float>().data_ptr(), b.Router.storage<float>().data_ptr());
+        }
+        // Device bytes: one stack per projection, and each mixer's own routers.
+        Assert.Equal(first!.Shared.Sum(s => s.Bytes) + first.Bytes + second!.Bytes, f.Cache.Snapshot().DeviceBytes);
+    }
 }

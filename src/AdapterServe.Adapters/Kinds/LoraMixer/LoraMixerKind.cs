@@ -67,26 +67,24 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
             var description = record.Description as LoraMixerDescription
                 ?? throw new ArgumentException($"adapter '{record.Name}' is a '{record.Description.Kind}' adapter, not a LoRA-Mixer", nameof(record));
             var layout = description.Layout;
-            var experts = new Dictionary<string, LoraModules>();
+            var sources = layout.Experts.Select(expert => new MixerExpertSource(expert.Embedded
+                ? new AdapterRecord($"{record.Name}/{expert.Name}", record.Version, expert.EmbeddedDirectory(record.Directory), expert.Description, record.ContentHash, record.Source, record.CreatedAt, record.UpdatedAt)
+                : expert.Record ?? throw new AdapterValidationException($"adapter '{record.Name}': expert '{expert.Name}' has no stored version", "expert_not_found"),
+                Registered: !expert.Embedded)).ToList();
+            var experts = new LoraModules?[sources.Count];
             try
             {
-                // Each expert's served LoRA weights (scalings folded, KaSA converted) are computed once in float32 and
-                // stacked; the per-expert copies are dropped after stacking.
-                foreach (var expert in layout.Experts)
-                {
-                    var expertRecord = expert.Embedded
-                        ? new AdapterRecord($"{record.Name}/{expert.Name}", record.Version, expert.EmbeddedDirectory(record.Directory), expert.Description, record.ContentHash, record.Source, record.CreatedAt, record.UpdatedAt)
-                        : expert.Record ?? throw new AdapterValidationException($"adapter '{record.Name}': expert '{expert.Name}' has no stored version", "expert_not_found");
-                    experts[expert.Name] = LoraModules.Load(expertRecord, baseWeights, CPU, ScalarType.Float32);
-                }
-                var weights = MixerWeights.Load(record.Directory, layout, record.Name, (name, layer, projection) =>
-                    experts[name].Module(layer, projection) is { } w ? new ExpertDelta(w.A, w.B, w.Bias) : null,
-                    [.. layout.Experts.Select(e => e.Embedded ? null : e.Record)], device, dtype);
+                // Each expert's served LoRA weights (scalings folded, KaSA converted) are computed once in float32, when
+                // a stack needs them (none when a mixer over the same experts is loaded), and stacked; the per-expert
+                // copies are dropped after stacking.
+                var weights = MixerWeights.Load(record.Directory, layout, record.Name, sources, (i, layer, projection) =>
+                    (experts[i] ??= LoraModules.Load(sources[i].Record, baseWeights, CPU, ScalarType.Float32)).Module(layer, projection) is { } w
+                        ? new ExpertDelta(w.A, w.B, w.Bias) : null, device, dtype);
                 return new MixerModules(weights);
             }
             finally
             {
-                foreach (var m in experts.Values) m.Dispose();
+                foreach (var m in experts) m?.Dispose();
             }
         }
 

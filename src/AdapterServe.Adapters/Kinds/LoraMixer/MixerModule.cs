@@ -27,7 +27,7 @@ public sealed class MixerModule : IDisposable
     private readonly bool[] _expertBiases;       // whether expert e has a bias row here
 
     private MixerModule(int experts, int rank, int topK, bool renormalize, Tensor router, Tensor? routerBias, Tensor aAll, Tensor bTAll, Tensor? biasAll,
-        int[] expertRanks, bool[] expertBiases)
+        int[] expertRanks, bool[] expertBiases, SharedStorage? storage = null)
     {
         _expertRanks = expertRanks;
         _expertBiases = expertBiases;
@@ -43,7 +43,7 @@ public sealed class MixerModule : IDisposable
         InFeatures = aAll.size(1);
         OutFeatures = bTAll.size(1);
         RouterBytes = new[] { router, routerBias }.Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize);
-        Storage = new SharedStorage(new[] { aAll, bTAll, biasAll }.Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize),
+        Storage = storage ?? new SharedStorage(new[] { aAll, bTAll, biasAll }.Sum(t => t is null ? 0 : t.NumberOfElements * t.ElementSize),
             $"LoRA-Mixer expert stack [{experts}×{rank}, {InFeatures} → {OutFeatures}] on {aAll.device}");
     }
 
@@ -113,6 +113,25 @@ public sealed class MixerModule : IDisposable
         return new MixerModule(e, r, topK, renormalize,
             Keep(router, ScalarType.Float32), routerBias is null ? null : Keep(routerBias, ScalarType.Float32),
             Keep(aAll, dtype), Keep(bTAll, dtype), biasAll is null ? null : Keep(biasAll, dtype), ranks, biases);
+    }
+
+    /// <summary>
+    /// A mixer over the same experts with another router: its own router (float32, on the stack's device) over views of
+    /// this module's stacked experts (no copy; <see cref="Storage"/> is shared).
+    /// </summary>
+    /// <param name="router"><c>W_g [E, d_in]</c>.</param>
+    /// <param name="routerBias"><c>b_g [E]</c> or null.</param>
+    public MixerModule WithRouter(Tensor router, Tensor? routerBias, int topK, bool renormalize)
+    {
+        if (router.dim() != 2 || router.size(0) != Experts || router.size(1) != InFeatures)
+            throw new ArgumentException($"router must be [{Experts}, {InFeatures}], got [{string.Join(", ", router.shape)}]", nameof(router));
+        if (topK < 1 || topK > Experts) throw new ArgumentOutOfRangeException(nameof(topK), $"top_k must be in 1..{Experts}, got {topK}");
+        using var inferenceOff = inference_mode(false);
+        var device = AAll.device;
+        Tensor Keep(Tensor t) => t.to(ScalarType.Float32, device, copy: true).contiguous().DetachFromDisposeScope();
+        static Tensor View(Tensor t) => t.view(t.shape).DetachFromDisposeScope();                // a new handle on the same storage
+        return new MixerModule(Experts, Rank, topK, renormalize, Keep(router), routerBias is null ? null : Keep(routerBias),
+            View(AAll), View(BTAll), BiasAll is null ? null : View(BiasAll), _expertRanks, _expertBiases, Storage);
     }
 
     /// <summary>
