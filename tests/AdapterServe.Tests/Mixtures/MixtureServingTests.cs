@@ -30,7 +30,28 @@ public class MixtureServingTests
     /// <summary>A naive mixture: per module, per token, the delta and the expert ids chosen.</summary>
     internal delegate (double[] Delta, int[] Selected) TokenMixture(string module, double[] x);
 
-    static Tensor Read(string file, string key) { using var f = SafetensorsFile.Open(file); return f.Read(key, ScalarType.Float64, CPU); }
+    /// <summary>
+    /// One PEFT LoRA's delta for one token, read from its files: <c>s·(B(A x) + bias)</c> (PEFT scales its lora_bias like
+    /// the delta), or null where it does not adapt <paramref name="module"/>.
+    /// </summary>
+    internal static double[]? NaiveLoraDelta(string expertDir, string module, double[] x)
+    {
+        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(expertDir, "adapter_config.json")))!;
+        double s = config["lora_alpha"]!.GetValue<double>() / config["r"]!.GetValue<int>();
+        string prefix = "base_model.model." + module;
+        using var f = SafetensorsFile.Open(Path.Combine(expertDir, "adapter_model.safetensors"));
+        if (!f.Tensors.ContainsKey(prefix + ".lora_A.weight")) return null;
+        var delta = MatVec(Host2(f.Read(prefix + ".lora_B.weight", ScalarType.Float64, CPU)), MatVec(Host2(f.Read(prefix + ".lora_A.weight", ScalarType.Float64, CPU)), x));
+        if (f.Tensors.ContainsKey(prefix + ".lora_B.bias"))
+        {
+            var bias = Host1(f.Read(prefix + ".lora_B.bias", ScalarType.Float64, CPU));
+            for (int o = 0; o < delta.Length; o++) delta[o] += bias[o];
+        }
+        return [.. delta.Select(v => s * v)];
+    }
+
+    /// <summary>A plain LoRA per token (<see cref="NaiveLoraDelta"/>), no expert ids.</summary>
+    internal static TokenMixture NaiveLora(string dir) => (module, x) => (NaiveLoraDelta(dir, module, x)!, []);
 
     /// <summary>LoRA-Mixer per token: softmax router (+bias), explicit top-K, renormalise, Σ p̃_e s_e B_e A_e x.</summary>
     /// <param name="expertDirectory">Where expert <c>name</c>'s PEFT files are (default: embedded under <c>experts/name</c>).</param>
@@ -61,19 +82,9 @@ public class MixtureServingTests
             double[]? y = null;
             foreach (int e in top)
             {
-                string expertDir = expertDirectory?.Invoke(experts[e]) ?? Path.Combine(dir, "experts", experts[e]);
-                var ec = JsonNode.Parse(File.ReadAllText(Path.Combine(expertDir, "adapter_config.json")))!;
-                double s = ec["lora_alpha"]!.GetValue<double>() / ec["r"]!.GetValue<int>();
-                string weights = Path.Combine(expertDir, "adapter_model.safetensors");
-                var delta = MatVec(Host2(Read(weights, prefix + ".lora_B.weight")), MatVec(Host2(Read(weights, prefix + ".lora_A.weight")), x));
-                using (var file = SafetensorsFile.Open(weights))
-                    if (file.Tensors.ContainsKey(prefix + ".lora_B.bias"))                  // PEFT's lora_bias, scaled like the delta
-                    {
-                        var bias = Host1(file.Read(prefix + ".lora_B.bias", ScalarType.Float64, CPU));
-                        for (int o = 0; o < delta.Length; o++) delta[o] += bias[o];
-                    }
+                var delta = NaiveLoraDelta(expertDirectory?.Invoke(experts[e]) ?? Path.Combine(dir, "experts", experts[e]), module, x)!;
                 y ??= new double[delta.Length];
-                for (int o = 0; o < delta.Length; o++) y[o] += p[e] / mass * s * delta[o];
+                for (int o = 0; o < delta.Length; o++) y[o] += p[e] / mass * delta[o];
             }
             return (y!, top);
         };

@@ -25,26 +25,8 @@ public class SharedExpertWeightsTests
     static string ModelDir => TinyModels.Directory(Base);
     static readonly Projection[] Targets = [Projection.Q, Projection.V, Projection.Up];
 
-    /// <summary>A plain LoRA per token, read from its PEFT files: <c>s·B(A x) (+ s·bias)</c>.</summary>
-    static MixtureServingTests.TokenMixture NaiveLora(string dir)
-    {
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "adapter_config.json")))!;
-        double s = config["lora_alpha"]!.GetValue<double>() / config["r"]!.GetValue<int>();
-        string weights = Path.Combine(dir, "adapter_model.safetensors");
-        return (module, x) =>
-        {
-            string prefix = "base_model.model." + module;
-            using var f = SafetensorsFile.Open(weights);
-            if (!f.Tensors.ContainsKey(prefix + ".lora_A.weight")) return (null!, []);
-            var delta = MatVec(Host2(f.Read(prefix + ".lora_B.weight", ScalarType.Float64, CPU)), MatVec(Host2(f.Read(prefix + ".lora_A.weight", ScalarType.Float64, CPU)), x));
-            if (f.Tensors.ContainsKey(prefix + ".lora_B.bias"))
-            {
-                var bias = Host1(f.Read(prefix + ".lora_B.bias", ScalarType.Float64, CPU));
-                for (int o = 0; o < delta.Length; o++) delta[o] += bias[o];
-            }
-            return (delta.Select(v => s * v).ToArray(), []);
-        };
-    }
+    static async Task<Completion> Complete(AdapterEngineFixture f, string adapter, int[] prompt, int tokens) =>
+        (await EngineRunner.RunAsync(f.Engine, EngineRunner.Greedy(prompt, tokens, logprobs: 0) with { Adapters = [new AdapterRef(adapter)] }))[0];
 
     static async Task<LoadedAdapter> Resident(AdapterEngineFixture f, string name)
     {
@@ -83,15 +65,14 @@ public class SharedExpertWeightsTests
         using var naive = new NaiveLlama(ModelDir);
         int[] prompt = [3, 1, 4, 1, 5];
 
-        async Task<Completion> Run(string adapter) =>
-            (await EngineRunner.RunAsync(f.Engine, EngineRunner.Greedy(prompt, 4, logprobs: 0) with { Adapters = [new AdapterRef(adapter)] }))[0];
+        Task<Completion> Run(string adapter) => Complete(f, adapter, prompt, 4);
 
         // The expert alone first: its own copy, equal to the naive LoRA model.
         var first = await Run(experts[0]);
         var seq = prompt.ToList();
         foreach (var (token, lp) in first.Tokens.Zip(first.Logprobs))
         {
-            var expected = naive.Logits(seq, MixtureServingTests.Hook(NaiveLora(tmp.Sub(experts[0]))))[-1].log_softmax(-1);
+            var expected = naive.Logits(seq, MixtureServingTests.Hook(MixtureServingTests.NaiveLora(tmp.Sub(experts[0]))))[-1].log_softmax(-1);
             Assert.Equal((int)expected.argmax().item<long>(), token);
             Assert.Equal(expected[token].item<double>(), lp!.Logprob, 1e-5);
             seq.Add(token);
@@ -164,8 +145,7 @@ public class SharedExpertWeightsTests
         await f.RegisterAsync(mixer, tmp.Sub(mixer));
         int[] prompt = [9, 8, 7];
 
-        async Task<Completion> Run(string adapter) =>
-            (await EngineRunner.RunAsync(f.Engine, EngineRunner.Greedy(prompt, 4, logprobs: 0) with { Adapters = [new AdapterRef(adapter)] }))[0];
+        Task<Completion> Run(string adapter) => Complete(f, adapter, prompt, 4);
 
         await Run(mixer);
         var viaStack = await Run(experts[0]);
@@ -216,7 +196,7 @@ public class SharedExpertWeightsTests
         // while the first holds the stack.
         foreach (var mixer in mixers)
         {
-            var result = (await EngineRunner.RunAsync(f.Engine, EngineRunner.Greedy(prompt, 3, logprobs: 0) with { Adapters = [new AdapterRef(mixer)] }))[0];
+            var result = await Complete(f, mixer, prompt, 3);
             var mixture = MixtureServingTests.NaiveMixer(tmp.Sub(mixer), tmp.Sub);
             var seq = prompt.ToList();
             foreach (var (token, lp) in result.Tokens.Zip(result.Logprobs))

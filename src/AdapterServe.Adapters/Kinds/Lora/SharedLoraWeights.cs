@@ -19,7 +19,7 @@ public sealed record SharedLoraBlock(Tensor A, Tensor BT, Tensor? Bias, SharedSt
 /// <see cref="LoraModules.Load"/>, cast once to the dtype). Thread-safe: loader threads look up; loads and disposals
 /// publish and withdraw.
 /// </summary>
-public static class SharedLoraWeights
+internal static class SharedLoraWeights
 {
     private static readonly object Gate = new();
     private static readonly Dictionary<Key, List<Publication>> Published = [];
@@ -59,12 +59,6 @@ public static class SharedLoraWeights
             static Tensor View(Tensor t) => t.view(t.shape).DetachFromDisposeScope();   // a new handle on the same storage
             return new SharedLoraBlock(View(block.A), View(block.BT), block.Bias is null ? null : View(block.Bias), block.Storage);
         }
-    }
-
-    /// <summary>Blocks published now (tests, diagnostics).</summary>
-    public static int Count
-    {
-        get { lock (Gate) return Published.Values.Sum(l => l.Count); }
     }
 
     private sealed class Publication(Key key, SharedLoraBlock block) : IDisposable
