@@ -45,16 +45,25 @@ public sealed class AdaptersScenario : IScenario
             var lines = new List<(string Name, Func<int, IReadOnlyList<AdapterRef>> Adapters, AdapterCase? Case)> { ("base", _ => [], null) };
             foreach (var (c, batches) in plan.Where(p => p.Batches.Contains(batch)))
                 lines.Add((c.Name, i => [new AdapterRef(c.AdapterName(i % c.Distinct))], c));
+            // Each pass also reads the engine's step-phase counters before and after: where a step's time goes.
             var rounds = await session.MeasureRoundsAsync(
-                lines.Select(l => ($"{l.Name} b{batch}", (Func<Task<DecodeSample>>)(() =>
-                    DecodeMeasurement.RunAsync(session.Engine, session.Prompts, batch, o.PromptTokens, o.MaxTokens, l.Adapters, ct)))).ToList(),
-                s => $"{s.TokensPerSecond:0.0} tokens/s");
+                lines.Select(l => ($"{l.Name} b{batch}", (Func<Task<(DecodeSample Sample, StepPhaseShare Phases)>>)(async () =>
+                {
+                    var before = EngineStepPhases.Totals();
+                    var sample = await DecodeMeasurement.RunAsync(session.Engine, session.Prompts, batch, o.PromptTokens, o.MaxTokens, l.Adapters, ct);
+                    return (sample, StepPhaseShare.Between(before, EngineStepPhases.Totals()));
+                }))).ToList(),
+                s => $"{s.Sample.TokensPerSecond:0.0} tokens/s");
 
             var measured = new Dictionary<string, Figure>();
-            foreach (var (line, samples) in lines.Zip(rounds))
+            foreach (var (line, passes) in lines.Zip(rounds))
             {
+                var samples = passes.Select(p => p.Sample).ToList();
                 report.Add(Figure.Of($"adapters.{line.Name}.b{batch}.itl_ms_p50", "ms", samples.Select(s => s.InterTokenMsP50).ToList()));
                 measured[line.Name] = report.Add(Figure.Of($"adapters.{line.Name}.b{batch}.tokens_per_s", "tokens/s", samples.Select(s => s.TokensPerSecond).ToList()));
+                // Engine-thread ms per step by phase (the pass's steps, its few prefill steps included).
+                foreach (var phase in EngineStepPhases.All)
+                    report.Add(Figure.Of($"adapters.{line.Name}.b{batch}.phase.{phase}_ms", "ms", passes.Select(p => p.Phases.MsPerStep(phase)).ToList()));
             }
             foreach (var (_, _, c) in lines)
             {
