@@ -13,7 +13,7 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer;
 /// <item>Routing for every group at once: <c>logits = bmm(x, W_gᵀ[slots]) + b_g[slots]</c> <c>[S, L, E_max]</c> (−∞ past a
 /// mixer's experts), softmax, top-<c>K_max</c>, entries past a group's own K zeroed, renormalised per group where the
 /// mixer renormalises, times the group's scale (0 on padding rows).</item>
-/// <item>Gate weights scattered into <c>w [S, L, E]</c>; <c>H = bmm(x, A[slots]ᵀ)</c> viewed <c>[S, L, E, r]</c> times w;
+/// <item>Gate weights scattered into <c>w [S, L, E]</c>; <c>H = bmm(x, Aᵀ[slots])</c> viewed <c>[S, L, E, r]</c> times w;
 /// <c>Δ = bmm(H, Bᵀ[slots])</c> (+ <c>bmm(w, bias[slots])</c>), one add into the rows.</item>
 /// </list>
 /// Selections are recorded once per projection for all groups (<see cref="ExpertStepTally.RecordSlots"/>). Owns the
@@ -111,11 +111,11 @@ internal sealed class MixerSlotStep : IDisposable
             top = top.div(mass);                                                                            // p̃
         }
         var gates = _layout.Scale is null ? top : top.mul(_layout.Scale);                                   // [S, L, K] scale · p̃, 0 on padding rows
-        var xa = xs.dtype == stack.A.dtype ? xs : xs.to(stack.A.dtype);
-        if (gates.dtype != stack.A.dtype) gates = gates.to(stack.A.dtype);
+        var xa = xs.dtype == stack.AT.dtype ? xs : xs.to(stack.AT.dtype);
+        if (gates.dtype != stack.AT.dtype) gates = gates.to(stack.AT.dtype);
 
         var w = zeros([s, l, e], gates.dtype, gates.device).scatter_(2, ids, gates);                        // [S, L, E], 0 outside each row's top-K
-        var h = bmm(xa.view(s, l, dIn), _layout.SelectSlots(stack.A).transpose(1, 2)).view(s, l, e, r).mul(w.unsqueeze(-1)).view(s, l, e * r); // [S, L, E·r]
+        var h = bmm(xa.view(s, l, dIn), _layout.SelectSlots(stack.AT)).view(s, l, e, r).mul(w.unsqueeze(-1)).view(s, l, e * r); // [S, L, E·r]
         var delta = bmm(h, _layout.SelectSlots(stack.BT));                                                  // [S, L, d_out]
         if (stack.Bias is not null) TorchScalars.AddInPlace(delta, bmm(w, _layout.SelectSlots(stack.Bias))); // + w · s·bias
         _layout.AddTo(y, delta.view(_layout.Count, stack.OutFeatures));
