@@ -20,15 +20,23 @@ public sealed record ExpertAdapterUsage(string Adapter, IReadOnlyList<ExpertModu
 /// <summary>
 /// The host side of expert accounting: totals per (adapter, layer, module, expert) since start, kept in memory for
 /// <c>GET /v1/adapters/{name}/experts</c> and mirrored into Prometheus counters
-/// (<c>adapterserve_expert_selections_total</c>, <c>adapterserve_expert_routed_tokens_total</c>). One per process.
-/// The engine thread adds a step's counts once per step through an <see cref="ExpertStepTally"/>; any thread may read.
+/// (<c>adapterserve_expert_selections_total</c>, <c>adapterserve_expert_routed_tokens_total</c>) and the load-balance
+/// gauge. One per process. The engine thread adds a step's counts once per step through an
+/// <see cref="ExpertStepTally"/>; any thread may read. The collectors are brought up to date under the same lock just
+/// before their registry is collected (<see cref="Publish"/>), so a scrape sees every counter at one step boundary: a
+/// scrape in the middle of a step's update would read a module's selections and routed tokens from different steps,
+/// and a utilisation over a range starting at such a sample could exceed 1.
 /// </summary>
 public sealed class ExpertUsage
 {
     private readonly Lock _lock = new();
     private readonly Dictionary<(string Adapter, int Layer, Projection Projection), SiteTotals> _sites = [];
 
-    public ExpertUsage(ExpertUsageMetrics? metrics = null) => Metrics = metrics ?? new ExpertUsageMetrics();
+    public ExpertUsage(ExpertUsageMetrics? metrics = null)
+    {
+        Metrics = metrics ?? new ExpertUsageMetrics();
+        Metrics.Registry.AddBeforeCollectCallback(Publish);
+    }
 
     /// <summary>Default of <see cref="LoadBalanceWindowSteps"/>.</summary>
     public const int DefaultLoadBalanceWindowSteps = 64;
@@ -85,28 +93,51 @@ public sealed class ExpertUsage
         if (selections.Length != site.Experts.Count)
             throw new ArgumentException($"{selections.Length} counts for {site.Experts.Count} experts of {site.Adapter} layer {site.Layer} {site.Module}", nameof(selections));
         ArgumentOutOfRangeException.ThrowIfNegative(routedTokens);
-        string layer = site.Layer.ToString(System.Globalization.CultureInfo.InvariantCulture);
         lock (_lock)
         {
             var key = (site.Adapter, site.Layer, site.Projection);
             if (!_sites.TryGetValue(key, out var totals)) _sites[key] = totals = new SiteTotals();
+            for (int i = 0; i < selections.Length; i++)
+                if (selections[i] < 0) throw new ArgumentException($"negative count {selections[i]} for expert {site.Experts[i]}", nameof(selections));
             totals.RoutedTokens += routedTokens;
-            // Routed tokens first: a scrape between the two counters then sees utilisation (selections / routed tokens)
-            // low for a moment, never above its true value (a dense mixture's 1 read as 1.00002 otherwise).
-            Metrics.RoutedTokens.WithLabels(site.Adapter, layer, site.Module).Inc(routedTokens);
+            totals.PendingRoutedTokens += routedTokens;
             totals.Window.Push(selections, LoadBalanceWindowSteps);
             for (int i = 0; i < selections.Length; i++)
             {
-                long n = selections[i];
-                if (n < 0) throw new ArgumentException($"negative count {n} for expert {site.Experts[i]}", nameof(selections));
                 string expert = site.Experts[i];
                 if (!totals.Selections.TryGetValue(expert, out long before)) totals.Order.Add(expert);
-                totals.Selections[expert] = before + n;
-                if (n > 0) Metrics.Selections.WithLabels(site.Adapter, layer, site.Module, expert).Inc(n);
-                else Metrics.Selections.WithLabels(site.Adapter, layer, site.Module, expert).Publish();
+                totals.Selections[expert] = before + selections[i];
+                totals.PendingSelections[expert] = totals.PendingSelections.GetValueOrDefault(expert) + selections[i];
             }
-            if (totals.Window.LoadBalance() is { } balance) Metrics.LoadBalance.WithLabels(site.Adapter, layer, site.Module).Set(balance);
         }
+    }
+
+    /// <summary>
+    /// Brings the Prometheus collectors up to date with every count added so far (the counters by what was added since
+    /// the last call, the gauge to the window's value). Runs before each collection of the registry; tests may call it.
+    /// </summary>
+    public void Publish()
+    {
+        lock (_lock)
+            foreach (var ((adapter, layer, projection), totals) in _sites)
+                Publish(adapter, layer, projection, totals);
+    }
+
+    /// <summary>Under the lock: one site's pending counts into the collectors.</summary>
+    private void Publish(string adapter, int layer, Projection projection, SiteTotals totals)
+    {
+        if (totals.PendingSelections.Count == 0) return;
+        string layerLabel = layer.ToString(System.Globalization.CultureInfo.InvariantCulture), module = projection.ShortName();
+        Metrics.RoutedTokens.WithLabels(adapter, layerLabel, module).Inc(totals.PendingRoutedTokens);
+        foreach (var (expert, n) in totals.PendingSelections)
+        {
+            var series = Metrics.Selections.WithLabels(adapter, layerLabel, module, expert);
+            if (n > 0) series.Inc(n);
+            else series.Publish();                                                          // an expert never chosen still has its series
+        }
+        if (totals.Window.LoadBalance() is { } balance) Metrics.LoadBalance.WithLabels(adapter, layerLabel, module).Set(balance);
+        totals.PendingRoutedTokens = 0;
+        totals.PendingSelections.Clear();
     }
 
     /// <summary>The counts of <paramref name="adapter"/>, or null when nothing was routed through it since start (or since <see cref="Forget"/>).</summary>
@@ -134,6 +165,7 @@ public sealed class ExpertUsage
         lock (_lock)
             foreach (var key in _sites.Keys.Where(k => k.Adapter == adapter).ToList())
             {
+                Publish(key.Adapter, key.Layer, key.Projection, _sites[key]);                 // its counters keep what was counted
                 _sites.Remove(key);
                 Metrics.LoadBalance.RemoveLabelled(adapter, key.Layer.ToString(System.Globalization.CultureInfo.InvariantCulture), key.Projection.ShortName());
             }
@@ -186,6 +218,9 @@ public sealed class ExpertUsage
     {
         public readonly SelectionWindow Window = new();
         public long RoutedTokens;
+        /// <summary>Routed tokens and selections per expert added since the last <see cref="Publish"/>.</summary>
+        public long PendingRoutedTokens;
+        public readonly Dictionary<string, long> PendingSelections = new(StringComparer.Ordinal);
         public readonly List<string> Order = [];
         public readonly Dictionary<string, long> Selections = new(StringComparer.Ordinal);
 

@@ -2,12 +2,16 @@ using Prometheus;
 
 namespace AdapterServe.Adapters.Experts;
 
-/// <summary>The expert accounting's Prometheus collectors (default registry unless a factory is given, e.g. in tests).</summary>
+/// <summary>
+/// The expert accounting's Prometheus collectors, in <see cref="Registry"/> (the default registry unless one is given,
+/// e.g. in tests). <see cref="ExpertUsage"/> publishes into them when the registry is collected.
+/// </summary>
 public sealed class ExpertUsageMetrics
 {
-    public ExpertUsageMetrics(IMetricFactory? factory = null)
+    public ExpertUsageMetrics(CollectorRegistry? registry = null)
     {
-        factory ??= Metrics.DefaultFactory;
+        Registry = registry ?? Metrics.DefaultRegistry;
+        var factory = Metrics.WithCustomRegistry(Registry);
         Selections = factory.CreateCounter("adapterserve_expert_selections_total",
             "(token, expert) selections of a mixture adapter's router, per adapter, layer, module and expert.",
             ["adapter", "layer", "module", "expert"]);
@@ -19,6 +23,7 @@ public sealed class ExpertUsageMetrics
             ["adapter", "layer", "module"]);
     }
 
+    public CollectorRegistry Registry { get; }
     public Counter Selections { get; }
     public Counter RoutedTokens { get; }
     public Gauge LoadBalance { get; }

@@ -160,28 +160,31 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         string[] single = ["lora-r8", "lora-r16", "lora-r64", "lora-r16-mlp", "smore-2x4"];
         var figures = new List<string>();
         var ratios = new List<string>();
+        // Per line: throughput, inter-token gap and the engine thread's time per step by phase.
+        static string[] Line(string c, int b) =>
+            [$"adapters.{c}.b{b}.tokens_per_s", $"adapters.{c}.b{b}.itl_ms_p50", .. EngineStepPhases.All.Select(p => $"adapters.{c}.b{b}.phase.{p}_ms")];
         foreach (int b in new[] { 1, 4 })
         {
-            figures.AddRange([$"adapters.base.b{b}.tokens_per_s", $"adapters.base.b{b}.itl_ms_p50"]);
+            figures.AddRange(Line("base", b));
             foreach (var c in single)
             {
-                figures.AddRange([$"adapters.{c}.b{b}.tokens_per_s", $"adapters.{c}.b{b}.itl_ms_p50"]);
+                figures.AddRange(Line(c, b));
                 ratios.Add($"adapters.{c}.b{b}/base");
             }
             foreach (var c in new[] { "lokr-r16", "moka-4", "mixer-top3-of-6", "omoe-4" })    // Kronecker and mixture cases, also compared to one r16 LoRA
             {
-                figures.AddRange([$"adapters.{c}.b{b}.tokens_per_s", $"adapters.{c}.b{b}.itl_ms_p50"]);
+                figures.AddRange(Line(c, b));
                 ratios.AddRange([$"adapters.{c}.b{b}/base", $"adapters.{c}.b{b}/lora-r16"]);
             }
             ratios.Add($"adapters.smore-2x4.b{b}/lora-r16-mlp");                     // S'MoRE against the r16 LoRA on the same MLP projections
         }
-        figures.AddRange(["adapters.lora-r16-x4.b4.tokens_per_s", "adapters.lora-r16-x4.b4.itl_ms_p50"]);
+        figures.AddRange(Line("lora-r16-x4", 4));
         ratios.AddRange(["adapters.lora-r16-x4.b4/base", "adapters.lora-r16-x4.b4/lora-r16"]);
-        figures.AddRange(["adapters.mixer-top3-of-6-x4.b4.tokens_per_s", "adapters.mixer-top3-of-6-x4.b4.itl_ms_p50"]);   // 4 mixers against one
+        figures.AddRange(Line("mixer-top3-of-6-x4", 4));   // 4 mixers against one
         ratios.AddRange(["adapters.mixer-top3-of-6-x4.b4/base", "adapters.mixer-top3-of-6-x4.b4/mixer-top3-of-6"]);
         foreach (var (many, one) in new[] { ("omoe-4-x4", "omoe-4"), ("smore-2x4-x4", "smore-2x4") })                   // 4 of one configuration against one
         {
-            figures.AddRange([$"adapters.{many}.b4.tokens_per_s", $"adapters.{many}.b4.itl_ms_p50"]);
+            figures.AddRange(Line(many, 4));
             ratios.AddRange([$"adapters.{many}.b4/base", $"adapters.{many}.b4/{one}"]);
         }
         AssertReport(report!, "adapters", figures, ratios);

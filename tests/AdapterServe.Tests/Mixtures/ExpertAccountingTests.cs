@@ -8,7 +8,7 @@ namespace AdapterServe.Tests.Mixtures;
 
 public class ExpertAccountingTests
 {
-    static ExpertUsage NewUsage() => new(new ExpertUsageMetrics(Metrics.WithCustomRegistry(Metrics.NewCustomRegistry())));
+    static ExpertUsage NewUsage() => new(new ExpertUsageMetrics(Metrics.NewCustomRegistry()));
 
     /// <summary>[N, K] distinct expert ids per row, random, and the same ids as a host array.</summary>
     static (Tensor Indices, long[,] Host) RandomTopK(int n, int k, int experts, int seed)
@@ -64,6 +64,7 @@ public class ExpertAccountingTests
         Assert.Equal(Naive(dHost1, dHost2), downUsage.Experts.Select(e => e.Selections));
 
         var naiveQ = Naive(qHost);
+        usage.Publish();                                                   // what a scrape runs first
         for (int e = 0; e < 4; e++)
         {
             string label = q.Experts[e];
@@ -92,6 +93,7 @@ public class ExpertAccountingTests
         Assert.Equal(8, module.RoutedTokens);
         Assert.Equal(new long[] { 4, 6, 6 }, module.Experts.Select(e => e.Selections));
         Assert.Equal(["0", "1", "2"], module.Experts.Select(e => e.Expert));
+        usage.Publish();
         Assert.Equal(6, usage.Metrics.Selections.WithLabels("omoe", "1", "v_proj", "2").Value);
     }
 
@@ -122,6 +124,7 @@ public class ExpertAccountingTests
             tally.Flush();
         }
         Assert.Null(usage.Snapshot("mix"));
+        usage.Publish();
         Assert.Equal(0, usage.Metrics.RoutedTokens.WithLabels("mix", "0", "q_proj").Value);
     }
 
@@ -159,7 +162,7 @@ public class ExpertAccountingTests
     public async Task Load_balance_gauge_is_the_normalised_entropy_of_the_last_window_steps_of_selections()
     {
         var registry = Metrics.NewCustomRegistry();
-        var usage = new ExpertUsage(new ExpertUsageMetrics(Metrics.WithCustomRegistry(registry))) { LoadBalanceWindowSteps = 2 };
+        var usage = new ExpertUsage(new ExpertUsageMetrics(registry)) { LoadBalanceWindowSteps = 2 };
         var site = new ExpertSite("balance", 1, Projection.V, ["a", "b", "c"]);
         // Hand computation: H = -Σ p ln p / ln 3 over the summed counts of the last two steps.
         static double Entropy(params double[] counts)
@@ -168,7 +171,11 @@ public class ExpertAccountingTests
             foreach (var n in counts) if (n > 0) h -= n / total * Math.Log(n / total);
             return h / Math.Log(counts.Length);
         }
-        double Gauge() => usage.Metrics.LoadBalance.WithLabels("balance", "1", "v_proj").Value;
+        double Gauge()
+        {
+            usage.Publish();
+            return usage.Metrics.LoadBalance.WithLabels("balance", "1", "v_proj").Value;
+        }
 
         usage.Add(site, 4, [4, 0, 0]);                       // one expert takes everything: 0
         Assert.Equal(0, Gauge(), 12);
@@ -192,6 +199,34 @@ public class ExpertAccountingTests
         await registry.CollectAndExportAsTextAsync(text, TestContext.Current.CancellationToken);
         var gaugeLines = System.Text.Encoding.UTF8.GetString(text.ToArray()).Split('\n').Where(l => l.StartsWith("adapterserve_expert_load_balance{", StringComparison.Ordinal));
         Assert.DoesNotContain(gaugeLines, l => l.Contains("adapter=\"balance\"", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Counters_change_only_when_the_registry_is_collected_so_a_scrape_never_splits_a_step()
+    {
+        var registry = Metrics.NewCustomRegistry();
+        var usage = new ExpertUsage(new ExpertUsageMetrics(registry));
+        var site = new ExpertSite("dense", 0, Projection.Q, ExpertSite.Indexed(2));
+        async Task<string> Scrape()
+        {
+            using var text = new MemoryStream();
+            await registry.CollectAndExportAsTextAsync(text, TestContext.Current.CancellationToken);
+            return System.Text.Encoding.UTF8.GetString(text.ToArray());
+        }
+
+        usage.Add(site, 5, [5, 5]);
+        usage.Add(site, 3, [3, 3]);
+        // Added but not collected: the collectors still read zero (a reader between two counters' updates would see them apart).
+        Assert.Equal(0, usage.Metrics.RoutedTokens.WithLabels("dense", "0", "q_proj").Value);
+        Assert.Equal(0, usage.Metrics.Selections.WithLabels("dense", "0", "q_proj", "0").Value);
+
+        string text = await Scrape();
+        Assert.Contains("adapterserve_expert_routed_tokens_total{adapter=\"dense\",layer=\"0\",module=\"q_proj\"} 8", text);
+        Assert.Contains("adapterserve_expert_selections_total{adapter=\"dense\",layer=\"0\",module=\"q_proj\",expert=\"1\"} 8", text);
+        usage.Add(site, 2, [2, 2]);
+        text = await Scrape();
+        Assert.Contains("adapterserve_expert_routed_tokens_total{adapter=\"dense\",layer=\"0\",module=\"q_proj\"} 10", text);
+        Assert.Contains("adapterserve_expert_selections_total{adapter=\"dense\",layer=\"0\",module=\"q_proj\",expert=\"0\"} 10", text);
     }
 
     [Fact]

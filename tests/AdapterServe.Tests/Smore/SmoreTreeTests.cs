@@ -91,8 +91,7 @@ public sealed class SmoreTreeTests
         var shape = new SmoreShape([3, 4, 2], [2, 2, 2], [2, 2, 3], [4, 5, 3], GateType: gate);
         var adapter = new SmoreTestAdapter(shape, Base, [(0, Projection.Up)], seed: 21);
         using var module = Load(adapter, Projection.Up);
-        var usage = new AdapterServe.Adapters.Experts.ExpertUsage(new AdapterServe.Adapters.Experts.ExpertUsageMetrics(
-            Prometheus.Metrics.WithCustomRegistry(Prometheus.Metrics.NewCustomRegistry())));
+        var usage = new AdapterServe.Adapters.Experts.ExpertUsage(new AdapterServe.Adapters.Experts.ExpertUsageMetrics(Prometheus.Metrics.NewCustomRegistry()));
         string[] labels = [.. Enumerable.Range(0, 3).SelectMany(l => Enumerable.Range(0, shape.Experts[l]).Select(e => $"l{l}.{e}"))];
         var site = new AdapterServe.Adapters.Experts.ExpertSite("tree", 0, Projection.Up, labels);
         const int tokens = 13;
