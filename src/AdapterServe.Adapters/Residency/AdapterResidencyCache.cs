@@ -218,7 +218,11 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
             {
                 // A failed version is dropped with its last lease, so the next request retries the load.
                 if (entry.Error is not null) RemoveIfCurrent(entry);
-                else RemoveIfIdle(entry);
+                else
+                {
+                    DropIfShadowed(entry);
+                    RemoveIfIdle(entry);
+                }
             }
             if (name.Leases == 0 && name.UnusedWaiters.Count > 0)
             {
@@ -487,24 +491,41 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
     /// After <paramref name="holder"/> (a LoRA-Mixer) entered a tier: idle copies in that tier of the versions it depends on
     /// (its registered experts) that share none of its storage are dropped, so that their next use loads them as views
     /// of its stacks (<see cref="IAdapterModules.Shared"/>) rather than keeping a second copy of the same weights.
-    /// Leased, pinned and loading versions keep their copies (a leased one until it is next loaded).
+    /// Pinned and loading versions keep their copies; a leased one is dropped when its last lease goes
+    /// (<see cref="DropIfShadowed"/>).
     /// </summary>
     private void DropShadowedDependencies(CachedVersion holder, bool deviceTier)
     {
+        foreach (var dependency in holder.Record.Description.Dependencies)
+            if (_versions.TryGetValue((dependency.Name, dependency.Version), out var entry))
+                DropShadowed(entry, holder, deviceTier);
+    }
+
+    /// <summary>When <paramref name="entry"/>'s last lease went: its copies a resident version depending on it (a mixer) holds too are dropped, as above.</summary>
+    private void DropIfShadowed(CachedVersion entry)
+    {
+        foreach (var holder in _versions.Values.Where(h => h.Record.Description.Dependencies.Any(d => d.Name == entry.Record.Name && d.Version == entry.Record.Version)).ToList())
+        {
+            DropShadowed(entry, holder, deviceTier: false);
+            DropShadowed(entry, holder, deviceTier: true);
+        }
+    }
+
+    /// <summary>Drops <paramref name="entry"/>'s copy in one tier when it is idle and <paramref name="holder"/>'s copy there holds storage it could view instead.</summary>
+    private void DropShadowed(CachedVersion entry, CachedVersion holder, bool deviceTier)
+    {
         var holding = deviceTier ? holder.Device : holder.Host;
         if (holding is null || holding.Modules.Shared.Count == 0) return;
-        foreach (var dependency in holder.Record.Description.Dependencies)
-        {
-            if (!_versions.TryGetValue((dependency.Name, dependency.Version), out var entry)
-                || entry.Leases > 0 || entry.Promoting || entry.Loading || IsPinned(entry)) continue;
-            var copy = deviceTier ? entry.Device : entry.Host;
-            if (copy is null || ReferenceEquals(copy, holding) || copy.Modules.Shared.Intersect(holding.Modules.Shared).Any()) continue;
-            long bytes = copy.Bytes;
-            DropDevice(entry);
-            if (!deviceTier) DropHost(entry);
-            RemoveIfIdle(entry);
-            LogShadowed(_logger, entry.Record.Name, entry.Record.Version, deviceTier ? DeviceTier : HostTier, bytes, holder.Record.Name);
-        }
+        if (entry.Leases > 0 || entry.Promoting || entry.Loading || IsPinned(entry)) return;
+        var copy = deviceTier ? entry.Device : entry.Host;
+        if (copy is null || ReferenceEquals(copy, holding) || copy.Modules.Shared.Intersect(holding.Modules.Shared).Any()) return;
+        // Only when the holder has some of its modules: an expert of modules the mixer does not route would reload for nothing.
+        if (!entry.Record.Description.ModuleSummaries.Any(m => holding.Modules.Targets(m.Layer, m.Projection))) return;
+        long bytes = copy.Bytes;
+        DropDevice(entry);
+        if (!deviceTier) DropHost(entry);
+        RemoveIfIdle(entry);
+        LogShadowed(_logger, entry.Record.Name, entry.Record.Version, deviceTier ? DeviceTier : HostTier, bytes, holder.Record.Name);
     }
 
     /// <summary>Forgets a version that holds nothing and that nobody holds (keeps the bookkeeping bounded).</summary>

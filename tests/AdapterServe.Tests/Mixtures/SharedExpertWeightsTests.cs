@@ -222,4 +222,49 @@ public class SharedExpertWeightsTests
         // Device bytes: one stack per projection, and each mixer's own routers.
         Assert.Equal(first!.Shared.Sum(s => s.Bytes) + first.Bytes + second!.Bytes, f.Cache.Snapshot().DeviceBytes);
     }
+
+    [Fact]
+    public async Task An_expert_in_use_while_its_mixer_loads_keeps_its_copy_until_its_last_lease_goes()
+    {
+        await using var f = await AdapterEngineFixture.StartAsync(ModelDir);
+        using var tmp = new TempDir();
+        string id = Guid.NewGuid().ToString("N")[..8];
+        string[] experts = [$"u-{id}", $"w-{id}", $"z-{id}"];
+        for (int i = 0; i < experts.Length; i++)
+        {
+            // z adapts only up_proj, which the mixer does not route: its weights are in no stack.
+            PeftLoraWriter.Write(tmp.Sub(experts[i]), Base, rank: 4, i < 2 ? [Projection.Q, Projection.V] : [Projection.Up], seed: 80 + i);
+            await f.RegisterAsync(experts[i], tmp.Sub(experts[i]));
+        }
+        string mixer = $"mix-{id}";
+        MixtureWriters.WriteLoraMixer(tmp.Sub(mixer), Base, experts.Length, topK: 1, rank: 4, [Projection.Q, Projection.V], seed: 14, expertNames: experts);
+        await f.RegisterAsync(mixer, tmp.Sub(mixer));
+        int[] prompt = [4, 4, 2];
+        var own = await Complete(f, experts[0], prompt, 4);
+        await Complete(f, experts[2], prompt, 2);
+        var unrouted = await Resident(f, experts[2]);
+
+        // A running sequence's lease (held here directly) keeps the expert's own copy through the mixer's load ...
+        Assert.True(f.Store.Registry.TryResolve(experts[0], out var record));
+        var lease = f.Cache.Acquire(record);
+        await Complete(f, mixer, prompt, 2);
+        var during = await Resident(f, experts[0]);
+        Assert.Empty(during.Modules.Shared);
+        Assert.False(during.IsDisposed);
+
+        // ... and when its last lease goes, that copy is dropped: the next use is views of the mixer's stack.
+        f.Cache.Release(lease);
+        Assert.True(during.IsDisposed);
+        var after = await Complete(f, experts[0], prompt, 4);
+        var served = await Resident(f, experts[0]);
+        Assert.Equal(0, served.Modules.Bytes);
+        Assert.NotEmpty(served.Modules.Shared);
+        Assert.Equal(own.Tokens, after.Tokens);
+        Assert.Equal(own.Logprobs.Select(l => l!.Logprob), after.Logprobs.Select(l => l!.Logprob));
+
+        // The expert whose modules the mixer does not route keeps its own copy (dropping it would only reload it).
+        await Complete(f, experts[2], prompt, 2);
+        Assert.False(unrouted.IsDisposed);
+        Assert.Same(unrouted, await Resident(f, experts[2]));
+    }
 }
