@@ -25,6 +25,23 @@ public class SharedExpertWeightsTests
     static string ModelDir => TinyModels.Directory(Base);
     static readonly Projection[] Targets = [Projection.Q, Projection.V, Projection.Up];
 
+    /// <summary>Writes each expert with <paramref name="write"/>(directory, index) and registers it through the store.</summary>
+    static async Task RegisterLoras(AdapterEngineFixture f, TempDir tmp, string[] names, Action<string, int> write)
+    {
+        for (int i = 0; i < names.Length; i++)
+        {
+            write(tmp.Sub(names[i]), i);
+            await f.RegisterAsync(names[i], tmp.Sub(names[i]));
+        }
+    }
+
+    /// <summary>Writes a LoRA-Mixer over the registered <paramref name="experts"/> and registers it through the store.</summary>
+    static Task RegisterMixer(AdapterEngineFixture f, TempDir tmp, string name, string[] experts, int topK, Projection[] routed, int seed, bool routerBias = true)
+    {
+        MixtureWriters.WriteLoraMixer(tmp.Sub(name), Base, experts.Length, topK, rank: 4, routed, seed, expertNames: experts, routerBias: routerBias);
+        return f.RegisterAsync(name, tmp.Sub(name));
+    }
+
     static async Task<Completion> Complete(AdapterEngineFixture f, string adapter, int[] prompt, int tokens) =>
         (await EngineRunner.RunAsync(f.Engine, EngineRunner.Greedy(prompt, tokens, logprobs: 0) with { Adapters = [new AdapterRef(adapter)] }))[0];
 
@@ -53,15 +70,9 @@ public class SharedExpertWeightsTests
         string id = Guid.NewGuid().ToString("N")[..8];
         string[] experts = [$"zara-{id}", $"forest-{id}", $"moss-{id}"];
         string mixer = $"mix-{id}";
-        for (int i = 0; i < experts.Length; i++)
-        {
-            // Different ranks, scalings and one lora_B bias: each expert's rows of the stack differ in shape and scale.
-            PeftLoraWriter.Write(tmp.Sub(experts[i]), Base, rank: 2 + 2 * i, Targets, seed: 40 + i, alpha: 3.0 + i, loraBias: i == 1);
-            await f.RegisterAsync(experts[i], tmp.Sub(experts[i]));
-        }
-        string mixerDir = tmp.Sub(mixer);
-        MixtureWriters.WriteLoraMixer(mixerDir, Base, experts.Length, topK: 2, rank: 4, [Projection.Q, Projection.V], seed: 12, expertNames: experts);
-        await f.RegisterAsync(mixer, mixerDir);
+        // Different ranks, scalings and one lora_B bias: each expert's rows of the stack differ in shape and scale.
+        await RegisterLoras(f, tmp, experts, (dir, i) => PeftLoraWriter.Write(dir, Base, rank: 2 + 2 * i, Targets, seed: 40 + i, alpha: 3.0 + i, loraBias: i == 1));
+        await RegisterMixer(f, tmp, mixer, experts, topK: 2, [Projection.Q, Projection.V], seed: 12);
         using var naive = new NaiveLlama(ModelDir);
         int[] prompt = [3, 1, 4, 1, 5];
 
@@ -136,13 +147,8 @@ public class SharedExpertWeightsTests
         string id = Guid.NewGuid().ToString("N")[..8];
         string[] experts = [$"a-{id}", $"b-{id}"];
         string mixer = $"mix-{id}";
-        for (int i = 0; i < experts.Length; i++)
-        {
-            PeftLoraWriter.Write(tmp.Sub(experts[i]), Base, rank: 4, [Projection.Q, Projection.V], seed: 50 + i);
-            await f.RegisterAsync(experts[i], tmp.Sub(experts[i]));
-        }
-        MixtureWriters.WriteLoraMixer(tmp.Sub(mixer), Base, experts.Length, topK: 1, rank: 4, [Projection.Q, Projection.V], seed: 13, expertNames: experts);
-        await f.RegisterAsync(mixer, tmp.Sub(mixer));
+        await RegisterLoras(f, tmp, experts, (dir, i) => PeftLoraWriter.Write(dir, Base, rank: 4, [Projection.Q, Projection.V], seed: 50 + i));
+        await RegisterMixer(f, tmp, mixer, experts, topK: 1, [Projection.Q, Projection.V], seed: 13);
         int[] prompt = [9, 8, 7];
 
         Task<Completion> Run(string adapter) => Complete(f, adapter, prompt, 4);
@@ -178,17 +184,10 @@ public class SharedExpertWeightsTests
         using var tmp = new TempDir();
         string id = Guid.NewGuid().ToString("N")[..8];
         string[] experts = [$"p-{id}", $"q-{id}", $"s-{id}"];
-        for (int i = 0; i < experts.Length; i++)
-        {
-            PeftLoraWriter.Write(tmp.Sub(experts[i]), Base, rank: 3 + i, Targets, seed: 60 + i, alpha: 2.0 + i);
-            await f.RegisterAsync(experts[i], tmp.Sub(experts[i]));
-        }
+        await RegisterLoras(f, tmp, experts, (dir, i) => PeftLoraWriter.Write(dir, Base, rank: 3 + i, Targets, seed: 60 + i, alpha: 2.0 + i));
         string[] mixers = [$"m1-{id}", $"m2-{id}"];
         for (int m = 0; m < mixers.Length; m++)
-        {
-            MixtureWriters.WriteLoraMixer(tmp.Sub(mixers[m]), Base, experts.Length, topK: 2 - m, rank: 4, Targets, seed: 70 + m, expertNames: experts, routerBias: m == 0);
-            await f.RegisterAsync(mixers[m], tmp.Sub(mixers[m]));
-        }
+            await RegisterMixer(f, tmp, mixers[m], experts, topK: 2 - m, Targets, seed: 70 + m, routerBias: m == 0);
         using var naive = new NaiveLlama(ModelDir);
         int[] prompt = [2, 7, 1, 8];
 
@@ -230,15 +229,10 @@ public class SharedExpertWeightsTests
         using var tmp = new TempDir();
         string id = Guid.NewGuid().ToString("N")[..8];
         string[] experts = [$"u-{id}", $"w-{id}", $"z-{id}"];
-        for (int i = 0; i < experts.Length; i++)
-        {
-            // z adapts only up_proj, which the mixer does not route: its weights are in no stack.
-            PeftLoraWriter.Write(tmp.Sub(experts[i]), Base, rank: 4, i < 2 ? [Projection.Q, Projection.V] : [Projection.Up], seed: 80 + i);
-            await f.RegisterAsync(experts[i], tmp.Sub(experts[i]));
-        }
+        // z adapts only up_proj, which the mixer does not route: its weights are in no stack.
+        await RegisterLoras(f, tmp, experts, (dir, i) => PeftLoraWriter.Write(dir, Base, rank: 4, i < 2 ? [Projection.Q, Projection.V] : [Projection.Up], seed: 80 + i));
         string mixer = $"mix-{id}";
-        MixtureWriters.WriteLoraMixer(tmp.Sub(mixer), Base, experts.Length, topK: 1, rank: 4, [Projection.Q, Projection.V], seed: 14, expertNames: experts);
-        await f.RegisterAsync(mixer, tmp.Sub(mixer));
+        await RegisterMixer(f, tmp, mixer, experts, topK: 1, [Projection.Q, Projection.V], seed: 14);
         int[] prompt = [4, 4, 2];
         var own = await Complete(f, experts[0], prompt, 4);
         await Complete(f, experts[2], prompt, 2);
