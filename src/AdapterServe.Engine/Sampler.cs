@@ -11,7 +11,6 @@ namespace AdapterServe.Engine;
 /// sorted; with top-p alone the tokens come out of a heap as far as the nucleus and the draw need them. The normaliser
 /// over the whole vocabulary (top-p alone) is summed in id order.
 /// </para>
-/// </para>
 /// </summary>
 public sealed class Sampler(SamplingParams p, int choiceIndex)
 {

@@ -57,6 +57,22 @@ public sealed class AdapterTokenGroup : IDisposable
         else TorchScalars.IndexAddInPlace(y, 0, _index, delta);
     }
 
+    /// <summary><c>y[rows] += Scale · delta</c>: <paramref name="delta"/> <c>[n_g, d_out]</c> is scaled in place and cast to y's dtype.</summary>
+    public void AddScaledRows(Tensor y, Tensor delta)
+    {
+        if (Scale != 1f) delta = TorchScalars.MulInPlace(delta, Scale);
+        AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
+    }
+
+    /// <summary>Throws when <paramref name="owner"/>'s weights at this projection, <c>[d_out, d_in]</c>, do not fit the step's <c>x [N, d_in]</c> and <c>y [N, d_out]</c>.</summary>
+    /// <param name="owner">What holds the weights, for the message: an adapter, or a kind's slot stacks.</param>
+    public static void EnsureFits(object owner, int layer, Projection projection, long outFeatures, long inFeatures, Tensor x, Tensor y)
+    {
+        if (inFeatures != x.size(1) || outFeatures != y.size(1))
+            throw new InvalidOperationException(
+                $"{owner} has {projection.ShortName()} of layer {layer} as [{outFeatures}, {inFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
+    }
+
     /// <summary><c>y[rows] = values</c>.</summary>
     public void SetRows(Tensor y, Tensor values)
     {

@@ -38,6 +38,7 @@ internal sealed class SlotRows : IDisposable
         Slots = slots;
         Groups = Order.Length;
         Length = groups.Max(g => (int)g.Count);
+        Routed = [.. Order.Select(i => i < 0 ? 0L : groups[i].Count)];
         var rows = new long[Count];
         var scales = new float[Count];
         bool inOrder = true, unit = true;
@@ -65,15 +66,14 @@ internal sealed class SlotRows : IDisposable
     /// <summary>Per position, the index of its group in the list given, or −1 for an empty position.</summary>
     public int[] Order { get; }
 
-    /// <summary>Groups laid out (positions that are not empty).</summary>
-    public int GroupCount => Order.Count(i => i >= 0);
-
     /// <summary>S: positions (groups and empty ones).</summary>
     public int Groups { get; }
     /// <summary>L: rows per group.</summary>
     public int Length { get; }
     /// <summary>S·L.</summary>
     public long Count => (long)Groups * Length;
+    /// <summary>Per position, its group's tokens (0 for an empty position): what the expert tally counts as routed there.</summary>
+    public long[] Routed { get; }
     /// <summary>Each position's slot.</summary>
     private long[] Slots { get; }
     /// <summary><c>[S, L, 1]</c> float32: the group's scale per row, 0 on padding rows; null when every row has scale 1 (no padding).</summary>
@@ -97,6 +97,25 @@ internal sealed class SlotRows : IDisposable
                 .DetachFromDisposeScope();
         }
         return _rowSlots;
+    }
+
+    /// <summary>
+    /// <c>[S, L, width]</c> int64 0/1, the selections of the step that count for the expert tally: on each real row of a
+    /// position, its group's first <paramref name="columns"/>(group index into the list given) entries (all
+    /// <paramref name="width"/> by default); 0 on padding rows and empty positions. The caller owns it (or hands it to the tally).
+    /// </summary>
+    public Tensor SelectionMask(int width, Func<int, int>? columns = null)
+    {
+        var valid = new long[Count * width];
+        for (int p = 0; p < Groups; p++)
+        {
+            if (Order[p] < 0) continue;
+            int counted = columns?.Invoke(Order[p]) ?? width;
+            for (int t = 0; t < Routed[p]; t++) Array.Fill(valid, 1L, (int)((p * (long)Length + t) * width), counted);
+        }
+        using var inferenceOff = inference_mode(false);
+        using var scope = NewDisposeScope();
+        return tensor(valid, ScalarType.Int64, _device).view(Groups, Length, width).DetachFromDisposeScope();
     }
 
     /// <summary><c>y[rows] += delta</c> for <paramref name="delta"/> <c>[S·L, d_out]</c> (cast to y's dtype; padding rows must be 0).</summary>

@@ -50,6 +50,65 @@ internal abstract class SlotStacks(AdapterSlotTable table) : IDisposable
     }
 
     public abstract void Dispose();
+
+    /// <summary>
+    /// <paramref name="stack"/> <c>[slots_old, ...]</c> copied into the first slots of new zeros <c>[slots, ...]</c>
+    /// (detached; the caller disposes the old tensor). Outside inference_mode.
+    /// </summary>
+    internal static Tensor WithSlots(Tensor stack, int slots)
+    {
+        var larger = zeros([slots, .. stack.shape[1..]], stack.dtype, stack.device);               // [slots, ...]
+        if (stack.size(0) > 0) larger.narrow(0, 0, stack.size(0)).copy_(stack);
+        return larger.DetachFromDisposeScope();
+    }
+}
+
+/// <summary>One stack of a <see cref="KeyedSlotStacks{TKey, TItem, TStack}"/>: items of one layout by slot, zeros where a slot has none.</summary>
+internal interface ISlotStack<in TItem> : IDisposable
+{
+    /// <summary>Grows (keeping every slot's contents) to at least <paramref name="slots"/> slots. Outside inference_mode.</summary>
+    void Grow(int slots);
+    /// <summary>Slot <paramref name="slot"/> := <paramref name="item"/>, or zeros when null. Outside inference_mode.</summary>
+    void Write(int slot, TItem? item);
+}
+
+/// <summary>
+/// The stacks of kinds that stack only items of one layout together (Kronecker terms by shape, OMoE modules by
+/// signature, S'MoRE modules by structure): one stack per key, created by the first adapter placed with such an item.
+/// Placing an adapter writes each of its items into its slot of that key's stack, and zeros into every other stack.
+/// </summary>
+internal abstract class KeyedSlotStacks<TKey, TItem, TStack>(AdapterSlotTable table) : SlotStacks(table)
+    where TKey : notnull where TItem : class where TStack : class, ISlotStack<TItem>
+{
+    private readonly Dictionary<TKey, TStack> _stacks = [];
+
+    /// <summary>The stack of <paramref name="key"/>, or null when no adapter placed so far has such an item.</summary>
+    public TStack? Stack(TKey key) => _stacks.GetValueOrDefault(key);
+
+    /// <summary>
+    /// Makes sure <paramref name="adapter"/>'s <paramref name="items"/> are in its slot of every stack; false when it
+    /// cannot be served from the stacks (no slot of this table, another device or dtype).
+    /// </summary>
+    /// <param name="items">The adapter's items by key (called only when its slot must be written).</param>
+    /// <param name="create">A new stack for a key, shaped like one of its items.</param>
+    protected bool TryPlace(LoadedAdapter adapter, Func<IReadOnlyDictionary<TKey, TItem>> items, Func<TItem, TStack> create) => TryPlace(adapter, slot =>
+    {
+        var own = items();
+        foreach (var (key, item) in own)
+            if (!_stacks.ContainsKey(key)) _stacks[key] = create(item);
+        // Every stack covers every slot written so far (a stack created now must hold the older adapters' zeros too).
+        foreach (var (key, stack) in _stacks)
+        {
+            stack.Grow(CoveredSlots);
+            stack.Write(slot.Index, own.GetValueOrDefault(key));
+        }
+    });
+
+    public override void Dispose()
+    {
+        foreach (var s in _stacks.Values) s.Dispose();
+        _stacks.Clear();
+    }
 }
 
 /// <summary>How a kind's step executor picks the groups its slot stacks serve.</summary>

@@ -18,36 +18,14 @@ internal readonly record struct KroneckerTermKey(int Layer, Projection Projectio
 /// (<see cref="KroneckerSlotStep"/>). A slot holds zeros in every stack its adapter has no term for. An adapter's
 /// factors are copied in the first time a step uses it in its slot (<see cref="SlotStacks"/>).
 /// </summary>
-internal sealed class KroneckerSlotBank(AdapterSlotTable table) : SlotStacks(table)
+internal sealed class KroneckerSlotBank(AdapterSlotTable table) : KeyedSlotStacks<KroneckerTermKey, KroneckerTerm, KroneckerTermStack>(table)
 {
-    private readonly Dictionary<KroneckerTermKey, KroneckerTermStack> _stacks = [];
-
     public static KroneckerSlotBank Of(AdapterSlotTable table) => table.KindState(t => new KroneckerSlotBank(t));
 
     /// <summary>Makes sure <paramref name="adapter"/>'s terms are in its slot of every stack; false when it cannot be served from them.</summary>
-    public bool TryPlace(LoadedAdapter adapter, KroneckerModules modules) => TryPlace(adapter, slot =>
-    {
-        var own = new Dictionary<KroneckerTermKey, KroneckerTerm>();
-        foreach (var module in modules.All)
-            foreach (var term in module.Terms)
-                own[KroneckerTermKey.Of(module, term)] = term;
-        foreach (var (key, term) in own)
-            if (!_stacks.ContainsKey(key)) _stacks[key] = new KroneckerTermStack(term.Left.size(0), term.Left.size(1), term.Right.size(0), term.Right.size(1), Device!, DType);
-        // Every stack covers every slot written so far (a stack created now must hold the older adapters' zeros too).
-        foreach (var (key, stack) in _stacks)
-        {
-            stack.Grow(CoveredSlots);
-            stack.Write(slot.Index, own.GetValueOrDefault(key));
-        }
-    });
-
-    public KroneckerTermStack? Stack(KroneckerTermKey key) => _stacks.GetValueOrDefault(key);
-
-    public override void Dispose()
-    {
-        foreach (var s in _stacks.Values) s.Dispose();
-        _stacks.Clear();
-    }
+    public bool TryPlace(LoadedAdapter adapter, KroneckerModules modules) => TryPlace(adapter,
+        () => modules.All.SelectMany(m => m.Terms.Select(t => (Key: KroneckerTermKey.Of(m, t), Term: t))).ToDictionary(p => p.Key, p => p.Term),
+        term => new KroneckerTermStack(term.Left.size(0), term.Left.size(1), term.Right.size(0), term.Right.size(1), Device!, DType));
 }
 
 /// <summary>
@@ -55,7 +33,7 @@ internal sealed class KroneckerSlotBank(AdapterSlotTable table) : SlotStacks(tab
 /// <see cref="KroneckerTerm.Left"/>/<see cref="KroneckerTerm.Right"/> (coefficients folded in), zeros for slots without
 /// such a term. Grows in slots by copying. Owns its tensors.
 /// </summary>
-internal sealed class KroneckerTermStack(long l0, long l1, long r0, long r1, Device device, ScalarType dtype) : IDisposable
+internal sealed class KroneckerTermStack(long l0, long l1, long r0, long r1, Device device, ScalarType dtype) : ISlotStack<KroneckerTerm>
 {
     public int Slots { get; private set; }
     public Tensor Left { get; private set; } = empty([0, l0, l1], dtype, device).DetachFromDisposeScope();
@@ -64,17 +42,12 @@ internal sealed class KroneckerTermStack(long l0, long l1, long r0, long r1, Dev
     public void Grow(int slots)
     {
         if (slots <= Slots) return;
-        var left = zeros([slots, l0, l1], Left.dtype, Left.device);
-        var right = zeros([slots, r0, r1], Right.dtype, Right.device);
-        if (Slots > 0)
-        {
-            left.narrow(0, 0, Slots).copy_(Left);
-            right.narrow(0, 0, Slots).copy_(Right);
-        }
+        var left = SlotStacks.WithSlots(Left, slots);                                         // [slots, l0, l1]
+        var right = SlotStacks.WithSlots(Right, slots);                                       // [slots, r0, r1]
         Left.Dispose();
         Right.Dispose();
-        Left = left.DetachFromDisposeScope();
-        Right = right.DetachFromDisposeScope();
+        Left = left;
+        Right = right;
         Slots = slots;
     }
 

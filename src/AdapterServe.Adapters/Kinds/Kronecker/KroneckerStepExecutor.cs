@@ -29,16 +29,13 @@ internal sealed class KroneckerStepExecutor : IAdapterStepExecutor
         foreach (var (g, modules) in _groups)
         {
             if (modules.Module(layer, projection) is not { } w) continue;
-            if (w.InFeatures != x.size(1) || w.OutFeatures != y.size(1))
-                throw new InvalidOperationException(
-                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{w.OutFeatures}, {w.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
+            AdapterTokenGroup.EnsureFits(g.Adapter, layer, projection, w.OutFeatures, w.InFeatures, x, y);
 
             if (g.IsContiguous) w.AddTo(g.Rows(x), g.Rows(y), g.Scale);                // [n_g, d_out] rows updated in place
             else
             {
                 var delta = w.Delta(g.Rows(x));                                        // [n_g, d_out]
-                if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
-                g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
+                g.AddScaledRows(y, delta);
             }
         }
     }

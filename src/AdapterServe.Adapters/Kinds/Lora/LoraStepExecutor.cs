@@ -46,9 +46,7 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
         foreach (var (g, modules) in _groups)
         {
             if (modules.Module(layer, projection) is not { } w) continue;
-            if (w.InFeatures != x.size(1) || w.OutFeatures != y.size(1))
-                throw new InvalidOperationException(
-                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{w.OutFeatures}, {w.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
+            AdapterTokenGroup.EnsureFits(g.Adapter, layer, projection, w.OutFeatures, w.InFeatures, x, y);
 
             var xg = g.Rows(x);                                                      // [n_g, d_in]
             if (xg.dtype != w.A.dtype) xg = xg.to(w.A.dtype);
@@ -71,8 +69,7 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
             }
             else
             {
-                if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);  // [n_g, d_out]
-                g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
+                g.AddScaledRows(y, delta);                                           // [n_g, d_out]
             }
         }
     }
@@ -110,9 +107,7 @@ internal sealed class LoraStepExecutor : IAdapterStepExecutor
             bool targeted = false;
             foreach (var m in _modules) targeted |= m.Targets(layer, projection);
             if (!targeted || _bank.Projection(layer, projection) is not { } stack) return;
-            if (stack.InFeatures != x.size(1) || stack.OutFeatures != y.size(1))
-                throw new InvalidOperationException(
-                    $"the adapter slots of {projection.ShortName()} of layer {layer} are [{stack.OutFeatures}, {stack.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
+            AdapterTokenGroup.EnsureFits("the adapter slots", layer, projection, stack.OutFeatures, stack.InFeatures, x, y);
 
             var xs = _layout.Gather(x);                                                                      // [S·L, d_in]
             if (xs.dtype != stack.AT.dtype) xs = xs.to(stack.AT.dtype);

@@ -110,39 +110,18 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer
     /// (two GEMMs on the stacked experts whatever E, K or the routing) into their rows in place. The top-K
     /// ids are recorded on the device either way.
     /// </summary>
-    internal sealed class MixerStepExecutor : MixtureStepExecutor
+    internal sealed class MixerStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally)
+        : MixtureStepExecutor<MixerWeights>(groups, tally, m => (m as MixerModules)?.Weights, "a LoRA-Mixer", MixerSlotStep.TryBuild)
     {
-        private readonly (AdapterTokenGroup Group, MixerWeights Weights)[] _groups;   // the per-group path
-        private readonly MixerSlotStep? _slots;
-
-        public MixerStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally) : base(tally)
+        protected override void ApplyGroup(AdapterTokenGroup g, MixerWeights weights, int layer, Projection projection, Tensor x, Tensor y)
         {
-            var all = groups.Select(g => (g, (g.Adapter.Modules as MixerModules ?? throw new InvalidOperationException($"{g.Adapter} is not a LoRA-Mixer")).Weights)).ToList();
-            _slots = MixerSlotStep.TryBuild(all, tally, out var rest);
-            _groups = [.. rest];
-        }
-
-        protected override IDisposable? Slots => _slots;
-
-        public override void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
-        {
-            _slots?.Apply(layer, projection, x, y);
-            foreach (var (g, weights) in _groups)
-            {
-                if (weights.Module(layer, projection) is not var (module, site)) continue;
-                if (module.InFeatures != x.size(1) || module.OutFeatures != y.size(1))
-                    throw new InvalidOperationException($"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
-                Tensor selected;
-                if (g.IsContiguous && y.dtype == module.AAll.dtype)
-                    module.AddDelta(g.Rows(x), g.RowsView(y), g.Scale, out selected);     // y[rows] += scale · delta, in place
-                else
-                {
-                    var delta = module.Delta(g.Rows(x), out selected);                    // [n_g, d_out]
-                    if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
-                    g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
-                }
-                Tally.RecordTopK(site, selected);
-            }
+            if (weights.Module(layer, projection) is not var (module, site)) return;
+            AdapterTokenGroup.EnsureFits(g.Adapter, layer, projection, module.OutFeatures, module.InFeatures, x, y);
+            Tensor selected;
+            if (g.IsContiguous && y.dtype == module.AAll.dtype)
+                module.AddDelta(g.Rows(x), g.RowsView(y), g.Scale, out selected);     // y[rows] += scale · delta, in place
+            else g.AddScaledRows(y, module.Delta(g.Rows(x), out selected));           // [n_g, d_out]
+            Tally.RecordTopK(site, selected);
         }
     }
 }

@@ -1,4 +1,5 @@
 using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn.functional;
@@ -19,7 +20,7 @@ namespace AdapterServe.Adapters.Kinds.LoraMixer;
 /// Selections are recorded once per projection for all groups (<see cref="ExpertStepTally.RecordSlots"/>). Owns the
 /// step's small index tensors.
 /// </summary>
-internal sealed class MixerSlotStep : IDisposable
+internal sealed class MixerSlotStep : IMixtureSlotStep
 {
     /// <summary>Fewest mixer groups for which the slot path is used (one group is cheaper on its own module).</summary>
     internal const int MinGroups = 2;
@@ -29,7 +30,6 @@ internal sealed class MixerSlotStep : IDisposable
     private readonly (AdapterTokenGroup Group, MixerWeights Weights)?[] _positions;   // per layout position (null: empty)
     private readonly SlotRows _layout;
     private readonly int _topK;                // K_max
-    private readonly long[] _routed;           // tokens per group
     private readonly Tensor? _keepK;           // [S, 1, K_max] float32: 1 for k < K_s; null when every group has K_max
     private readonly Tensor? _renormalize;     // [S, 1, 1] float32 1/0 when the groups disagree; null when they agree
     private readonly bool _anyRenormalize;
@@ -42,21 +42,17 @@ internal sealed class MixerSlotStep : IDisposable
         _tally = tally;
         bank.GroupsServed += groups.Count;
         _layout = new SlotRows([.. groups.Select(g => g.Group)], slotRange: true);
-        int s = _layout.Groups, length = _layout.Length;
+        int s = _layout.Groups;
         _topK = groups.Max(g => g.Weights.Config.TopK);
         _positions = [.. _layout.Order.Select(i => i < 0 ? ((AdapterTokenGroup, MixerWeights)?)null : groups[i])];
-        _routed = [.. _positions.Select(p => p?.Group.Count ?? 0)];
 
         var keep = new float[s * _topK];
         var renormalize = new float[s];
-        var valid = new long[s * length * _topK];
         for (int i = 0; i < s; i++)
         {
-            if (_positions[i] is not var (g, w)) continue;                                  // an empty position: gates 0, nothing counted
+            if (_positions[i] is not var (_, w)) continue;                                  // an empty position: gates 0, nothing counted
             renormalize[i] = w.Config.Renormalize ? 1f : 0f;
             for (int k = 0; k < _topK; k++) keep[i * _topK + k] = k < w.Config.TopK ? 1f : 0f;
-            for (int t = 0; t < g.Count; t++)
-                for (int k = 0; k < w.Config.TopK; k++) valid[(i * length + t) * _topK + k] = 1;
         }
         _anyRenormalize = renormalize.Any(r => r == 1f);
         bool agree = renormalize.All(r => r == renormalize[0]);
@@ -66,7 +62,7 @@ internal sealed class MixerSlotStep : IDisposable
         using var scope = NewDisposeScope();
         _keepK = keep.All(k => k == 1f) ? null : tensor(keep, ScalarType.Float32, device).view(s, 1, _topK).DetachFromDisposeScope();
         _renormalize = agree ? null : tensor(renormalize, ScalarType.Float32, device).view(s, 1, 1).DetachFromDisposeScope();
-        _valid = tensor(valid, ScalarType.Int64, device).view(s, length, _topK).DetachFromDisposeScope();
+        _valid = _layout.SelectionMask(_topK, i => groups[i].Weights.Config.TopK);        // [S, L, K_max]: each group's own K
     }
 
     /// <summary>
@@ -92,9 +88,7 @@ internal sealed class MixerSlotStep : IDisposable
             targeted |= sites[i] is not null;
         }
         if (!targeted || _bank.Projection(layer, projection) is not { } stack) return;
-        if (stack.InFeatures != x.size(1) || stack.OutFeatures != y.size(1))
-            throw new InvalidOperationException(
-                $"the mixer slots of {projection.ShortName()} of layer {layer} are [{stack.OutFeatures}, {stack.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
+        AdapterTokenGroup.EnsureFits("the mixer slots", layer, projection, stack.OutFeatures, stack.InFeatures, x, y);
 
         int s = _layout.Groups, l = _layout.Length, k = _topK, e = stack.Experts, r = stack.Rank;
         long dIn = stack.InFeatures;
@@ -120,7 +114,7 @@ internal sealed class MixerSlotStep : IDisposable
         if (stack.Bias is not null) TorchScalars.AddInPlace(delta, bmm(w, _layout.SelectSlots(stack.Bias))); // + w · s·bias
         _layout.AddTo(y, delta.view(_layout.Count, stack.OutFeatures));
 
-        _tally.RecordSlots(sites, _routed, ids, _valid!, e);
+        _tally.RecordSlots(sites, _layout.Routed, ids, _valid!, e);
         _validHandedOver = true;
     }
 

@@ -4,21 +4,50 @@ using static TorchSharp.torch;
 
 namespace AdapterServe.Adapters.Kinds.Mixtures;
 
+/// <summary>A mixture kind's slot path for one step: adds every slotted group's delta at one projection; disposing frees what the step built.</summary>
+internal interface IMixtureSlotStep : IDisposable
+{
+    void Apply(int layer, Projection projection, Tensor x, Tensor y);
+}
+
+/// <summary>Builds a mixture kind's slot path from the step's groups (null when too few qualify); <paramref name="rest"/> gets the groups it does not serve.</summary>
+internal delegate IMixtureSlotStep? MixtureSlotStepBuilder<TWeights>(List<(AdapterTokenGroup Group, TWeights Weights)> groups, ExpertStepTally tally,
+    out List<(AdapterTokenGroup Group, TWeights Weights)> rest);
+
 /// <summary>
 /// What the mixture kinds' step executors share: the step's expert tally, joined by each mixture kind of the step (the
-/// last to leave copies every count to the host at once), and the kind's slot path for the step, freed when the step
-/// completes or is abandoned.
+/// last to leave copies every count to the host at once); the split of the kind's groups between its slot path (built
+/// once per step, freed when the step completes or is abandoned) and the per-group path, which the kind supplies
+/// (<see cref="ApplyGroup"/>).
 /// </summary>
-internal abstract class MixtureStepExecutor(ExpertStepTally tally) : IAdapterStepExecutor
+/// <typeparam name="TWeights">The kind's loaded weights of one adapter.</typeparam>
+internal abstract class MixtureStepExecutor<TWeights> : IAdapterStepExecutor where TWeights : class
 {
+    private readonly (AdapterTokenGroup Group, TWeights Weights)[] _groups;   // the per-group path
+    private readonly IMixtureSlotStep? _slots;
     private bool _completed;
 
-    protected ExpertStepTally Tally { get; } = tally;
+    /// <param name="weightsOf">The kind's weights in an adapter's loaded modules, or null when they are another kind's.</param>
+    /// <param name="kind">The kind, for the error when a group's adapter is not one (e.g. "a LoRA-Mixer").</param>
+    protected MixtureStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally, Func<IAdapterModules, TWeights?> weightsOf, string kind,
+        MixtureSlotStepBuilder<TWeights> slots)
+    {
+        Tally = tally;
+        var all = groups.Select(g => (g, weightsOf(g.Adapter.Modules) ?? throw new InvalidOperationException($"{g.Adapter} is a '{g.Adapter.Kind}' adapter, not {kind}"))).ToList();
+        _slots = slots(all, tally, out var rest);
+        _groups = [.. rest];
+    }
 
-    /// <summary>The kind's slot path for this step, or null when no group goes through it.</summary>
-    protected abstract IDisposable? Slots { get; }
+    protected ExpertStepTally Tally { get; }
 
-    public abstract void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight);
+    public void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
+    {
+        _slots?.Apply(layer, projection, x, y);
+        foreach (var (g, weights) in _groups) ApplyGroup(g, weights, layer, projection, x, y);
+    }
+
+    /// <summary>The per-group path: adds one group's <c>scale · delta</c> at this projection to its rows of <paramref name="y"/> (nothing where its adapter does not adapt it) and records its selections.</summary>
+    protected abstract void ApplyGroup(AdapterTokenGroup group, TWeights weights, int layer, Projection projection, Tensor x, Tensor y);
 
     /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
     public void Complete()
@@ -26,7 +55,7 @@ internal abstract class MixtureStepExecutor(ExpertStepTally tally) : IAdapterSte
         if (_completed) return;
         _completed = true;
         try { Tally.Leave(); }
-        finally { Slots?.Dispose(); }
+        finally { _slots?.Dispose(); }
     }
 
     /// <summary>The forward threw: leaves the step's shared tally without counting (the step's counts are dropped, not copied).</summary>
@@ -35,6 +64,6 @@ internal abstract class MixtureStepExecutor(ExpertStepTally tally) : IAdapterSte
         if (_completed) return;
         _completed = true;
         try { Tally.Abandon(); }
-        finally { Slots?.Dispose(); }
+        finally { _slots?.Dispose(); }
     }
 }

@@ -76,34 +76,17 @@ namespace AdapterServe.Adapters.Kinds.Omoe
     /// fixed sequence of <see cref="OmoeModule.Delta"/> (whatever n, top_k or the routing). Selections are recorded on
     /// the device either way, the rows added in place.
     /// </summary>
-    internal sealed class OmoeStepExecutor : MixtureStepExecutor
+    internal sealed class OmoeStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally)
+        : MixtureStepExecutor<OmoeWeights>(groups, tally, m => (m as OmoeModules)?.Weights, "an OMoE one", OmoeSlotStep.TryBuild)
     {
-        private readonly (AdapterTokenGroup Group, OmoeWeights Weights)[] _groups;     // the per-group path
-        private readonly OmoeSlotStep? _slots;
-
-        public OmoeStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally) : base(tally)
+        protected override void ApplyGroup(AdapterTokenGroup g, OmoeWeights weights, int layer, Projection projection, Tensor x, Tensor y)
         {
-            var all = groups.Select(g => (g, (g.Adapter.Modules as OmoeModules ?? throw new InvalidOperationException($"{g.Adapter} is not an OMoE adapter")).Weights)).ToList();
-            _slots = OmoeSlotStep.TryBuild(all, tally, out var rest);
-            _groups = [.. rest];
-        }
-
-        protected override IDisposable? Slots => _slots;
-
-        public override void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
-        {
-            _slots?.Apply(layer, projection, x, y);
-            foreach (var (g, weights) in _groups)
-            {
-                if (weights.Module(layer, projection) is not var (module, site)) continue;
-                if (module.InFeatures != x.size(1) || module.OutFeatures != y.size(1))
-                    throw new InvalidOperationException($"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
-                var delta = module.Delta(g.Rows(x), out var selected);                 // [n_g, d_out]
-                if (selected is null) Tally.RecordAll(site, g.Count);
-                else Tally.RecordTopK(site, selected);
-                if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
-                g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
-            }
+            if (weights.Module(layer, projection) is not var (module, site)) return;
+            AdapterTokenGroup.EnsureFits(g.Adapter, layer, projection, module.OutFeatures, module.InFeatures, x, y);
+            var delta = module.Delta(g.Rows(x), out var selected);                 // [n_g, d_out]
+            if (selected is null) Tally.RecordAll(site, g.Count);
+            else Tally.RecordTopK(site, selected);
+            g.AddScaledRows(y, delta);
         }
     }
 }

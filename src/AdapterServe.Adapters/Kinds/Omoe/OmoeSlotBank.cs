@@ -31,39 +31,20 @@ internal readonly record struct OmoeStackKey(int Layer, Projection Projection, O
 /// guarded and contribute nothing. An adapter's tensors are copied in the first time a step uses it in its slot
 /// (<see cref="SlotStacks"/>).
 /// </summary>
-internal sealed class OmoeSlotBank(AdapterSlotTable table) : SlotStacks(table)
+internal sealed class OmoeSlotBank(AdapterSlotTable table) : KeyedSlotStacks<OmoeStackKey, OmoeModule, OmoeStack>(table)
 {
-    private readonly Dictionary<OmoeStackKey, OmoeStack> _stacks = [];
-
     public static OmoeSlotBank Of(AdapterSlotTable table) => table.KindState(t => new OmoeSlotBank(t));
 
     /// <summary>
     /// Makes sure <paramref name="adapter"/>'s modules are in its slot of every stack; false when it cannot be served
     /// from the stacks (no slot of this table, another device or dtype).
     /// </summary>
-    public bool TryPlace(LoadedAdapter adapter, OmoeWeights weights) => TryPlace(adapter, slot =>
+    public bool TryPlace(LoadedAdapter adapter, OmoeWeights weights)
     {
         var signature = OmoeSignature.Of(weights.Config);
-        var own = new Dictionary<OmoeStackKey, OmoeModule>();
-        foreach (var (module, site) in weights.Modules) own[new OmoeStackKey(site.Layer, site.Projection, signature)] = module;
-        foreach (var (key, module) in own)
-            if (!_stacks.ContainsKey(key))
-                _stacks[key] = new OmoeStack(signature, module.InFeatures, module.OutFeatures, module.Basis.size(1), Device!, DType);
-        // Every stack covers every slot written so far (a stack created now must hold the older adapters' zeros too).
-        foreach (var (key, stack) in _stacks)
-        {
-            stack.Grow(CoveredSlots);
-            stack.Write(slot.Index, own.GetValueOrDefault(key));
-        }
-    });
-
-    /// <summary>The stack of one projection and signature, or null when no adapter placed so far has such a module.</summary>
-    public OmoeStack? Stack(OmoeStackKey key) => _stacks.GetValueOrDefault(key);
-
-    public override void Dispose()
-    {
-        foreach (var s in _stacks.Values) s.Dispose();
-        _stacks.Clear();
+        return TryPlace(adapter,
+            () => weights.Modules.ToDictionary(m => new OmoeStackKey(m.Site.Layer, m.Site.Projection, signature), m => m.Module),
+            module => new OmoeStack(signature, module.InFeatures, module.OutFeatures, module.Basis.size(1), Device!, DType));
     }
 }
 
@@ -74,7 +55,7 @@ internal sealed class OmoeSlotBank(AdapterSlotTable table) : SlotStacks(table)
 /// zeros for slots without such a module. Plus the signature's ε and expert order. Grows in slots by copying. Owns its
 /// tensors.
 /// </summary>
-internal sealed class OmoeStack : IDisposable
+internal sealed class OmoeStack : ISlotStack<OmoeModule>
 {
     public OmoeStack(OmoeSignature signature, long inFeatures, long outFeatures, long basisRank, Device device, ScalarType dtype)
     {
@@ -116,10 +97,9 @@ internal sealed class OmoeStack : IDisposable
         if (slots <= Slots) return;
         Tensor Larger(Tensor t)
         {
-            var larger = zeros([slots, .. t.shape[1..]], t.dtype, t.device);                      // [slots, ...]
-            if (Slots > 0) larger.narrow(0, 0, Slots).copy_(t);
+            var larger = SlotStacks.WithSlots(t, slots);                                             // [slots, ...]
             t.Dispose();
-            return larger.DetachFromDisposeScope();
+            return larger;
         }
         Router = Larger(Router);
         A = Larger(A);

@@ -1,4 +1,5 @@
 using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using static TorchSharp.torch;
 
@@ -21,7 +22,7 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 /// Selections are recorded once per projection and class: top-K ids with <see cref="ExpertStepTally.RecordSlots"/>,
 /// dense routing with <see cref="ExpertStepTally.RecordAll"/> (host only). Owns the step's small index tensors.
 /// </summary>
-internal sealed class OmoeSlotStep : IDisposable
+internal sealed class OmoeSlotStep : IMixtureSlotStep
 {
     /// <summary>
     /// Fewest groups of one signature served from the slots: per projection one group creates 33 tensors on its own path
@@ -33,12 +34,12 @@ internal sealed class OmoeSlotStep : IDisposable
     private readonly ExpertStepTally _tally;
     private readonly SignatureClass[] _classes;
 
-    private OmoeSlotStep(OmoeSlotBank bank, ExpertStepTally tally, IEnumerable<List<(AdapterTokenGroup Group, OmoeWeights Weights)>> classes)
+    private OmoeSlotStep(OmoeSlotBank bank, ExpertStepTally tally, List<List<(AdapterTokenGroup Group, OmoeWeights Weights)>> classes)
     {
         _bank = bank;
         _tally = tally;
         _classes = [.. classes.Select(c => new SignatureClass(c))];
-        bank.GroupsServed += _classes.Sum(c => c.GroupCount);
+        bank.GroupsServed += classes.Sum(c => c.Count);
     }
 
     /// <summary>
@@ -51,7 +52,7 @@ internal sealed class OmoeSlotStep : IDisposable
         var placed = SlotGroups.Select(groups, MinGroups, OmoeSlotBank.Of, (bank, adapter, weights) => bank.TryPlace(adapter, weights),
             SlotGroups.SharingAClass(groups, MinGroups, (OmoeWeights weights) => new[] { OmoeSignature.Of(weights.Config) }), out var stacks, out rest);
         return placed is null ? null
-            : new OmoeSlotStep(stacks!, tally, placed.GroupBy(g => OmoeSignature.Of(g.Modules.Config)).Select(c => c.ToList()));
+            : new OmoeSlotStep(stacks!, tally, [.. placed.GroupBy(g => OmoeSignature.Of(g.Modules.Config)).Select(c => c.ToList())]);
     }
 
     /// <summary>Adds every slotted group's OMoE delta for (<paramref name="layer"/>, <paramref name="projection"/>) to its rows of <paramref name="y"/>.</summary>
@@ -71,7 +72,6 @@ internal sealed class OmoeSlotStep : IDisposable
         private readonly OmoeSignature _signature;
         private readonly (AdapterTokenGroup Group, OmoeWeights Weights)?[] _positions;   // per layout position (null: empty)
         private readonly SlotRows _layout;
-        private readonly long[] _routed;           // tokens per position
         private Tensor? _valid;                    // [S, L, K] int64 0/1: real rows (top-K only); handed to the tally
         private bool _validHandedOver;
 
@@ -80,20 +80,8 @@ internal sealed class OmoeSlotStep : IDisposable
             _signature = OmoeSignature.Of(groups[0].Weights.Config);
             _layout = new SlotRows([.. groups.Select(g => g.Group)], slotRange: true);
             _positions = [.. _layout.Order.Select(i => i < 0 ? ((AdapterTokenGroup, OmoeWeights)?)null : groups[i])];
-            _routed = [.. _positions.Select(p => p?.Group.Count ?? 0)];
-            if (_signature.TopK is not { } k) return;
-
-            int s = _layout.Groups, length = _layout.Length;
-            var valid = new long[s * length * k];
-            for (int i = 0; i < s; i++)
-                for (int t = 0; t < _routed[i]; t++)
-                    Array.Fill(valid, 1L, (i * length + t) * k, k);
-            using var inferenceOff = inference_mode(false);
-            using var scope = NewDisposeScope();
-            _valid = tensor(valid, ScalarType.Int64, groups[0].Group.Adapter.Device).view(s, length, k).DetachFromDisposeScope();
+            if (_signature.TopK is { } k) _valid = _layout.SelectionMask(k);
         }
-
-        public int GroupCount => _layout.GroupCount;
 
         public void Apply(OmoeSlotBank bank, ExpertStepTally tally, int layer, Projection projection, Tensor x, Tensor y)
         {
@@ -105,9 +93,7 @@ internal sealed class OmoeSlotStep : IDisposable
                 targeted |= sites[i] is not null;
             }
             if (!targeted || bank.Stack(new OmoeStackKey(layer, projection, _signature)) is not { } stack) return;
-            if (stack.InFeatures != x.size(1) || stack.OutFeatures != y.size(1))
-                throw new InvalidOperationException(
-                    $"the OMoE slots of {projection.ShortName()} of layer {layer} are [{stack.OutFeatures}, {stack.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
+            AdapterTokenGroup.EnsureFits("the OMoE slots", layer, projection, stack.OutFeatures, stack.InFeatures, x, y);
 
             int s = _layout.Groups, l = _layout.Length, n = _signature.Experts, r = _signature.Rank;
             long dIn = stack.InFeatures, p = stack.BasisRank;
@@ -132,10 +118,10 @@ internal sealed class OmoeSlotStep : IDisposable
             if (selected is null)
             {
                 for (int i = 0; i < sites.Length; i++)
-                    if (sites[i] is { } site) tally.RecordAll(site, _routed[i]);
+                    if (sites[i] is { } site) tally.RecordAll(site, _layout.Routed[i]);
                 return;
             }
-            tally.RecordSlots(sites, _routed, selected.view(s, l, _signature.Active), _valid!, n);          // [S, L, K] ids
+            tally.RecordSlots(sites, _layout.Routed, selected.view(s, l, _signature.Active), _valid!, n);          // [S, L, K] ids
             _validHandedOver = true;
         }
 

@@ -32,5 +32,5 @@ public sealed class SmoreKind : IAdapterKindHandler
         return SmoreWeights.Load(record.Name, record.Directory, description, device);
     }
 
-    public IAdapterStepExecutor CreateStepExecutor(IReadOnlyList<AdapterTokenGroup> groups) => new SmoreStepExecutor(groups, ExpertUsage.Shared);
+    public IAdapterStepExecutor CreateStepExecutor(IReadOnlyList<AdapterTokenGroup> groups) => new SmoreStepExecutor(groups, ExpertUsage.Shared.JoinStep());
 }

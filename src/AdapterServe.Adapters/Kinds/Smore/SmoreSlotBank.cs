@@ -16,38 +16,14 @@ internal readonly record struct SmoreStackKey(int Layer, Projection Projection, 
 /// holds zeros in every stack its adapter has no module for. An adapter's modules are copied in the first time a step
 /// uses it in its slot (<see cref="SlotStacks"/>).
 /// </summary>
-internal sealed class SmoreSlotBank(AdapterSlotTable table) : SlotStacks(table)
+internal sealed class SmoreSlotBank(AdapterSlotTable table) : KeyedSlotStacks<SmoreStackKey, SmoreModule, SmoreStack>(table)
 {
-    private readonly Dictionary<SmoreStackKey, SmoreStack> _stacks = [];
-
     public static SmoreSlotBank Of(AdapterSlotTable table) => table.KindState(t => new SmoreSlotBank(t));
 
     /// <summary>Makes sure <paramref name="adapter"/>'s modules are in its slot of every stack; false when it cannot be served from them.</summary>
-    public bool TryPlace(LoadedAdapter adapter, SmoreWeights weights) => TryPlace(adapter, slot =>
-    {
-        foreach (var module in weights.Modules)
-        {
-            var key = new SmoreStackKey(module.Layer, module.Projection, module.Signature);
-            if (!_stacks.ContainsKey(key)) _stacks[key] = new SmoreStack(module.Tree, CoveredSlots);
-        }
-        // Every stack covers every slot written so far (a stack created now must hold the older adapters' zeros too).
-        foreach (var (key, stack) in _stacks)
-        {
-            stack.Grow(CoveredSlots);
-            var own = weights.Module(key.Layer, key.Projection);
-            stack.Write(slot.Index, own is not null && own.Signature.Equals(key.Signature) ? own : null);
-        }
-    });
-
-    /// <summary>The stack of one projection and structure, or null when no placed adapter has such a module there.</summary>
-    public SmoreStack? Stack(int layer, Projection projection, SmoreSignature signature) =>
-        _stacks.GetValueOrDefault(new SmoreStackKey(layer, projection, signature));
-
-    public override void Dispose()
-    {
-        foreach (var s in _stacks.Values) s.Dispose();
-        _stacks.Clear();
-    }
+    public bool TryPlace(LoadedAdapter adapter, SmoreWeights weights) => TryPlace(adapter,
+        () => weights.Modules.ToDictionary(m => new SmoreStackKey(m.Layer, m.Projection, m.Signature)),
+        module => new SmoreStack(module.Tree, CoveredSlots));
 }
 
 /// <summary>
@@ -55,7 +31,7 @@ internal sealed class SmoreSlotBank(AdapterSlotTable table) : SlotStacks(table)
 /// (<c>[slots, ...]</c>; each slot's tensors laid out as its module's, zeros for a slot without such a module, which
 /// routes finitely and adds nothing). Grows in slots by copying. Owns its tensors.
 /// </summary>
-internal sealed class SmoreStack : IDisposable
+internal sealed class SmoreStack : ISlotStack<SmoreModule>
 {
     private bool[] _holds;                    // per slot: a module was written there (else zeros)
 
@@ -74,14 +50,8 @@ internal sealed class SmoreStack : IDisposable
     /// <summary>Grows (keeping every slot's contents) to at least <paramref name="slots"/> slots. Outside inference_mode.</summary>
     public void Grow(int slots)
     {
-        int old = Slots;
-        if (slots <= old) return;
-        var grown = Tensors.Map(t =>
-        {
-            var larger = zeros([slots, .. t.shape[1..]], t.dtype, t.device);                  // [slots, ...]
-            larger.narrow(0, 0, old).copy_(t);
-            return larger.DetachFromDisposeScope();
-        }, t => t.clone().DetachFromDisposeScope());
+        if (slots <= Slots) return;
+        var grown = Tensors.Map(t => SlotStacks.WithSlots(t, slots), t => t.clone().DetachFromDisposeScope()); // [slots, ...]
         Tensors.Dispose();
         Tensors = grown;
         Array.Resize(ref _holds, slots);

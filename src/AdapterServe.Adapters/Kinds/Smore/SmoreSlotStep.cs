@@ -1,4 +1,5 @@
 using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using static TorchSharp.torch;
 
@@ -14,7 +15,7 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// selections of all the class's groups are recorded once per projection (<see cref="ExpertStepTally.RecordSlots"/>).
 /// Owns the step's small index tensors.
 /// </summary>
-internal sealed class SmoreSlotStep : IDisposable
+internal sealed class SmoreSlotStep : IMixtureSlotStep
 {
     /// <summary>
     /// Fewest groups of one structure for which the slot path is used: one S'MoRE tree costs ~50 calls per projection,
@@ -78,11 +79,9 @@ internal sealed class SmoreSlotStep : IDisposable
 
         foreach (var (signature, members) in classes)
         {
-            var stack = _bank.Stack(layer, projection, signature)
+            var stack = _bank.Stack(new SmoreStackKey(layer, projection, signature))
                 ?? throw new InvalidOperationException($"no S'MoRE slot stack for {projection.ShortName()} of layer {layer} with {signature}");
-            if (signature.InFeatures != x.size(1) || signature.OutFeatures != y.size(1))
-                throw new InvalidOperationException(
-                    $"the S'MoRE slots of {projection.ShortName()} of layer {layer} are [{signature.OutFeatures}, {signature.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
+            AdapterTokenGroup.EnsureFits("the S'MoRE slots", layer, projection, signature.OutFeatures, signature.InFeatures, x, y);
             var rows = Rows(members, signature);
             var layout = rows.Layout;
             int s = layout.Groups, length = layout.Length;
@@ -96,16 +95,10 @@ internal sealed class SmoreSlotStep : IDisposable
             if (layout.Scale is not null) delta = delta.mul_(layout.Scale);                         // · the row's scale (0 on padding rows)
             layout.AddTo(y, delta.view(layout.Count, signature.OutFeatures));
 
-            var sites = new ExpertSite?[s];
-            var routed = new long[s];
+            var sites = new ExpertSite?[s];                                                         // an empty position: null, nothing counted
             for (int p = 0; p < s; p++)
-            {
-                if (layout.Order[p] < 0) continue;                                                  // an empty position: nothing counted
-                var (group, weights) = _groups[rows.Members[layout.Order[p]]];
-                sites[p] = weights.Site(layer, projection);
-                routed[p] = group.Count;
-            }
-            _tally.RecordSlots(sites, routed, SmoreTree.Labelled(tree, routing), rows.Valid, signature.Experts); // ids [S, L, Σ P_l]
+                if (layout.Order[p] >= 0) sites[p] = _groups[rows.Members[layout.Order[p]]].Weights.Site(layer, projection);
+            _tally.RecordSlots(sites, layout.Routed, SmoreTree.Labelled(tree, routing), rows.Valid, signature.Experts); // ids [S, L, Σ P_l]
             rows.HandedOver = true;
         }
     }
@@ -117,19 +110,7 @@ internal sealed class SmoreSlotStep : IDisposable
         if (_classes.TryGetValue(key, out var known)) return known;
 
         var layout = new SlotRows([.. members.Select(i => _groups[i].Group)], slotRange: true);
-        int s = layout.Groups, length = layout.Length, width = signature.Selections;
-        var valid = new long[s * length * width];
-        for (int p = 0; p < s; p++)
-        {
-            if (layout.Order[p] < 0) continue;
-            long count = _groups[members[layout.Order[p]]].Group.Count;
-            for (int t = 0; t < count; t++) Array.Fill(valid, 1L, (p * length + t) * width, width);
-        }
-        Tensor mask;
-        using (inference_mode(false))
-        using (var scope = NewDisposeScope())
-            mask = tensor(valid, ScalarType.Int64, _groups[members[0]].Group.Adapter.Device).view(s, length, width).DetachFromDisposeScope();
-        return _classes[key] = new ClassRows([.. members], layout, mask);
+        return _classes[key] = new ClassRows([.. members], layout, layout.SelectionMask(signature.Selections));
     }
 
     public void Dispose()

@@ -13,34 +13,15 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// <c>scale · y_delta</c> into its rows. Selections are tallied on the device in the step's tally shared by every
 /// mixture kind (<see cref="ExpertUsage.JoinStep"/>), which reaches the host once per step, when the last kind completes.
 /// </summary>
-internal sealed class SmoreStepExecutor : MixtureStepExecutor
+internal sealed class SmoreStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertStepTally tally)
+    : MixtureStepExecutor<SmoreWeights>(groups, tally, m => m as SmoreWeights, "an S'MoRE one", SmoreSlotStep.TryBuild)
 {
-    private readonly (AdapterTokenGroup Group, SmoreWeights Weights)[] _groups;   // the per-group path
-    private readonly SmoreSlotStep? _slots;
-
-    public SmoreStepExecutor(IReadOnlyList<AdapterTokenGroup> groups, ExpertUsage usage) : base(usage.JoinStep())
+    protected override void ApplyGroup(AdapterTokenGroup g, SmoreWeights weights, int layer, Projection projection, Tensor x, Tensor y)
     {
-        var all = groups.Select(g => (g, g.Adapter.Modules as SmoreWeights
-            ?? throw new InvalidOperationException($"{g.Adapter} is a '{g.Adapter.Kind}' adapter, not an S'MoRE one"))).ToList();
-        _slots = SmoreSlotStep.TryBuild(all, Tally, out var rest);
-        _groups = [.. rest];
-    }
-
-    protected override IDisposable? Slots => _slots;
-
-    public override void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight)
-    {
-        _slots?.Apply(layer, projection, x, y);
-        foreach (var (g, weights) in _groups)
-        {
-            if (weights.Module(layer, projection) is not { } module) continue;
-            if (module.InFeatures != x.size(1) || module.OutFeatures != y.size(1))
-                throw new InvalidOperationException(
-                    $"{g.Adapter} has {projection.ShortName()} of layer {layer} as [{module.OutFeatures}, {module.InFeatures}], the step has [{y.size(1)}, {x.size(1)}]");
-            var (delta, routing) = SmoreTree.Forward(module, g.Rows(x));                    // [n_g, d_out] float32
-            SmoreTree.Record(Tally, weights.Site(layer, projection), module, routing);
-            if (g.Scale != 1f) delta = TorchScalars.MulInPlace(delta, g.Scale);
-            g.AddRows(y, delta.dtype == y.dtype ? delta : delta.to(y.dtype));
-        }
+        if (weights.Module(layer, projection) is not { } module) return;
+        AdapterTokenGroup.EnsureFits(g.Adapter, layer, projection, module.OutFeatures, module.InFeatures, x, y);
+        var (delta, routing) = SmoreTree.Forward(module, g.Rows(x));                       // [n_g, d_out] float32
+        SmoreTree.Record(Tally, weights.Site(layer, projection), module, routing);
+        g.AddScaledRows(y, delta);
     }
 }
