@@ -10,6 +10,9 @@ public static class ProjectionNames
 {
     public static readonly Projection[] All = Enum.GetValues<Projection>();
 
+    /// <summary>The projections of a layer that read the same input, each set run as one fused GEMM (q|k|v, gate|up), in output order.</summary>
+    public static readonly IReadOnlyList<Projection[]> Siblings = [[Projection.Q, Projection.K, Projection.V], [Projection.Gate, Projection.Up]];
+
     /// <summary>Short Hugging Face name: q_proj, k_proj, ..., down_proj.</summary>
     public static string ShortName(this Projection p) => p switch
     {
@@ -48,4 +51,23 @@ public interface IProjectionHook
     /// <param name="baseWeight">The frozen base weight <c>W0: [d_out, d_in]</c> (read-only; for DoRA's norms).</param>
     /// <returns>The adapted output <c>[N, d_out]</c>; may be <paramref name="baseOutput"/> itself, updated in place (it is a fresh tensor of this step).</returns>
     Tensor Apply(int layer, Projection projection, Tensor x, Tensor baseOutput, Tensor baseWeight);
+
+    /// <summary>
+    /// Sibling projections of one layer that read the same input and run as one fused GEMM
+    /// (<see cref="ProjectionNames.Siblings"/>: q|k|v, gate|up): adapts each projection's column block of the fused output
+    /// in place. The default hands each block to <see cref="Apply"/>; a hook overrides it to share between the siblings
+    /// what depends on x alone (vLLM's packed modules), with exactly the per-projection result.
+    /// </summary>
+    /// <param name="projections">The siblings, in output order.</param>
+    /// <param name="x">Their common input, <c>[N, d_in]</c>.</param>
+    /// <param name="baseOutputs">Per sibling <c>x @ W0ᵀ</c> without bias, <c>[N, d_out_i]</c>: views into the fused output, updated in place.</param>
+    /// <param name="baseWeights">Per sibling <c>W0: [d_out_i, d_in]</c> (read-only).</param>
+    void ApplySiblings(int layer, IReadOnlyList<Projection> projections, Tensor x, IReadOnlyList<Tensor> baseOutputs, IReadOnlyList<Tensor> baseWeights)
+    {
+        for (int i = 0; i < projections.Count; i++)
+        {
+            var adapted = Apply(layer, projections[i], x, baseOutputs[i], baseWeights[i]);
+            if (!ReferenceEquals(adapted, baseOutputs[i])) baseOutputs[i].copy_(adapted);
+        }
+    }
 }

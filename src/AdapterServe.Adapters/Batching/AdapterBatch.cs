@@ -96,21 +96,35 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
 
     public Tensor Apply(int layer, Projection projection, Tensor x, Tensor baseOutput, Tensor baseWeight)
     {
-        if (_groups.Length == 0) return baseOutput;
-        bool targeted = false;
-        foreach (var g in _groups) targeted |= g.Adapter.Modules.Targets(layer, projection);
-        if (!targeted) return baseOutput;
-
-        long n = x.size(0);
-        if (n < TokenCount)
-            throw new ArgumentException($"the step has {n} tokens but its adapter segments cover {TokenCount}", nameof(x));
-
+        if (!Targeted(layer, [projection], x)) return baseOutput;
         // Adapter products are small (an inner or outer size of r): on the CPU they run on one GEMM thread (CpuGemmThreads).
-        using var oneThread = n <= MaxOneThreadTokens && _onCpu ? CpuGemmThreads.OneThread() : default;
+        using var oneThread = x.size(0) <= MaxOneThreadTokens && _onCpu ? CpuGemmThreads.OneThread() : default;
         using var scope = NewDisposeScope();
         var y = baseOutput;                                                          // [N, d_out], a fresh tensor of this step: updated in place
         foreach (var executor in _executors) executor.Apply(layer, projection, x, y, baseWeight);
         return y;
+    }
+
+    /// <summary>Sibling projections of one input (q|k|v, gate|up): every kind gets them together (<see cref="IAdapterStepExecutor.ApplySiblings"/>), each block updated in place.</summary>
+    public void ApplySiblings(int layer, IReadOnlyList<Projection> projections, Tensor x, IReadOnlyList<Tensor> baseOutputs, IReadOnlyList<Tensor> baseWeights)
+    {
+        if (!Targeted(layer, projections, x)) return;
+        using var oneThread = x.size(0) <= MaxOneThreadTokens && _onCpu ? CpuGemmThreads.OneThread() : default;
+        using var scope = NewDisposeScope();
+        foreach (var executor in _executors) executor.ApplySiblings(layer, projections, x, baseOutputs, baseWeights);
+    }
+
+    /// <summary>Whether an adapter of the step adapts one of <paramref name="projections"/> of <paramref name="layer"/>; throws when x has fewer tokens than the segments cover.</summary>
+    private bool Targeted(int layer, IReadOnlyList<Projection> projections, Tensor x)
+    {
+        bool targeted = false;
+        foreach (var g in _groups)
+            foreach (var projection in projections) targeted |= g.Adapter.Modules.Targets(layer, projection);
+        if (!targeted) return false;
+        long n = x.size(0);
+        if (n < TokenCount)
+            throw new ArgumentException($"the step has {n} tokens but its adapter segments cover {TokenCount}", nameof(x));
+        return true;
     }
 
     /// <summary>

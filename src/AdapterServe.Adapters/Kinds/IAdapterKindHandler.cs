@@ -75,6 +75,16 @@ public interface IAdapterStepExecutor
     /// <param name="baseWeight"><c>W0: [d_out, d_in]</c>, read-only.</param>
     void Apply(int layer, Projection projection, Tensor x, Tensor y, Tensor baseWeight);
 
+    /// <summary>
+    /// <see cref="Apply"/> for sibling projections of one input (<see cref="IProjectionHook.ApplySiblings"/>): each
+    /// <paramref name="ys"/>[i] gets this kind's contribution at <paramref name="projections"/>[i]. The default applies
+    /// them one by one; a kind overrides it to share the work that depends on x alone.
+    /// </summary>
+    void ApplySiblings(int layer, IReadOnlyList<Projection> projections, Tensor x, IReadOnlyList<Tensor> ys, IReadOnlyList<Tensor> baseWeights)
+    {
+        for (int i = 0; i < projections.Count; i++) Apply(layer, projections[i], x, ys[i], baseWeights[i]);
+    }
+
     /// <summary>The step ran: per-step bookkeeping (such as expert counts), and free what was built for the step.</summary>
     void Complete();
 

@@ -21,13 +21,15 @@ public sealed class Linear(Tensor weight, Tensor? bias, int layer, Projection pr
 
 /// <summary>
 /// Several frozen projections of the same input stored as one weight, rows stacked in order (q|k|v, gate|up): one GEMM
-/// instead of several. Each projection's weight is a row block of the fused one (a contiguous view), and the adapter hook
-/// still sees each projection alone, on its column block of the fused output (updated in place).
+/// instead of several. Each projection's weight is a row block of the fused one (a contiguous view). The adapter hook
+/// gets the siblings together (<see cref="IProjectionHook.ApplySiblings"/>), each on its column block of the fused output
+/// (updated in place).
 /// </summary>
 public sealed class FusedLinear
 {
     private readonly int _layer;
     private readonly (Projection Projection, long Offset, long Size)[] _parts;
+    private readonly Projection[] _projections;
 
     /// <param name="weights">Each projection's <c>W0: [d_out_i, d_in]</c> and optional bias, in output order; copied into the fused weight.</param>
     public FusedLinear(int layer, IReadOnlyList<(Projection Projection, Tensor Weight, Tensor? Bias)> weights)
@@ -44,6 +46,7 @@ public sealed class FusedLinear
             _parts[i] = (weights[i].Projection, offset, size);
             offset += size;
         }
+        _projections = [.. _parts.Select(p => p.Projection)];
     }
 
     public Tensor Weight { get; }
@@ -68,12 +71,16 @@ public sealed class FusedLinear
     {
         var y = F.linear(x, Weight);                                                             // [N, Σ d_out_i]
         if (hook is not null)
-            foreach (var (projection, offset, size) in _parts)
+        {
+            var blocks = new Tensor[_parts.Length];
+            var weights = new Tensor[_parts.Length];
+            for (int i = 0; i < _parts.Length; i++)
             {
-                var block = y.narrow(1, offset, size);                                           // [N, d_out_i], a view into y
-                var adapted = hook.Apply(_layer, projection, x, block, Weight.narrow(0, offset, size));
-                if (!ReferenceEquals(adapted, block)) block.copy_(adapted);
+                blocks[i] = y.narrow(1, _parts[i].Offset, _parts[i].Size);                      // [N, d_out_i], a view into y
+                weights[i] = Weight.narrow(0, _parts[i].Offset, _parts[i].Size);                 // [d_out_i, d_in]
             }
+            hook.ApplySiblings(_layer, _projections, x, blocks, weights);
+        }
         return Bias is null ? y : TorchScalars.AddInPlace(y, Bias);
     }
 }

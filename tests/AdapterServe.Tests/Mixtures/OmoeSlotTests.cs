@@ -53,9 +53,11 @@ public class OmoeSlotTests
     }
 
     [Theory]
-    [InlineData(false)]   // one token per group (decode)
-    [InlineData(true)]    // up to three tokens per group, with padding rows and a group on rows that are not contiguous
-    public void Omoe_adapters_in_one_step_share_the_slot_stacks_and_give_every_row_its_own_mixture_and_counts(bool longer)
+    [InlineData(false, false)]   // one token per group (decode)
+    [InlineData(true, false)]    // up to three tokens per group, with padding rows and a group on rows that are not contiguous
+    [InlineData(false, true)]    // the sibling projections handed over together, as the model's fused GEMMs do
+    [InlineData(true, true)]
+    public void Omoe_adapters_in_one_step_share_the_slot_stacks_and_give_every_row_its_own_mixture_and_counts(bool longer, bool siblings)
     {
         using var tmp = new TempDir();
         var adapters = Adapters(tmp, Guid.NewGuid().ToString("N")[..8]);
@@ -70,7 +72,7 @@ public class OmoeSlotTests
             [
                 (0, longer ? 2 : 1, 1f), (null, 1, 1f), (1, 1, 0.5f), (2, more, 1f), (3, 1, 1.5f), (4, 1, 1f), (2, 1, 0.7f), (5, longer ? 2 : 1, 2f), (6, 1, 1f),
                 .. longer ? [((int?)0, 1, 1f)] : Array.Empty<(int?, int, float)>(),
-            ], ownPath: 1);
+            ], ownPath: 1, siblings: siblings);
         }
         finally
         {
@@ -104,6 +106,37 @@ public class OmoeSlotTests
             slots.Free(adapters[5].Loaded);
             slots.Assign(adapters[7].Loaded);
             AssertStep(adapters, slots, [(7, 1, 1f), (4, 1, 1f), (7, 2, 0.5f)], salt: 4);
+        }
+        finally
+        {
+            foreach (var a in adapters) a.Loaded.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// An OMoE adapter alone in its step (the per-group path) runs the sibling projections it adapts side by side
+    /// (<see cref="OmoeSiblings"/>): o3's q and v (k not adapted), o5's k and v; o4's q and k cannot (n·r is wider than
+    /// k_proj's d_out, so their coordinates differ) and run one by one. Every row equals the naive mixture.
+    /// </summary>
+    [Theory]
+    [InlineData(3)]
+    [InlineData(4)]
+    [InlineData(5)]
+    public void An_omoe_adapter_alone_runs_its_sibling_projections_together_and_equals_the_naive_mixture(int adapter)
+    {
+        using var tmp = new TempDir();
+        var adapters = Adapters(tmp, Guid.NewGuid().ToString("N")[..8]);
+        using var slots = new AdapterSlotTable(8);
+        try
+        {
+            var weights = ((OmoeModules)adapters[adapter].Loaded.Modules).Weights;
+            var expected = adapter switch { 3 => new[] { Projection.Q, Projection.V }, 4 => [], _ => [Projection.K, Projection.V] };
+            for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
+                Assert.Equal(expected, weights.Siblings(layer, ProjectionNames.Siblings[0])?.Projections ?? []);
+            var (together, oneByOne) = SlotStepCheck.SiblingCalls(Base, adapters[adapter].Loaded, ProjectionNames.Siblings[0]);
+            if (expected.Length > 0) Assert.True(together < oneByOne * 3 / 4, $"q|k|v together: {together} native calls; one by one: {oneByOne}");
+            else Assert.Equal(oneByOne, together);
+            AssertStep(adapters, slots, [(adapter, 3, 1f), (null, 1, 1f), (adapter, 1, 0.5f)], salt: 5, ownPath: 2, siblings: true);
         }
         finally
         {
@@ -197,11 +230,11 @@ public class OmoeSlotTests
     /// against the naive mixture of its adapter, and the expert counters against the naive selections.
     /// <paramref name="ownPath"/> groups are expected on the per-group path (a signature alone in the step).
     /// </summary>
-    static void AssertStep(Omoe[] adapters, AdapterSlotTable slots, (int? Adapter, int Tokens, float Scale)[] plan, int salt = 0, int ownPath = 0)
+    static void AssertStep(Omoe[] adapters, AdapterSlotTable slots, (int? Adapter, int Tokens, float Scale)[] plan, int salt = 0, int ownPath = 0, bool siblings = false)
     {
         var bank = OmoeSlotBank.Of(slots);
         int groups = plan.Where(p => p.Adapter is not null).Select(p => (p.Adapter, p.Scale)).Distinct().Count();
         SlotStepCheck.Run(Base, [.. adapters.Select(a => a.Loaded)], (a, layer, p, x) => adapters[a].Naive(ProjectionNames.ModulePath(layer, p), x),
-            plan, () => bank.GroupsServed, groups - ownPath, ProjectionNames.All, salt);   // every group of a shared signature from the stacks
+            plan, () => bank.GroupsServed, groups - ownPath, ProjectionNames.All, salt, siblings: siblings);   // every group of a shared signature from the stacks
     }
 }

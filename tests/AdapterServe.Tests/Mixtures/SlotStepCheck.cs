@@ -1,6 +1,7 @@
 using AdapterServe.Adapters;
 using AdapterServe.Adapters.Experts;
 using AdapterServe.Modeling;
+using TorchSharp;
 using static AdapterServe.Tests.Mixtures.MixtureNaive;
 using static TorchSharp.torch;
 
@@ -10,19 +11,51 @@ namespace AdapterServe.Tests.Mixtures;
 /// One step of a mixture kind over a plan of segments (adapter index or null for the base, tokens, scale), checked
 /// against an independent per-token computation: every row of every projection equals its adapter's naive delta times
 /// the segment's scale (base rows: zero), the kind's slot path served the expected groups, and the expert counters
-/// moved by exactly the naive selections, for exactly the modules the naive computation adapts.
+/// moved by exactly the naive selections, for exactly the modules the naive computation adapts. With
+/// <c>siblings</c>, the sibling projections (q|k|v, gate|up) go through the hook together
+/// (<see cref="AdapterBatch.ApplySiblings"/>, one input), as the model's fused GEMMs hand them over.
 /// </summary>
 internal static class SlotStepCheck
 {
+    /// <summary>
+    /// Native calls (tensors created: every TorchSharp op makes one) for one layer's <paramref name="set"/> of sibling
+    /// projections of <paramref name="adapter"/> alone in a step of <paramref name="rows"/> tokens: handed over together
+    /// (<see cref="AdapterBatch.ApplySiblings"/>) and one by one (<see cref="AdapterBatch.Apply"/>).
+    /// </summary>
+    public static (long Together, long OneByOne) SiblingCalls(ModelConfig model, LoadedAdapter adapter, Projection[] set, int rows = 2)
+    {
+        using var batch = new AdapterBatch([AdapterSegment.Single(0, rows, adapter)]);
+        var (dIn, _) = model.ProjectionShape(set[0]);
+        var x = randn([rows, dIn], generator: new Generator(3));                                    // [rows, d_in]
+        var ys = set.Select(p => zeros([rows, model.ProjectionShape(p).Out])).ToArray();
+        var ws = set.Select(p => zeros([model.ProjectionShape(p).Out, dIn])).ToArray();
+        long Created() => DisposeScopeManager.Statistics.CreatedInScopeCount + DisposeScopeManager.Statistics.CreatedOutsideScopeCount;
+        batch.ApplySiblings(0, set, x, ys, ws);                                                     // warm: the step's first use lays out its rows
+        long start = Created();
+        batch.ApplySiblings(0, set, x, ys, ws);
+        long together = Created() - start;
+        start = Created();
+        for (int i = 0; i < set.Length; i++) batch.Apply(0, set[i], x, ys[i], ws[i]);
+        long oneByOne = Created() - start;
+        batch.Complete();
+        return (together, oneByOne);
+    }
+
     /// <summary>An adapter's naive result for one token at (layer, projection): its delta (null: not adapted there) and the selected experts' indices in the site's label order.</summary>
     public delegate (double[]? Delta, IEnumerable<int> Selected) NaiveToken(int adapter, int layer, Projection projection, double[] x);
 
     /// <param name="servedFromSlots">The kind's slot bank's running count of groups served (read before and after the step).</param>
     /// <param name="slotGroups">Groups the slot path must serve in this step.</param>
     /// <param name="relative">Tolerance 1e-5·(1 + |naive|) instead of 1e-5.</param>
+    /// <param name="siblings">Hand sibling projections to the hook together.</param>
     public static void Run(ModelConfig model, IReadOnlyList<LoadedAdapter> adapters, NaiveToken naive, (int? Adapter, int Tokens, float Scale)[] plan,
-        Func<long> servedFromSlots, int slotGroups, IReadOnlyList<Projection> projections, int salt = 0, bool relative = false)
+        Func<long> servedFromSlots, int slotGroups, IReadOnlyList<Projection> projections, int salt = 0, bool relative = false, bool siblings = false)
     {
+        // What the hook gets at once: sibling sets (the requested projections of each) or single projections.
+        var units = siblings
+            ? ProjectionNames.Siblings.Select(set => set.Where(projections.Contains).ToArray()).Where(u => u.Length > 0)
+                .Concat(projections.Where(p => !ProjectionNames.Siblings.Any(set => set.Contains(p))).Select(p => new[] { p })).ToList()
+            : [.. projections.Select(p => new[] { p })];
         var rowAdapter = new List<(int Adapter, float Scale)?>();
         var segments = new List<AdapterSegment>();
         foreach (var (adapter, tokens, scale) in plan)
@@ -40,28 +73,37 @@ internal static class SlotStepCheck
         {
             Assert.Equal(slotGroups, servedFromSlots() - servedBefore);
             for (int layer = 0; layer < model.NumHiddenLayers; layer++)
-                foreach (var p in projections)
+                foreach (var unit in units)
                 {
-                    var (dIn, dOut) = model.ProjectionShape(p);
-                    var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)p + 1)));  // [rows, d_in]
-                    var y = batch.Apply(layer, p, x, zeros([rows, dOut]), zeros([dOut, dIn]));   // base output 0: y is the delta
-                    var xs = Host2(x);
-                    var got = Host2(y);
-                    for (int r = 0; r < rows; r++)
-                    {
-                        var expected = new double[dOut];
-                        if (rowAdapter[r] is var (a, scale) && naive(a, layer, p, Row(xs, r)) is ({ } delta, var selected))
-                        {
-                            for (int o = 0; o < dOut; o++) expected[o] = scale * delta[o];
-                            adapted.Add((a, layer, p.ShortName()));
-                            foreach (int e in selected) naiveCounts[(a, layer, p.ShortName(), e)] = naiveCounts.GetValueOrDefault((a, layer, p.ShortName(), e)) + 1;
-                        }
-                        for (int o = 0; o < dOut; o++)
-                            Assert.True(Math.Abs(expected[o] - got[r, o]) <= 1e-5 * (1 + (relative ? Math.Abs(expected[o]) : 0)),
-                                $"layer {layer} {p} row {r} [{o}]: naive {expected[o]}, served {got[r, o]}");
-                    }
+                    var (dIn, _) = model.ProjectionShape(unit[0]);
+                    var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)unit[0] + 1)));  // [rows, d_in]
+                    var ys = unit.Select(p => zeros([rows, model.ProjectionShape(p).Out])).ToArray();    // base output 0: y is the delta
+                    if (unit.Length == 1) ys[0] = batch.Apply(layer, unit[0], x, ys[0], zeros([model.ProjectionShape(unit[0]).Out, dIn]));
+                    else batch.ApplySiblings(layer, unit, x, ys, [.. unit.Select(p => zeros([model.ProjectionShape(p).Out, dIn]))]);
+                    foreach (var (p, y) in unit.Zip(ys))
+                        Check(layer, p, x, y);
                 }
             batch.Complete();
+        }
+
+        void Check(int layer, Projection p, Tensor x, Tensor y)
+        {
+            int dOut = (int)y.size(1);
+            var xs = Host2(x);
+            var got = Host2(y);
+            for (int r = 0; r < rows; r++)
+            {
+                var expected = new double[dOut];
+                if (rowAdapter[r] is var (a, scale) && naive(a, layer, p, Row(xs, r)) is ({ } delta, var selected))
+                {
+                    for (int o = 0; o < dOut; o++) expected[o] = scale * delta[o];
+                    adapted.Add((a, layer, p.ShortName()));
+                    foreach (int e in selected) naiveCounts[(a, layer, p.ShortName(), e)] = naiveCounts.GetValueOrDefault((a, layer, p.ShortName(), e)) + 1;
+                }
+                for (int o = 0; o < dOut; o++)
+                    Assert.True(Math.Abs(expected[o] - got[r, o]) <= 1e-5 * (1 + (relative ? Math.Abs(expected[o]) : 0)),
+                        $"layer {layer} {p} row {r} [{o}]: naive {expected[o]}, served {got[r, o]}");
+            }
         }
 
         foreach (int a in plan.Where(p => p.Adapter is not null).Select(p => p.Adapter!.Value).Distinct())

@@ -67,9 +67,11 @@ public class SmoreSlotTests(ITestOutputHelper output)
     static readonly FuncBaseWeights NoBase = new((_, p) => zeros([Base.ProjectionShape(p).Out, Base.ProjectionShape(p).In]));
 
     [Theory]
-    [InlineData(false)]   // one token per group (decode)
-    [InlineData(true)]    // up to three tokens per group: padding rows, and a group on rows that are not contiguous
-    public void Smore_adapters_in_one_step_share_the_slot_stacks_and_give_every_row_its_own_tree_and_counts(bool longer)
+    [InlineData(false, false)]   // one token per group (decode)
+    [InlineData(true, false)]    // up to three tokens per group: padding rows, and a group on rows that are not contiguous
+    [InlineData(false, true)]    // gate and up handed over together, as the model's fused GEMM does
+    [InlineData(true, true)]
+    public void Smore_adapters_in_one_step_share_the_slot_stacks_and_give_every_row_its_own_tree_and_counts(bool longer, bool siblings)
     {
         using var tmp = new TempDir();
         var trees = Trees(tmp, Guid.NewGuid().ToString("N")[..8]);
@@ -83,7 +85,38 @@ public class SmoreSlotTests(ITestOutputHelper output)
                 (0, longer ? 2 : 1, 1f), (null, 1, 1f), (1, longer ? 3 : 1, 0.5f), (2, 1, 1f), (3, 1, 1.5f), (4, longer ? 2 : 1, 1f), (3, 1, -0.7f), (5, 1, 1f),
                 .. longer ? [((int?)0, 1, 1f)] : Array.Empty<(int?, int, float)>(),
             ];
-            AssertStep(trees, slots, plan, onOwnPath: [5]);                                  // the dense tree's structure has no partner
+            AssertStep(trees, slots, plan, onOwnPath: [5], siblings: siblings);              // the dense tree's structure has no partner
+        }
+        finally
+        {
+            foreach (var t in trees) t.Loaded.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// An S'MoRE adapter alone in its step (the per-group path) runs gate and up, one structure on one input, as two
+    /// trees of one fused pass (<see cref="SmoreSiblings"/>): t0 (switch, gate+up), t2 (switch, all three) and a cosine
+    /// tree with PReLU slopes of its own per module on all three. Every row equals the naive tree, every count the naive selections.
+    /// </summary>
+    [Theory]
+    [InlineData(0)]
+    [InlineData(2)]
+    [InlineData(6)]
+    public void An_smore_adapter_alone_runs_gate_and_up_as_two_trees_of_one_pass_and_equals_the_naive_tree(int tree)
+    {
+        using var tmp = new TempDir();
+        string id = Guid.NewGuid().ToString("N")[..8];
+        var trees = Trees(tmp, id).Append(Load(tmp, $"smore-slot-t6-{id}", Cosine, Mlp, seed: 76)).ToArray();
+        using var slots = new AdapterSlotTable(8);
+        try
+        {
+            var weights = (SmoreWeights)trees[tree].Loaded.Modules;
+            for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
+                Assert.Equal([Projection.Gate, Projection.Up], weights.Siblings(layer, ProjectionNames.Siblings[1])?.Projections ?? []);
+            var (together, oneByOne) = SlotStepCheck.SiblingCalls(Base, trees[tree].Loaded, ProjectionNames.Siblings[1]);
+            output.WriteLine($"gate|up: {together} native calls together, {oneByOne} one by one");
+            Assert.True(together < oneByOne * 3 / 4, $"gate|up together: {together} native calls; one by one: {oneByOne}");
+            AssertStep(trees, slots, [(tree, 3, 1f), (null, 1, 1f), (tree, 1, -0.5f)], salt: 6, onOwnPath: [tree], siblings: true);
         }
         finally
         {
@@ -174,11 +207,11 @@ public class SmoreSlotTests(ITestOutputHelper output)
     /// against the naive tree of its adapter, the expert counters against the naive selections, and every group from
     /// the stacks except those of <paramref name="onOwnPath"/>.
     /// </summary>
-    static void AssertStep(Tree[] trees, AdapterSlotTable slots, (int? Tree, int Tokens, float Scale)[] plan, int salt = 0, int[]? onOwnPath = null)
+    static void AssertStep(Tree[] trees, AdapterSlotTable slots, (int? Tree, int Tokens, float Scale)[] plan, int salt = 0, int[]? onOwnPath = null, bool siblings = false)
     {
         var bank = SmoreSlotBank.Of(slots);
         int groups = plan.Where(p => p.Tree is { } t && !(onOwnPath ?? []).Contains(t)).Select(p => (p.Tree, p.Scale)).Distinct().Count();
-        SlotStepCheck.Run(Base, [.. trees.Select(t => t.Loaded)], Naive, plan, () => bank.GroupsServed, groups, Mlp, salt, relative: true);
+        SlotStepCheck.Run(Base, [.. trees.Select(t => t.Loaded)], Naive, plan, () => bank.GroupsServed, groups, Mlp, salt, relative: true, siblings: siblings);
 
         // The tree's delta, and each (token, path) selection of each sub-layer as its label's index (leaf level first).
         (double[]? Delta, IEnumerable<int> Selected) Naive(int t, int layer, Projection p, double[] x)

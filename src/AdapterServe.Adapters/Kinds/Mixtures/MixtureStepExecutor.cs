@@ -49,6 +49,22 @@ internal abstract class MixtureStepExecutor<TWeights> : IAdapterStepExecutor whe
     /// <summary>The per-group path: adds one group's <c>scale · delta</c> at this projection to its rows of <paramref name="y"/> (nothing where its adapter does not adapt it) and records its selections.</summary>
     protected abstract void ApplyGroup(AdapterTokenGroup group, TWeights weights, int layer, Projection projection, Tensor x, Tensor y);
 
+    public void ApplySiblings(int layer, IReadOnlyList<Projection> projections, Tensor x, IReadOnlyList<Tensor> ys, IReadOnlyList<Tensor> baseWeights)
+    {
+        if (_slots is not null)
+            for (int i = 0; i < projections.Count; i++) _slots.Apply(layer, projections[i], x, ys[i]);
+        foreach (var (g, weights) in _groups) ApplyGroupSiblings(g, weights, layer, projections, x, ys);
+    }
+
+    /// <summary>
+    /// The per-group path at sibling projections of one input (q|k|v, gate|up): <see cref="ApplyGroup"/> for each by
+    /// default; a kind overrides it to run the siblings it adapts in one sequence of calls.
+    /// </summary>
+    protected virtual void ApplyGroupSiblings(AdapterTokenGroup group, TWeights weights, int layer, IReadOnlyList<Projection> projections, Tensor x, IReadOnlyList<Tensor> ys)
+    {
+        for (int i = 0; i < projections.Count; i++) ApplyGroup(group, weights, layer, projections[i], x, ys[i]);
+    }
+
     /// <summary>Leaves the step's shared tally (the last mixture kind of the step copies all counts to the host at once).</summary>
     public void Complete()
     {

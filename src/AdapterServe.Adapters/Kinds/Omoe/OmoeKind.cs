@@ -88,5 +88,29 @@ namespace AdapterServe.Adapters.Kinds.Omoe
             else Tally.RecordTopK(site, selected);
             g.AddScaledRows(y, delta);
         }
+
+        /// <summary>The siblings the adapter adapts side by side (<see cref="OmoeSiblings"/>), in one sequence of calls.</summary>
+        protected override void ApplyGroupSiblings(AdapterTokenGroup g, OmoeWeights weights, int layer, IReadOnlyList<Projection> projections, Tensor x, IReadOnlyList<Tensor> ys)
+        {
+            if (weights.Siblings(layer, projections) is not { } siblings)
+            {
+                base.ApplyGroupSiblings(g, weights, layer, projections, x, ys);
+                return;
+            }
+            var outputs = SiblingModules.Outputs(siblings.Projections, projections, ys);
+            for (int j = 0; j < outputs.Length; j++)
+            {
+                var (module, _) = siblings.Modules[j];
+                AdapterTokenGroup.EnsureFits(g.Adapter, layer, siblings.Projections[j], module.OutFeatures, module.InFeatures, x, outputs[j]);
+            }
+            var (deltas, selected) = siblings.Deltas(g.Rows(x));                    // per sibling [n_g, d_out_j], [n_g, K]?
+            for (int j = 0; j < outputs.Length; j++)
+            {
+                var site = siblings.Modules[j].Site;
+                if (selected[j] is { } ids) Tally.RecordTopK(site, ids);
+                else Tally.RecordAll(site, g.Count);
+                g.AddScaledRows(outputs[j], deltas[j]);
+            }
+        }
     }
 }

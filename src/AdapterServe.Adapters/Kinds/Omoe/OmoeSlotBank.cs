@@ -44,16 +44,15 @@ internal sealed class OmoeSlotBank(AdapterSlotTable table) : KeyedSlotStacks<Omo
         var signature = OmoeSignature.Of(weights.Config);
         return TryPlace(adapter,
             () => weights.Modules.ToDictionary(m => new OmoeStackKey(m.Site.Layer, m.Site.Projection, signature), m => m.Module),
-            module => new OmoeStack(signature, module.InFeatures, module.OutFeatures, module.Basis.size(1), Device!, DType));
+            module => new OmoeStack(signature, module.InFeatures, module.OutFeatures, module.BasisRank, Device!, DType));
     }
 }
 
 /// <summary>
 /// One projection's stacked OMoE modules of one signature, by slot, each laid out for the slot path's batched GEMMs:
-/// routers <c>[slots, n, d_in]</c> (float32), <c>A_all [slots, n·r, d_in]</c>, the experts' coordinates
-/// <c>[slots, n, r, p]</c> (float32) and the bases transposed, <c>Uᵀ [slots, p, d_out]</c> (see <see cref="OmoeModule"/>);
-/// zeros for slots without such a module. Plus the signature's ε and expert order. Grows in slots by copying. Owns its
-/// tensors.
+/// routers <c>[slots, n, d_in]</c> (float32), <c>A_all [slots, n·r, d_in]</c>, the experts' block-diagonal coordinates
+/// <c>[slots, n·r, n·p]</c> (float32) and the bases transposed, <c>Uᵀ [slots, p, d_out]</c> (see <see cref="OmoeModule"/>);
+/// zeros for slots without such a module. Plus the signature's ε. Grows in slots by copying. Owns its tensors.
 /// </summary>
 internal sealed class OmoeStack : ISlotStack<OmoeModule>
 {
@@ -66,10 +65,9 @@ internal sealed class OmoeStack : ISlotStack<OmoeModule>
         int n = signature.Experts, r = signature.Rank;
         Router = empty([0, n, inFeatures], ScalarType.Float32, device).DetachFromDisposeScope();
         A = empty([0, n * r, inFeatures], dtype, device).DetachFromDisposeScope();
-        Coordinates = empty([0, n, r, basisRank], ScalarType.Float32, device).DetachFromDisposeScope();
+        Coordinates = empty([0, n * r, n * basisRank], ScalarType.Float32, device).DetachFromDisposeScope();
         Basis = empty([0, basisRank, outFeatures], dtype, device).DetachFromDisposeScope();
         Eps = tensor((float)signature.Eps, ScalarType.Float32, device).DetachFromDisposeScope();
-        Order = OmoeModule.ExpertOrder(signature.Active, device).DetachFromDisposeScope();
     }
 
     public OmoeSignature Signature { get; }
@@ -82,14 +80,12 @@ internal sealed class OmoeStack : ISlotStack<OmoeModule>
     public Tensor Router { get; private set; }
     /// <summary><c>A_all [Slots, n·r, d_in]</c>.</summary>
     public Tensor A { get; private set; }
-    /// <summary><c>[Slots, n, r, p]</c>, float32: per slot <see cref="OmoeModule.Coordinates"/>.</summary>
+    /// <summary><c>[Slots, n·r, n·p]</c>, float32: per slot <see cref="OmoeModule.Coordinates"/>.</summary>
     public Tensor Coordinates { get; private set; }
     /// <summary><c>Uᵀ [Slots, p, d_out]</c>: per slot <see cref="OmoeModule.Basis"/> transposed.</summary>
     public Tensor Basis { get; private set; }
     /// <summary>0-dim float32: the signature's ε.</summary>
     public Tensor Eps { get; }
-    /// <summary><c>[k]</c> float32 (<see cref="OmoeModule.ExpertOrder"/>).</summary>
-    public Tensor Order { get; }
 
     /// <summary>Grows (keeping every slot's contents) to at least <paramref name="slots"/> slots. Outside inference_mode.</summary>
     public void Grow(int slots)
@@ -117,9 +113,9 @@ internal sealed class OmoeStack : ISlotStack<OmoeModule>
             return;
         }
         if (module.Experts != Signature.Experts || module.Rank != Signature.Rank || module.InFeatures != InFeatures
-            || module.OutFeatures != OutFeatures || module.Basis.size(1) != BasisRank)
+            || module.OutFeatures != OutFeatures || module.BasisRank != BasisRank)
             throw new InvalidOperationException(
-                $"an OMoE module of n = {module.Experts}, r = {module.Rank}, [{module.OutFeatures}, {module.InFeatures}], p = {module.Basis.size(1)} does not fit its slot stack (n = {Signature.Experts}, r = {Signature.Rank}, [{OutFeatures}, {InFeatures}], p = {BasisRank})");
+                $"an OMoE module of n = {module.Experts}, r = {module.Rank}, [{module.OutFeatures}, {module.InFeatures}], p = {module.BasisRank} does not fit its slot stack (n = {Signature.Experts}, r = {Signature.Rank}, [{OutFeatures}, {InFeatures}], p = {BasisRank})");
         Router.select(0, slot).copy_(module.Router);
         A.select(0, slot).copy_(module.AAll);
         Coordinates.select(0, slot).copy_(module.Coordinates);
@@ -133,6 +129,5 @@ internal sealed class OmoeStack : ISlotStack<OmoeModule>
         Coordinates.Dispose();
         Basis.Dispose();
         Eps.Dispose();
-        Order.Dispose();
     }
 }

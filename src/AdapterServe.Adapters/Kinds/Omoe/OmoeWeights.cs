@@ -6,15 +6,34 @@ using static TorchSharp.torch;
 
 namespace AdapterServe.Adapters.Kinds.Omoe;
 
-/// <summary>One loaded OMoE adapter: an <see cref="OmoeModule"/> and its <see cref="ExpertSite"/> per adapted projection. Owns its tensors.</summary>
+/// <summary>
+/// One loaded OMoE adapter: an <see cref="OmoeModule"/> and its <see cref="ExpertSite"/> per adapted projection, the
+/// modules at sibling projections of a layer stored side by side (<see cref="OmoeSiblings"/>). Owns its tensors.
+/// </summary>
 public sealed class OmoeWeights : IDisposable
 {
     private readonly Dictionary<(int Layer, Projection Projection), (OmoeModule Module, ExpertSite Site)> _modules;
+    private readonly Dictionary<(int Layer, Projection First), OmoeSiblings> _siblings = [];   // keyed by the sibling set's first projection
 
+    /// <summary>Takes over <paramref name="modules"/>; those at sibling projections are replaced by views of their side-by-side storage.</summary>
     private OmoeWeights(OmoeConfig config, Dictionary<(int, Projection), (OmoeModule, ExpertSite)> modules)
     {
         Config = config;
         _modules = modules;
+        try
+        {
+            foreach (var (layer, adapted) in SiblingModules.Find(modules, (a, b) => OmoeSiblings.Compatible(a.Item1, b.Item1)).ToList())
+            {
+                var siblings = OmoeSiblings.Of(adapted, [.. adapted.Select(p => modules[(layer, p)])]);
+                for (int j = 0; j < adapted.Length; j++) modules[(layer, adapted[j])] = siblings.Modules[j];
+                _siblings.Add(SiblingModules.Key(layer, adapted[0]), siblings);
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
         Bytes = modules.Values.Sum(m => m.Item1.Bytes);
     }
 
@@ -24,6 +43,10 @@ public sealed class OmoeWeights : IDisposable
 
     public (OmoeModule Module, ExpertSite Site)? Module(int layer, Projection projection) =>
         _modules.TryGetValue((layer, projection), out var m) ? m : null;
+
+    /// <summary>The side-by-side modules of this adapter at <paramref name="projections"/> (a sibling set of <paramref name="layer"/>), or null when it adapts fewer than two of them.</summary>
+    public OmoeSiblings? Siblings(int layer, IReadOnlyList<Projection> projections) =>
+        _siblings.TryGetValue(SiblingModules.Key(layer, projections[0]), out var s) && s.Projections.All(projections.Contains) ? s : null;
 
     /// <summary>Reads <c>adapter_model.safetensors</c> of a validated directory into stacked modules on <paramref name="device"/>.</summary>
     public static OmoeWeights Load(string directory, OmoeLayout layout, string adapterName, Device device, ScalarType dtype)
@@ -73,5 +96,6 @@ public sealed class OmoeWeights : IDisposable
     public void Dispose()
     {
         foreach (var (m, _) in _modules.Values) m.Dispose();
+        foreach (var s in _siblings.Values) s.Dispose();
     }
 }

@@ -103,6 +103,22 @@ public sealed class SmoreTensors : IDisposable
     internal SmoreTensors Map(Func<Tensor, Tensor> perTree, Func<Tensor, Tensor> shared) =>
         new(Signature, perTree(Input), perTree(InputBias), [.. Levels.Select(l => l.Map(perTree, shared))], perTree(Final), perTree(FinalBias));
 
+    /// <summary>
+    /// <paramref name="trees"/> (of one signature) one after another along the tree dimension, in new storage: tree
+    /// <c>Σ_{i&lt;j} G_i</c> onwards is <paramref name="trees"/>[j]'s; the shared tensors are copies of the first's.
+    /// </summary>
+    internal static SmoreTensors Concatenate(IReadOnlyList<SmoreTensors> trees)
+    {
+        var first = trees[0];
+        if (trees.Any(t => !t.Signature.Equals(first.Signature)))
+            throw new ArgumentException("only S'MoRE trees of one structure can be concatenated", nameof(trees));
+        var perTree = trees.Select(t => t.PerTree.ToList()).ToList();
+        var position = new Dictionary<Tensor, int>(ReferenceEqualityComparer.Instance);            // a tensor of the first tree → its place in PerTree
+        foreach (var (t, i) in first.PerTree.Select((t, i) => (t, i)))
+            if (t is not null) position[t] = i;
+        return first.Map(t => cat(perTree.Select(tree => tree[position[t]]!).ToList(), 0).DetachFromDisposeScope(), t => t.clone().DetachFromDisposeScope());
+    }
+
     public void Dispose()
     {
         foreach (var t in All) t.Dispose();
@@ -211,6 +227,14 @@ public sealed class SmoreModule : IDisposable
         }
 
         static Tensor? Keep(Tensor? t) => t?.contiguous().DetachFromDisposeScope();
+    }
+
+    /// <summary>This module over <paramref name="tree"/> (one tree of the same structure; the new module owns it).</summary>
+    internal SmoreModule WithTree(SmoreTensors tree)
+    {
+        if (!tree.Signature.Equals(Signature) || tree.Trees != 1)
+            throw new ArgumentException($"an S'MoRE module of {Signature} needs one tree of that structure", nameof(tree));
+        return new SmoreModule(Layer, Projection, Config, tree);
     }
 
     /// <summary>A copy of this module on <paramref name="device"/>.</summary>

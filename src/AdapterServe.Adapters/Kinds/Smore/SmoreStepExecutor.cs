@@ -24,4 +24,23 @@ internal sealed class SmoreStepExecutor(IReadOnlyList<AdapterTokenGroup> groups,
         SmoreTree.Record(Tally, weights.Site(layer, projection), module, routing);
         g.AddScaledRows(y, delta);
     }
+
+    /// <summary>The siblings the adapter adapts with one structure (<see cref="SmoreSiblings"/>), as the trees of one fused pass.</summary>
+    protected override void ApplyGroupSiblings(AdapterTokenGroup g, SmoreWeights weights, int layer, IReadOnlyList<Projection> projections, Tensor x, IReadOnlyList<Tensor> ys)
+    {
+        if (weights.Siblings(layer, projections) is not { } siblings)
+        {
+            base.ApplyGroupSiblings(g, weights, layer, projections, x, ys);
+            return;
+        }
+        var outputs = SiblingModules.Outputs(siblings.Projections, projections, ys);
+        for (int j = 0; j < outputs.Length; j++)
+            AdapterTokenGroup.EnsureFits(g.Adapter, layer, siblings.Projections[j], siblings.Modules[j].OutFeatures, siblings.Modules[j].InFeatures, x, outputs[j]);
+        var (deltas, selections) = siblings.Deltas(g.Rows(x));                              // per sibling [n_g, d_out] float32, [n_g, Σ P_l]
+        for (int j = 0; j < outputs.Length; j++)
+        {
+            Tally.RecordTopK(weights.Site(layer, siblings.Projections[j]), selections[j]);
+            g.AddScaledRows(outputs[j], deltas[j]);
+        }
+    }
 }

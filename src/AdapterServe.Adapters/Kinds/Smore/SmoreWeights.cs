@@ -1,4 +1,5 @@
 using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using AdapterServe.Modeling.Safetensors;
 using static TorchSharp.torch;
@@ -6,20 +7,36 @@ using static TorchSharp.torch;
 namespace AdapterServe.Adapters.Kinds.Smore;
 
 /// <summary>
-/// One version of one S'MoRE adapter, loaded: an <see cref="SmoreModule"/> per adapted (layer, projection) and the
-/// <see cref="ExpertSite"/> under which each module's selections are counted (experts labelled <c>l&lt;level&gt;.&lt;index&gt;</c>).
-/// Owns its tensors.
+/// One version of one S'MoRE adapter, loaded: an <see cref="SmoreModule"/> per adapted (layer, projection), the modules
+/// at sibling projections of one structure stacked (<see cref="SmoreSiblings"/>), and the <see cref="ExpertSite"/> under
+/// which each module's selections are counted (experts labelled <c>l&lt;level&gt;.&lt;index&gt;</c>). Owns its tensors.
 /// </summary>
 public sealed class SmoreWeights : IAdapterModules
 {
     private readonly Dictionary<(int Layer, Projection Projection), SmoreModule> _modules;
     private readonly Dictionary<(int Layer, Projection Projection), ExpertSite> _sites;
+    private readonly Dictionary<(int Layer, Projection First), SmoreSiblings> _siblings = [];   // keyed by the sibling set's first projection
 
+    /// <summary>Takes over <paramref name="modules"/>; those at sibling projections of one structure are replaced by views of their stacked trees.</summary>
     private SmoreWeights(string adapter, SmoreDescription description, Dictionary<(int, Projection), SmoreModule> modules)
     {
         Adapter = adapter;
         Description = description;
         _modules = modules;
+        try
+        {
+            foreach (var (layer, adapted) in SiblingModules.Find(modules, (a, b) => a.Signature.Equals(b.Signature)).ToList())
+            {
+                var siblings = SmoreSiblings.Of(adapted, [.. adapted.Select(p => modules[(layer, p)])]);
+                for (int j = 0; j < adapted.Length; j++) modules[(layer, adapted[j])] = siblings.Modules[j];
+                _siblings.Add(SiblingModules.Key(layer, adapted[0]), siblings);
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
         var labels = description.ExpertLabels;
         _sites = modules.Keys.ToDictionary(k => k, k => new ExpertSite(adapter, k.Item1, k.Item2, labels));
         Bytes = modules.Values.Sum(m => m.Bytes);
@@ -34,6 +51,10 @@ public sealed class SmoreWeights : IAdapterModules
     public IReadOnlySet<SmoreSignature> Signatures { get; }
 
     public SmoreModule? Module(int layer, Projection projection) => _modules.GetValueOrDefault((layer, projection));
+
+    /// <summary>The stacked modules of this adapter at <paramref name="projections"/> (a sibling set of <paramref name="layer"/>), or null when it does not adapt two or more of them with one structure.</summary>
+    public SmoreSiblings? Siblings(int layer, IReadOnlyList<Projection> projections) =>
+        _siblings.TryGetValue(SiblingModules.Key(layer, projections[0]), out var s) && s.Projections.All(projections.Contains) ? s : null;
 
     public bool Targets(int layer, Projection projection) => _modules.ContainsKey((layer, projection));
 
@@ -101,5 +122,6 @@ public sealed class SmoreWeights : IAdapterModules
     public void Dispose()
     {
         foreach (var m in _modules.Values) m.Dispose();
+        foreach (var s in _siblings.Values) s.Dispose();
     }
 }
