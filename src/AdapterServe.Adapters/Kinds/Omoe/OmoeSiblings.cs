@@ -8,15 +8,15 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 /// <summary>
 /// One OMoE adapter's modules at the sibling projections of one layer that it adapts (two or more of q|k|v, or gate
 /// and up: <see cref="ProjectionNames.Siblings"/>, one input), stored side by side so that a step runs them in ONE
-/// sequence of calls (<see cref="Deltas"/>): one router GEMM, one GEMM for every A, one batched GEMM into the
-/// coordinates, one batched QR over (token, sibling) pairs; only the bases stay one GEMM each. Exactly the
+/// sequence of calls (<see cref="Deltas"/>): one router GEMM, one GEMM for every A, one batched GEMM into every
+/// sibling's and expert's coordinates, one batched QR over (token, sibling) pairs; only the bases stay one GEMM each. Exactly the
 /// per-projection result (<see cref="OmoeModule.Delta"/>). Owns the side-by-side tensors; its modules hold views of them.
 /// </summary>
 public sealed class OmoeSiblings : IDisposable
 {
     private readonly Tensor _router;        // [J·n, d_in] float32
     private readonly Tensor _aAll;          // [J·n·r, d_in]
-    private readonly Tensor _coordinates;   // [J, n·r, n·p] float32
+    private readonly Tensor _coordinates;   // [J·n, r, p] float32
 
     private OmoeSiblings(IReadOnlyList<Projection> projections, IReadOnlyList<(OmoeModule Module, ExpertSite Site)> modules, Tensor router, Tensor aAll, Tensor coordinates)
     {
@@ -54,15 +54,15 @@ public sealed class OmoeSiblings : IDisposable
     {
         var first = Modules[0].Module;
         int siblings = Modules.Count, n = first.Experts;
-        long t = x.size(0), nr = (long)n * first.Rank, p = first.BasisRank;
+        long t = x.size(0), p = first.BasisRank;
         var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);                        // [N, d_in]
         var logits = linear(xf, _router).view(t * siblings, n);                                       // [N·J, n]: row t·J + j = sibling j's router on token t
         var (gates, chosen) = OmoeModule.Gate(logits, first.TopK);                                     // [N·J, k], [N·J, K]?
         var xa = x.dtype == _aAll.dtype ? x : x.to(_aAll.dtype);
-        var h = linear(xa, _aAll);                                                                     // [N, J·n·r]
+        var h = linear(xa, _aAll).view(t, (long)siblings * n, first.Rank);                           // [N, J·n, r]
         if (h.dtype != ScalarType.Float32) h = h.to(ScalarType.Float32);
-        var coordinates = bmm(h.view(t, siblings, nr).transpose(0, 1), _coordinates)                 // [J, N, n·r]·[J, n·r, n·p] → [J, N, n·p]
-            .transpose(0, 1).reshape(t * siblings, n, p);                                             // [N·J, n, p]
+        var coordinates = bmm(h.transpose(0, 1), _coordinates)                                        // [J·n, N, r]·[J·n, r, p] → [J·n, N, p]
+            .view(siblings, n, t, p).permute(2, 0, 1, 3).reshape(t * siblings, n, p);                // [N·J, n, p]
         var v = OmoeModule.Combine(coordinates, gates, chosen, first.Eps, first.RescaleNorm).view(t, siblings, p); // [N, J, p]
         var deltas = new Tensor[siblings];
         var selected = new Tensor?[siblings];

@@ -50,8 +50,8 @@ internal sealed class OmoeSlotBank(AdapterSlotTable table) : KeyedSlotStacks<Omo
 
 /// <summary>
 /// One projection's stacked OMoE modules of one signature, by slot, each laid out for the slot path's batched GEMMs:
-/// routers <c>[slots, n, d_in]</c> (float32), <c>A_all [slots, n·r, d_in]</c>, the experts' block-diagonal coordinates
-/// <c>[slots, n·r, n·p]</c> (float32) and the bases transposed, <c>Uᵀ [slots, p, d_out]</c> (see <see cref="OmoeModule"/>);
+/// routers <c>[slots, n, d_in]</c> (float32), <c>A_all [slots, n·r, d_in]</c>, the experts' coordinates
+/// <c>[slots, n, r, p]</c> (float32) and the bases transposed, <c>Uᵀ [slots, p, d_out]</c> (see <see cref="OmoeModule"/>);
 /// zeros for slots without such a module. Plus the signature's ε. Grows in slots by copying. Owns its tensors.
 /// </summary>
 internal sealed class OmoeStack : ISlotStack<OmoeModule>
@@ -65,7 +65,7 @@ internal sealed class OmoeStack : ISlotStack<OmoeModule>
         int n = signature.Experts, r = signature.Rank;
         Router = empty([0, n, inFeatures], ScalarType.Float32, device).DetachFromDisposeScope();
         A = empty([0, n * r, inFeatures], dtype, device).DetachFromDisposeScope();
-        Coordinates = empty([0, n * r, n * basisRank], ScalarType.Float32, device).DetachFromDisposeScope();
+        Coordinates = empty([0, n, r, basisRank], ScalarType.Float32, device).DetachFromDisposeScope();
         Basis = empty([0, basisRank, outFeatures], dtype, device).DetachFromDisposeScope();
         Eps = tensor((float)signature.Eps, ScalarType.Float32, device).DetachFromDisposeScope();
     }
@@ -80,7 +80,7 @@ internal sealed class OmoeStack : ISlotStack<OmoeModule>
     public Tensor Router { get; private set; }
     /// <summary><c>A_all [Slots, n·r, d_in]</c>.</summary>
     public Tensor A { get; private set; }
-    /// <summary><c>[Slots, n·r, n·p]</c>, float32: per slot <see cref="OmoeModule.Coordinates"/>.</summary>
+    /// <summary><c>[Slots, n, r, p]</c>, float32: per slot <see cref="OmoeModule.Coordinates"/>.</summary>
     public Tensor Coordinates { get; private set; }
     /// <summary><c>Uᵀ [Slots, p, d_out]</c>: per slot <see cref="OmoeModule.Basis"/> transposed.</summary>
     public Tensor Basis { get; private set; }

@@ -14,8 +14,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 /// <list type="number">
 /// <item>Routing for every group at once: <c>logits = bmm(x, W_gᵀ[slots])</c> <c>[S, L, n]</c>, then the per-group
 /// maths (<see cref="OmoeModule.Gate"/>: softmax, top-K in expert order, renormalised), times the group's scale.</item>
-/// <item>Expert coordinates: <c>H = bmm(x, A_all[slots]ᵀ)</c> <c>[S, L, n·r]</c>, then
-/// <c>bmm(H, Coordinates[slots])</c> <c>[S, L, n·p]</c>, seen per row as <c>[S·L, n, p]</c>.</item>
+/// <item>Expert coordinates: <c>H = bmm(A_all[slots], xᵀ)</c> <c>[S, n·r, L]</c>, then per (slot, expert)
+/// <c>bmm(Hᵀ, Coordinates)</c> <c>[S·n, L, p]</c>, laid out per row as <c>[S·L, n, p]</c>.</item>
 /// <item>The same Gram–Schmidt and combination as the per-group path (<see cref="OmoeModule.Combine"/>, one batched QR
 /// over all S·L rows), then <c>Δ = bmm(v, Uᵀ[slots])</c> <c>[S, L, d_out]</c> and one add into the rows.</item>
 /// </list>
@@ -25,8 +25,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 internal sealed class OmoeSlotStep : IMixtureSlotStep
 {
     /// <summary>
-    /// Fewest groups of one signature served from the slots: per projection one group creates 26 tensors on its own path
-    /// (35 with top-2), the slot path 38 (48) for all of them (<c>OmoeSlotTests</c>), so two groups already run fewer calls.
+    /// Fewest groups of one signature served from the slots: per projection one group creates 28 tensors on its own path
+    /// (37 with top-2), the slot path 43 (53) for all of them (<c>OmoeSlotTests</c>), so two groups already run fewer calls.
     /// </summary>
     internal const int MinGroups = 2;
 
@@ -95,7 +95,7 @@ internal sealed class OmoeSlotStep : IMixtureSlotStep
             if (!targeted || bank.Stack(new OmoeStackKey(layer, projection, _signature)) is not { } stack) return;
             AdapterTokenGroup.EnsureFits("the OMoE slots", layer, projection, stack.OutFeatures, stack.InFeatures, x, y);
 
-            int s = _layout.Groups, l = _layout.Length, n = _signature.Experts;
+            int s = _layout.Groups, l = _layout.Length, n = _signature.Experts, r = _signature.Rank;
             long dIn = stack.InFeatures, p = stack.BasisRank;
 
             var xs = _layout.Gather(x);                                                                     // [S·L, d_in]
@@ -105,9 +105,11 @@ internal sealed class OmoeSlotStep : IMixtureSlotStep
             if (_layout.Scale is not null) gates = gates.mul(_layout.Scale.view(_layout.Count, 1));          // scale · g, 0 on padding rows
 
             var xa = xs.dtype == stack.A.dtype ? xs : xs.to(stack.A.dtype);
-            var h = bmm(xa.view(s, l, dIn), _layout.SelectSlots(stack.A).transpose(1, 2));                  // [S, L, n·r] = x A_allᵀ per slot
+            var h = bmm(_layout.SelectSlots(stack.A), xa.view(s, l, dIn).transpose(1, 2));                  // [S, n·r, L] = A_all xᵀ per slot
             if (h.dtype != ScalarType.Float32) h = h.to(ScalarType.Float32);
-            var coordinates = bmm(h, _layout.SelectSlots(stack.Coordinates)).view(_layout.Count, n, p);     // [S, L, n·p] → [S·L, n, p]: S_i per row
+            var coordinates = bmm(h.view((long)s * n, r, l).transpose(1, 2),
+                    _layout.SelectSlots(stack.Coordinates).view((long)s * n, r, p))                        // [S·n, L, r]·[S·n, r, p] → [S·n, L, p]
+                .view(s, n, l, p).permute(0, 2, 1, 3).reshape(_layout.Count, n, p);                        // [S·L, n, p]: S_i per row
             var v = OmoeModule.Combine(coordinates, gates, selected, stack.Eps, _signature.RescaleNorm);     // [S·L, p] = scale · Σ_i c_i q^S_i
             if (v.dtype != stack.Basis.dtype) v = v.to(stack.Basis.dtype);
             var delta = bmm(v.view(s, l, p), _layout.SelectSlots(stack.Basis));                             // [S, L, d_out] = U·v per slot
