@@ -97,8 +97,8 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
     public Tensor Apply(int layer, Projection projection, Tensor x, Tensor baseOutput, Tensor baseWeight)
     {
         if (!Targeted(layer, [projection], x)) return baseOutput;
-        // Adapter products are small (an inner or outer size of r): on the CPU they run on one GEMM thread (CpuGemmThreads).
-        using var oneThread = x.size(0) <= MaxOneThreadTokens && _onCpu ? CpuGemmThreads.OneThread() : default;
+        // Adapter products are small (an inner or outer size of r): on the CPU they run on one thread (CpuOpThreads).
+        using var oneThread = x.size(0) <= MaxOneThreadTokens && _onCpu ? CpuOpThreads.OneThread() : default;
         using var scope = NewDisposeScope();
         var y = baseOutput;                                                          // [N, d_out], a fresh tensor of this step: updated in place
         foreach (var executor in _executors) executor.Apply(layer, projection, x, y, baseWeight);
@@ -109,7 +109,7 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
     public void ApplySiblings(int layer, IReadOnlyList<Projection> projections, Tensor x, IReadOnlyList<Tensor> baseOutputs, IReadOnlyList<Tensor> baseWeights)
     {
         if (!Targeted(layer, projections, x)) return;
-        using var oneThread = x.size(0) <= MaxOneThreadTokens && _onCpu ? CpuGemmThreads.OneThread() : default;
+        using var oneThread = x.size(0) <= MaxOneThreadTokens && _onCpu ? CpuOpThreads.OneThread() : default;
         using var scope = NewDisposeScope();
         foreach (var executor in _executors) executor.ApplySiblings(layer, projections, x, baseOutputs, baseWeights);
     }
