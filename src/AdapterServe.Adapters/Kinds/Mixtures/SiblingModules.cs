@@ -29,13 +29,22 @@ internal static class SiblingModules
     public static (int Layer, Projection First) Key(int layer, Projection projection) =>
         (layer, ProjectionNames.Siblings.FirstOrDefault(s => s.Contains(projection))?[0] ?? projection);
 
-    /// <summary>Each of <paramref name="adapted"/>'s output block among the hook's <paramref name="ys"/> for <paramref name="projections"/>.</summary>
-    public static Tensor[] Outputs(IReadOnlyList<Projection> adapted, IReadOnlyList<Projection> projections, IReadOnlyList<Tensor> ys)
+    /// <summary>
+    /// Each of <paramref name="adapted"/>'s output block among the hook's <paramref name="ys"/> for
+    /// <paramref name="projections"/>, checked to fit <paramref name="x"/> and sibling j's module shape
+    /// <paramref name="shape"/>(j) (<see cref="AdapterTokenGroup.EnsureFits"/>).
+    /// </summary>
+    public static Tensor[] Outputs(LoadedAdapter adapter, int layer, IReadOnlyList<Projection> adapted, Func<int, (long Out, long In)> shape,
+        IReadOnlyList<Projection> projections, Tensor x, IReadOnlyList<Tensor> ys)
     {
         var outputs = new Tensor[adapted.Count];
         for (int j = 0; j < outputs.Length; j++)
+        {
             for (int i = 0; i < projections.Count; i++)
                 if (projections[i] == adapted[j]) outputs[j] = ys[i];
+            var (dOut, dIn) = shape(j);
+            AdapterTokenGroup.EnsureFits(adapter, layer, adapted[j], dOut, dIn, x, outputs[j]);
+        }
         return outputs;
     }
 }

@@ -97,12 +97,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe
                 base.ApplyGroupSiblings(g, weights, layer, projections, x, ys);
                 return;
             }
-            var outputs = SiblingModules.Outputs(siblings.Projections, projections, ys);
-            for (int j = 0; j < outputs.Length; j++)
-            {
-                var (module, _) = siblings.Modules[j];
-                AdapterTokenGroup.EnsureFits(g.Adapter, layer, siblings.Projections[j], module.OutFeatures, module.InFeatures, x, outputs[j]);
-            }
+            var outputs = SiblingModules.Outputs(g.Adapter, layer, siblings.Projections, j => (siblings.Modules[j].Module.OutFeatures, siblings.Modules[j].Module.InFeatures),
+                projections, x, ys);
             var (deltas, selected) = siblings.Deltas(g.Rows(x));                    // per sibling [n_g, d_out_j], [n_g, K]?
             for (int j = 0; j < outputs.Length; j++)
             {

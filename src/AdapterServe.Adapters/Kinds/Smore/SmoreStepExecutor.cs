@@ -33,9 +33,7 @@ internal sealed class SmoreStepExecutor(IReadOnlyList<AdapterTokenGroup> groups,
             base.ApplyGroupSiblings(g, weights, layer, projections, x, ys);
             return;
         }
-        var outputs = SiblingModules.Outputs(siblings.Projections, projections, ys);
-        for (int j = 0; j < outputs.Length; j++)
-            AdapterTokenGroup.EnsureFits(g.Adapter, layer, siblings.Projections[j], siblings.Modules[j].OutFeatures, siblings.Modules[j].InFeatures, x, outputs[j]);
+        var outputs = SiblingModules.Outputs(g.Adapter, layer, siblings.Projections, j => (siblings.Modules[j].OutFeatures, siblings.Modules[j].InFeatures), projections, x, ys);
         var (deltas, selections) = siblings.Deltas(g.Rows(x));                              // per sibling [n_g, d_out] float32, [n_g, Σ P_l]
         for (int j = 0; j < outputs.Length; j++)
         {
