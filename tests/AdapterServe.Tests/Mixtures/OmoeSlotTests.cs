@@ -144,8 +144,15 @@ public class OmoeSlotTests
         }
     }
 
-    [Fact]
-    public void Slot_steps_leave_no_live_tensors_behind()
+    /// <summary>
+    /// Steps leave no live tensors behind: the slot path (eight groups of three signatures and one alone) and the
+    /// per-group path of adapters alone in their signature (o3's q|v and o5's k|v side by side when the siblings are
+    /// handed over together).
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Steps_leave_no_live_tensors_behind(bool siblings)
     {
         using var tmp = new TempDir();
         var adapters = Adapters(tmp, Guid.NewGuid().ToString("N")[..8]);
@@ -154,25 +161,38 @@ public class OmoeSlotTests
         try
         {
             using var outer = NewDisposeScope();
-            var plan = new (int Adapter, int Tokens, float Scale)[] { (0, 2, 1f), (1, 1, 0.5f), (2, 3, 1f), (3, 1, 1f), (4, 1, 2f), (5, 2, 1f), (6, 1, 1f), (2, 1, 0.7f) };
-            int rows = plan.Sum(p => p.Tokens);
-            void Step()
+            var slotted = new (int Adapter, int Tokens, float Scale)[] { (0, 2, 1f), (1, 1, 0.5f), (2, 3, 1f), (3, 1, 1f), (4, 1, 2f), (5, 2, 1f), (6, 1, 1f), (2, 1, 0.7f) };
+            var alone = new (int Adapter, int Tokens, float Scale)[] { (3, 2, 1f), (5, 1, 0.5f) };
+            void Step((int Adapter, int Tokens, float Scale)[] plan)
             {
                 using var step = NewDisposeScope();
-                int start = 0;
+                int start = 0, rows = plan.Sum(p => p.Tokens);
                 using var batch = new AdapterBatch([.. plan.Select(p => AdapterSegment.Single((start += p.Tokens) - p.Tokens, p.Tokens, adapters[p.Adapter].Loaded, p.Scale))]);
                 for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
-                    foreach (var p in ProjectionNames.All)
+                {
+                    foreach (var set in ProjectionNames.Siblings.Where(_ => siblings))
+                    {
+                        var dIn = Base.ProjectionShape(set[0]).In;
+                        batch.ApplySiblings(layer, set, randn([rows, dIn]), [.. set.Select(p => zeros([rows, Base.ProjectionShape(p).Out]))],
+                            [.. set.Select(p => zeros([Base.ProjectionShape(p).Out, dIn]))]);
+                    }
+                    foreach (var p in ProjectionNames.All.Where(p => !siblings || !ProjectionNames.Siblings.Any(set => set.Contains(p))))
                     {
                         var (dIn, dOut) = Base.ProjectionShape(p);
                         batch.Apply(layer, p, randn([rows, dIn]), zeros([rows, dOut]), zeros([dOut, dIn]));
                     }
+                }
                 batch.Complete();                                                             // the tally takes the masks and frees them after its flush
             }
 
-            Step();                                                                           // warm-up: places the adapters in their slots
+            Step(slotted);                                                                    // warm-up: places the adapters in their slots
+            Step(alone);
             long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
-            for (int i = 0; i < 10; i++) Step();
+            for (int i = 0; i < 5; i++)
+            {
+                Step(slotted);
+                Step(alone);
+            }
             Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
         }
         finally
