@@ -145,7 +145,7 @@ public sealed class LlamaModel : IDisposable
         Tensor Load(string name, params long[] shape) { var t = load(name, shape); _owned.Add(t); return t; }
         Tensor? LoadOptional(string name, params long[] shape) => has(name) ? Load(name, shape) : null;
 
-        int h = config.HiddenSize, qOut = config.NumAttentionHeads * config.HeadDim, kvOut = config.NumKeyValueHeads * config.HeadDim;
+        int h = config.HiddenSize, qOut = config.NumAttentionHeads * config.HeadDim;
         EmbedTokens = Load("model.embed_tokens.weight", config.VocabSize, h);
         var layers = new List<LlamaDecoderLayer>();
         for (int i = 0; i < config.NumHiddenLayers; i++)
@@ -171,12 +171,11 @@ public sealed class LlamaModel : IDisposable
                 if (fused.Bias is not null) _owned.Add(fused.Bias);
                 return fused;
             }
-            var attn = new LlamaAttention(
-                Fused(Part(Projection.Q, qOut, h, ab), Part(Projection.K, kvOut, h, ab), Part(Projection.V, kvOut, h, ab)),
-                Proj(Projection.O, h, qOut, false));
-            var mlp = new LlamaMlp(
-                Fused(Part(Projection.Gate, config.IntermediateSize, h, false), Part(Projection.Up, config.IntermediateSize, h, false)),
-                Proj(Projection.Down, h, config.IntermediateSize, false));
+            // The sibling sets (q|k|v, gate|up) the adapter hook gets together: one fused weight each.
+            FusedLinear Siblings(Projection[] set, bool bias) =>
+                Fused([.. set.Select(p => Part(p, config.ProjectionShape(p).Out, config.ProjectionShape(p).In, bias))]);
+            var attn = new LlamaAttention(Siblings(ProjectionNames.Siblings[0], ab), Proj(Projection.O, h, qOut, false));
+            var mlp = new LlamaMlp(Siblings(ProjectionNames.Siblings[1], false), Proj(Projection.Down, h, config.IntermediateSize, false));
             layers.Add(new LlamaDecoderLayer(
                 new RmsNorm(Load(p + "input_layernorm.weight", h), config.RmsNormEps), attn,
                 new RmsNorm(Load(p + "post_attention_layernorm.weight", h), config.RmsNormEps), mlp));

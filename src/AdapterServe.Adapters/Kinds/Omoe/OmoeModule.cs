@@ -210,7 +210,7 @@ public sealed class OmoeModule : IDisposable
     internal static OmoeModule[] SideBySide(IReadOnlyList<OmoeModule> modules, out Tensor router, out Tensor aAll, out Tensor coordinates)
     {
         var first = modules[0];
-        if (modules.Any(m => m.Experts != first.Experts || m.Rank != first.Rank || m.BasisRank != first.BasisRank || m.InFeatures != first.InFeatures))
+        if (modules.Any(m => !OmoeSiblings.Compatible(first, m)))
             throw new ArgumentException("sibling OMoE modules must share n, r, p and d_in", nameof(modules));
         using var inferenceOff = inference_mode(false);
         router = cat(modules.Select(m => m.Router).ToList(), 0).DetachFromDisposeScope();                // [J·n, d_in]
