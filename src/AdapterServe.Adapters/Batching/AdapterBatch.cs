@@ -128,8 +128,8 @@ public sealed class AdapterBatch : IAdapterStepHook, IDisposable
     }
 
     /// <summary>
-    /// Steps of at most this many tokens compute their adapter contributions with one-thread GEMMs: for an r16 LoRA on
-    /// the 2-core bench machine one thread wins up to about 128 tokens.
+    /// Steps of at most this many tokens compute their adapter contributions on one thread (GEMMs and libtorch's loops,
+    /// <see cref="CpuOpThreads"/>): for an r16 LoRA on the 2-core bench machine one thread wins up to about 128 tokens.
     /// </summary>
     internal const int MaxOneThreadTokens = 64;
 
