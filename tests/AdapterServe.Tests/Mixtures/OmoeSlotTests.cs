@@ -137,6 +137,12 @@ public class OmoeSlotTests
             if (expected.Length > 0) Assert.True(together < oneByOne * 3 / 4, $"q|k|v together: {together} native calls; one by one: {oneByOne}");
             else Assert.Equal(oneByOne, together);
             AssertStep(adapters, slots, [(adapter, 3, 1f), (null, 1, 1f), (adapter, 1, 0.5f)], salt: 5, ownPath: 2, siblings: true);
+
+            // A copy for another tier is stored side by side again and serves the same rows as the naive mixture.
+            using var copy = adapters[adapter].Loaded.To(CPU);
+            var copied = ((OmoeModules)copy.Modules).Weights;
+            Assert.Equal(expected, copied.Siblings(0, ProjectionNames.Siblings[0])?.Projections ?? []);
+            AssertStep([.. adapters.Select((a, i) => i == adapter ? a with { Loaded = copy } : a)], slots, [(adapter, 2, 1f)], salt: 8, ownPath: 1, siblings: true);
         }
         finally
         {

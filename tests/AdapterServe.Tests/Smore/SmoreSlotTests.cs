@@ -117,6 +117,11 @@ public class SmoreSlotTests(ITestOutputHelper output)
             output.WriteLine($"gate|up: {together} native calls together, {oneByOne} one by one");
             Assert.True(together < oneByOne * 3 / 4, $"gate|up together: {together} native calls; one by one: {oneByOne}");
             AssertStep(trees, slots, [(tree, 3, 1f), (null, 1, 1f), (tree, 1, -0.5f)], salt: 6, onOwnPath: [tree], siblings: true);
+
+            // A copy for another tier is stacked again and serves the same rows as the naive tree.
+            using var copy = trees[tree].Loaded.To(CPU);
+            Assert.Equal([Projection.Gate, Projection.Up], ((SmoreWeights)copy.Modules).Siblings(0, ProjectionNames.Siblings[1])?.Projections ?? []);
+            AssertStep([.. trees.Select((t, i) => i == tree ? t with { Loaded = copy } : t)], slots, [(tree, 2, 1f)], salt: 7, onOwnPath: [tree], siblings: true);
         }
         finally
         {
