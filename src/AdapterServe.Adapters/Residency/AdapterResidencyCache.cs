@@ -424,14 +424,12 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
                 if (e.Device is not null) resident.Add(e.Device);
                 else if (e.Promoting && e.Host is not null) resident.Add(e.Host);
             }
-            int count = resident.Count;
-            long used = LoadedAdapter.Footprint(resident);
-            if (count + 1 <= _options.MaxDeviceAdapters && LoadedAdapter.Footprint([.. resident, adding]) <= _options.MaxDeviceBytes) return true;
+            if (resident.Count + 1 <= _options.MaxDeviceAdapters && LoadedAdapter.Footprint([.. resident, adding]) <= _options.MaxDeviceBytes) return true;
 
             var victim = LeastRecentlyUsed(e => e.Device is not null && e.Leases == 0 && !e.Promoting && !IsPinned(e));
             if (victim is null)
             {
-                LogDeviceFull(_logger, incoming.Record.Name, incoming.Record.Version, count, used);
+                LogDeviceFull(_logger, incoming.Record.Name, incoming.Record.Version, resident.Count, LoadedAdapter.Footprint(resident));
                 return false;
             }
             long victimBytes = victim.Device!.Bytes;
@@ -447,7 +445,7 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
     {
         while (true)
         {
-            var hosts = _versions.Values.Where(e => e.Host is not null).Select(e => e.Host!).ToList();
+            var hosts = Copies(deviceTier: false);
             if (hosts.Count <= _options.MaxHostAdapters && LoadedAdapter.Footprint(hosts) <= _options.MaxHostBytes) return;
 
             // A host copy may go when it is not being copied to the device and either a device copy exists or nobody
@@ -561,10 +559,14 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
     /// <summary>Each tier's versions and bytes (storage shared by several versions counted once).</summary>
     private ResidencySnapshot SnapshotLocked()
     {
-        var device = _versions.Values.Where(e => e.Device is not null).Select(e => e.Device!).ToList();
-        var host = _versions.Values.Where(e => e.Host is not null).Select(e => e.Host!).ToList();
+        var device = Copies(deviceTier: true);
+        var host = Copies(deviceTier: false);
         return new ResidencySnapshot(device.Count, LoadedAdapter.Footprint(device), host.Count, LoadedAdapter.Footprint(host), _versions.Count);
     }
+
+    /// <summary>Every version's copy in one tier.</summary>
+    private List<LoadedAdapter> Copies(bool deviceTier) =>
+        [.. _versions.Values.Select(e => deviceTier ? e.Device : e.Host).OfType<LoadedAdapter>()];
 
     private void UpdateGauges(ResidencySnapshot s)
     {

@@ -21,8 +21,7 @@ public sealed record SharedLoraBlock(Tensor A, Tensor BT, Tensor? Bias, SharedSt
 /// </summary>
 internal static class SharedLoraWeights
 {
-    private static readonly object Gate = new();
-    private static readonly Dictionary<Key, List<Publication>> Published = [];
+    private static readonly Publications<Key, SharedLoraBlock> Published = new();
 
     private readonly record struct Key(string Directory, int Version, string ContentHash, DeviceType DeviceType, int DeviceIndex, ScalarType DType, int Layer, Projection Projection)
     {
@@ -39,46 +38,20 @@ internal static class SharedLoraWeights
     {
         ArgumentNullException.ThrowIfNull(expert);
         ArgumentNullException.ThrowIfNull(block);
-        var publication = new Publication(Key.Of(expert, layer, projection, block.A.device, block.A.dtype), block);
-        lock (Gate)
+        return Published.Publish(Key.Of(expert, layer, projection, block.A.device, block.A.dtype), block, withdrawn =>
         {
-            if (!Published.TryGetValue(publication.Key, out var list)) Published[publication.Key] = list = [];
-            list.Add(publication);
-        }
-        return publication;
+            withdrawn.A.Dispose();
+            withdrawn.BT.Dispose();
+            withdrawn.Bias?.Dispose();
+        });
     }
 
     /// <summary>New views of a block published for <paramref name="record"/> at this projection on this device and dtype, or null.</summary>
-    internal static SharedLoraBlock? TryView(AdapterRecord record, int layer, Projection projection, Device device, ScalarType dtype)
-    {
-        lock (Gate)
+    internal static SharedLoraBlock? TryView(AdapterRecord record, int layer, Projection projection, Device device, ScalarType dtype) =>
+        Published.Use(Key.Of(record, layer, projection, device, dtype), block =>
         {
-            if (!Published.TryGetValue(Key.Of(record, layer, projection, device, dtype), out var list) || list.Count == 0) return null;
-            var block = list[0].Block;
             using var inferenceOff = inference_mode(false);
             static Tensor View(Tensor t) => t.view(t.shape).DetachFromDisposeScope();   // a new handle on the same storage
             return new SharedLoraBlock(View(block.A), View(block.BT), block.Bias is null ? null : View(block.Bias), block.Storage);
-        }
-    }
-
-    private sealed class Publication(Key key, SharedLoraBlock block) : IDisposable
-    {
-        private bool _withdrawn;
-
-        public Key Key { get; } = key;
-        public SharedLoraBlock Block { get; } = block;
-
-        public void Dispose()
-        {
-            lock (Gate)
-            {
-                if (_withdrawn) return;
-                _withdrawn = true;
-                if (Published.TryGetValue(Key, out var list) && list.Remove(this) && list.Count == 0) Published.Remove(Key);
-                Block.A.Dispose();
-                Block.BT.Dispose();
-                Block.Bias?.Dispose();
-            }
-        }
-    }
+        });
 }

@@ -13,7 +13,7 @@ internal static class SiblingModules
     /// Per layer and sibling set, the set's projections that <paramref name="modules"/> adapts (in output order) when
     /// there are at least two and every one is <paramref name="compatible"/> with the first.
     /// </summary>
-    public static IEnumerable<(int Layer, Projection[] Projections)> Find<TModule>(IReadOnlyDictionary<(int Layer, Projection Projection), TModule> modules,
+    private static IEnumerable<(int Layer, Projection[] Projections)> Find<TModule>(IReadOnlyDictionary<(int Layer, Projection Projection), TModule> modules,
         Func<TModule, TModule, bool> compatible)
     {
         foreach (int layer in modules.Keys.Select(k => k.Layer).Distinct().Order())
@@ -25,8 +25,31 @@ internal static class SiblingModules
             }
     }
 
+    /// <summary>
+    /// Stores side by side the modules <see cref="Find"/> finds: <paramref name="store"/> takes a set's modules over
+    /// (projections in output order), and their entries in <paramref name="modules"/> become its views
+    /// (<paramref name="views"/>). Each stored set goes into <paramref name="into"/> as soon as it exists, so a caller that
+    /// catches a failure can dispose what was stored.
+    /// </summary>
+    public static void StoreSideBySide<TModule, TSiblings>(Dictionary<(int Layer, Projection Projection), TModule> modules, Func<TModule, TModule, bool> compatible,
+        Func<Projection[], TModule[], TSiblings> store, Func<TSiblings, IReadOnlyList<TModule>> views, Dictionary<(int Layer, Projection First), TSiblings> into)
+    {
+        foreach (var (layer, adapted) in Find(modules, compatible).ToList())
+        {
+            var siblings = store(adapted, [.. adapted.Select(p => modules[(layer, p)])]);
+            into.Add(Key(layer, adapted[0]), siblings);
+            var stored = views(siblings);
+            for (int j = 0; j < adapted.Length; j++) modules[(layer, adapted[j])] = stored[j];
+        }
+    }
+
+    /// <summary>The stored set of <paramref name="layer"/> for <paramref name="projections"/> (a sibling set), or null when the adapter has none for them.</summary>
+    public static TSiblings? Lookup<TSiblings>(Dictionary<(int Layer, Projection First), TSiblings> stored, int layer, IReadOnlyList<Projection> projections,
+        Func<TSiblings, IReadOnlyList<Projection>> projectionsOf) where TSiblings : class =>
+        stored.TryGetValue(Key(layer, projections[0]), out var s) && projectionsOf(s).All(projections.Contains) ? s : null;
+
     /// <summary>The key of a layer's sibling set: the set's first projection (whichever of them the adapter adapts).</summary>
-    public static (int Layer, Projection First) Key(int layer, Projection projection) =>
+    private static (int Layer, Projection First) Key(int layer, Projection projection) =>
         (layer, ProjectionNames.Siblings.FirstOrDefault(s => s.Contains(projection))?[0] ?? projection);
 
     /// <summary>

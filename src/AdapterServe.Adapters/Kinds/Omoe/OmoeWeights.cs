@@ -22,12 +22,7 @@ public sealed class OmoeWeights : IDisposable
         _modules = modules;
         try
         {
-            foreach (var (layer, adapted) in SiblingModules.Find(modules, (a, b) => OmoeSiblings.Compatible(a.Item1, b.Item1)).ToList())
-            {
-                var siblings = OmoeSiblings.Of(adapted, [.. adapted.Select(p => modules[(layer, p)])]);
-                for (int j = 0; j < adapted.Length; j++) modules[(layer, adapted[j])] = siblings.Modules[j];
-                _siblings.Add(SiblingModules.Key(layer, adapted[0]), siblings);
-            }
+            SiblingModules.StoreSideBySide(modules, (a, b) => OmoeSiblings.Compatible(a.Item1, b.Item1), OmoeSiblings.Of, s => s.Modules, _siblings);
         }
         catch
         {
@@ -45,8 +40,7 @@ public sealed class OmoeWeights : IDisposable
         _modules.TryGetValue((layer, projection), out var m) ? m : null;
 
     /// <summary>The side-by-side modules of this adapter at <paramref name="projections"/> (a sibling set of <paramref name="layer"/>), or null when it adapts fewer than two of them.</summary>
-    public OmoeSiblings? Siblings(int layer, IReadOnlyList<Projection> projections) =>
-        _siblings.TryGetValue(SiblingModules.Key(layer, projections[0]), out var s) && s.Projections.All(projections.Contains) ? s : null;
+    public OmoeSiblings? Siblings(int layer, IReadOnlyList<Projection> projections) => SiblingModules.Lookup(_siblings, layer, projections, s => s.Projections);
 
     /// <summary>Reads <c>adapter_model.safetensors</c> of a validated directory into stacked modules on <paramref name="device"/>.</summary>
     public static OmoeWeights Load(string directory, OmoeLayout layout, string adapterName, Device device, ScalarType dtype)

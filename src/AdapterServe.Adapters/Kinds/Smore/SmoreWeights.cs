@@ -25,12 +25,7 @@ public sealed class SmoreWeights : IAdapterModules
         _modules = modules;
         try
         {
-            foreach (var (layer, adapted) in SiblingModules.Find(modules, (a, b) => a.Signature.Equals(b.Signature)).ToList())
-            {
-                var siblings = SmoreSiblings.Of(adapted, [.. adapted.Select(p => modules[(layer, p)])]);
-                for (int j = 0; j < adapted.Length; j++) modules[(layer, adapted[j])] = siblings.Modules[j];
-                _siblings.Add(SiblingModules.Key(layer, adapted[0]), siblings);
-            }
+            SiblingModules.StoreSideBySide(modules, (a, b) => a.Signature.Equals(b.Signature), SmoreSiblings.Of, s => s.Modules, _siblings);
         }
         catch
         {
@@ -53,8 +48,7 @@ public sealed class SmoreWeights : IAdapterModules
     public SmoreModule? Module(int layer, Projection projection) => _modules.GetValueOrDefault((layer, projection));
 
     /// <summary>The stacked modules of this adapter at <paramref name="projections"/> (a sibling set of <paramref name="layer"/>), or null when it does not adapt two or more of them with one structure.</summary>
-    public SmoreSiblings? Siblings(int layer, IReadOnlyList<Projection> projections) =>
-        _siblings.TryGetValue(SiblingModules.Key(layer, projections[0]), out var s) && s.Projections.All(projections.Contains) ? s : null;
+    public SmoreSiblings? Siblings(int layer, IReadOnlyList<Projection> projections) => SiblingModules.Lookup(_siblings, layer, projections, s => s.Projections);
 
     public bool Targets(int layer, Projection projection) => _modules.ContainsKey((layer, projection));
 
