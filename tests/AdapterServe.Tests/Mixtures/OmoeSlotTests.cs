@@ -166,40 +166,9 @@ public class OmoeSlotTests
         foreach (var a in adapters) slots.Assign(a.Loaded);
         try
         {
-            using var outer = NewDisposeScope();
-            var slotted = new (int Adapter, int Tokens, float Scale)[] { (0, 2, 1f), (1, 1, 0.5f), (2, 3, 1f), (3, 1, 1f), (4, 1, 2f), (5, 2, 1f), (6, 1, 1f), (2, 1, 0.7f) };
-            var alone = new (int Adapter, int Tokens, float Scale)[] { (3, 2, 1f), (5, 1, 0.5f) };
-            void Step((int Adapter, int Tokens, float Scale)[] plan)
-            {
-                using var step = NewDisposeScope();
-                int start = 0, rows = plan.Sum(p => p.Tokens);
-                using var batch = new AdapterBatch([.. plan.Select(p => AdapterSegment.Single((start += p.Tokens) - p.Tokens, p.Tokens, adapters[p.Adapter].Loaded, p.Scale))]);
-                for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
-                {
-                    foreach (var set in ProjectionNames.Siblings.Where(_ => siblings))
-                    {
-                        var dIn = Base.ProjectionShape(set[0]).In;
-                        batch.ApplySiblings(layer, set, randn([rows, dIn]), [.. set.Select(p => zeros([rows, Base.ProjectionShape(p).Out]))],
-                            [.. set.Select(p => zeros([Base.ProjectionShape(p).Out, dIn]))]);
-                    }
-                    foreach (var p in ProjectionNames.All.Where(p => !siblings || !ProjectionNames.Siblings.Any(set => set.Contains(p))))
-                    {
-                        var (dIn, dOut) = Base.ProjectionShape(p);
-                        batch.Apply(layer, p, randn([rows, dIn]), zeros([rows, dOut]), zeros([dOut, dIn]));
-                    }
-                }
-                batch.Complete();                                                             // the tally takes the masks and frees them after its flush
-            }
-
-            Step(slotted);                                                                    // warm-up: places the adapters in their slots
-            Step(alone);
-            long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
-            for (int i = 0; i < 5; i++)
-            {
-                Step(slotted);
-                Step(alone);
-            }
-            Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+            (int, int, float)[] slotted = [(0, 2, 1f), (1, 1, 0.5f), (2, 3, 1f), (3, 1, 1f), (4, 1, 2f), (5, 2, 1f), (6, 1, 1f), (2, 1, 0.7f)];
+            (int, int, float)[] alone = [(3, 2, 1f), (5, 1, 0.5f)];
+            SlotStepCheck.LeavesNoLiveTensors(Base, [.. adapters.Select(a => a.Loaded)], [slotted, alone], ProjectionNames.All, siblings);
         }
         finally
         {

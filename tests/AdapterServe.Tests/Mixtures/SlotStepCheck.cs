@@ -41,6 +41,60 @@ internal static class SlotStepCheck
         return (together, oneByOne);
     }
 
+    /// <summary>
+    /// Hands every layer's <paramref name="projections"/> to <paramref name="batch"/> over <paramref name="rows"/> tokens
+    /// of random input (seeded by <paramref name="salt"/>, the layer and the projection) and zero base outputs, so each
+    /// output is the adapters' delta: with <paramref name="siblings"/>, each sibling set (q|k|v, gate|up) together
+    /// (<see cref="AdapterBatch.ApplySiblings"/>, one input), as the model's fused GEMMs hand them over; else one by one.
+    /// </summary>
+    /// <param name="check">Gets each (layer, projection, input, output), when given.</param>
+    static void Feed(ModelConfig model, AdapterBatch batch, int rows, IReadOnlyList<Projection> projections, bool siblings, int salt,
+        Action<int, Projection, Tensor, Tensor>? check = null)
+    {
+        var units = siblings
+            ? ProjectionNames.Siblings.Select(set => set.Where(projections.Contains).ToArray()).Where(u => u.Length > 0)
+                .Concat(projections.Where(p => !ProjectionNames.Siblings.Any(set => set.Contains(p))).Select(p => new[] { p })).ToList()
+            : [.. projections.Select(p => new[] { p })];
+        for (int layer = 0; layer < model.NumHiddenLayers; layer++)
+            foreach (var unit in units)
+            {
+                var (dIn, _) = model.ProjectionShape(unit[0]);
+                var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)unit[0] + 1)));  // [rows, d_in]
+                var ys = unit.Select(p => zeros([rows, model.ProjectionShape(p).Out])).ToArray();    // base output 0: y is the delta
+                if (unit.Length == 1) ys[0] = batch.Apply(layer, unit[0], x, ys[0], zeros([model.ProjectionShape(unit[0]).Out, dIn]));
+                else batch.ApplySiblings(layer, unit, x, ys, [.. unit.Select(p => zeros([model.ProjectionShape(p).Out, dIn]))]);
+                if (check is not null)
+                    foreach (var (p, y) in unit.Zip(ys)) check(layer, p, x, y);
+            }
+    }
+
+    /// <summary>
+    /// Steps over each of <paramref name="plans"/> in turn (per segment: adapter index, tokens, scale) leave no live
+    /// tensors behind: one warm-up round (the slot paths place the adapters), then five more must end where it ended.
+    /// </summary>
+    public static void LeavesNoLiveTensors(ModelConfig model, IReadOnlyList<LoadedAdapter> adapters, IReadOnlyList<(int Adapter, int Tokens, float Scale)[]> plans,
+        IReadOnlyList<Projection> projections, bool siblings)
+    {
+        using var outer = NewDisposeScope();
+        void Step((int Adapter, int Tokens, float Scale)[] plan)
+        {
+            using var step = NewDisposeScope();
+            int start = 0;
+            using var batch = new AdapterBatch([.. plan.Select(p => AdapterSegment.Single((start += p.Tokens) - p.Tokens, p.Tokens, adapters[p.Adapter], p.Scale))]);
+            Feed(model, batch, start, projections, siblings, salt: 0);
+            batch.Complete();                                                                 // the tally takes the masks and frees them after its flush
+        }
+        void Round()
+        {
+            foreach (var plan in plans) Step(plan);
+        }
+
+        Round();
+        long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        for (int i = 0; i < 5; i++) Round();
+        Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+    }
+
     /// <summary>An adapter's naive result for one token at (layer, projection): its delta (null: not adapted there) and the selected experts' indices in the site's label order.</summary>
     public delegate (double[]? Delta, IEnumerable<int> Selected) NaiveToken(int adapter, int layer, Projection projection, double[] x);
 
@@ -51,11 +105,6 @@ internal static class SlotStepCheck
     public static void Run(ModelConfig model, IReadOnlyList<LoadedAdapter> adapters, NaiveToken naive, (int? Adapter, int Tokens, float Scale)[] plan,
         Func<long> servedFromSlots, int slotGroups, IReadOnlyList<Projection> projections, int salt = 0, bool relative = false, bool siblings = false)
     {
-        // What the hook gets at once: sibling sets (the requested projections of each) or single projections.
-        var units = siblings
-            ? ProjectionNames.Siblings.Select(set => set.Where(projections.Contains).ToArray()).Where(u => u.Length > 0)
-                .Concat(projections.Where(p => !ProjectionNames.Siblings.Any(set => set.Contains(p))).Select(p => new[] { p })).ToList()
-            : [.. projections.Select(p => new[] { p })];
         var rowAdapter = new List<(int Adapter, float Scale)?>();
         var segments = new List<AdapterSegment>();
         foreach (var (adapter, tokens, scale) in plan)
@@ -72,17 +121,7 @@ internal static class SlotStepCheck
         using (var batch = new AdapterBatch(segments))
         {
             Assert.Equal(slotGroups, servedFromSlots() - servedBefore);
-            for (int layer = 0; layer < model.NumHiddenLayers; layer++)
-                foreach (var unit in units)
-                {
-                    var (dIn, _) = model.ProjectionShape(unit[0]);
-                    var x = randn([rows, dIn], generator: new Generator((ulong)(salt * 1000 + layer * 10 + (int)unit[0] + 1)));  // [rows, d_in]
-                    var ys = unit.Select(p => zeros([rows, model.ProjectionShape(p).Out])).ToArray();    // base output 0: y is the delta
-                    if (unit.Length == 1) ys[0] = batch.Apply(layer, unit[0], x, ys[0], zeros([model.ProjectionShape(unit[0]).Out, dIn]));
-                    else batch.ApplySiblings(layer, unit, x, ys, [.. unit.Select(p => zeros([model.ProjectionShape(p).Out, dIn]))]);
-                    foreach (var (p, y) in unit.Zip(ys))
-                        Check(layer, p, x, y);
-                }
+            Feed(model, batch, rows, projections, siblings, salt, Check);
             batch.Complete();
         }
 

@@ -139,32 +139,8 @@ public class SmoreSlotTests(ITestOutputHelper output)
         foreach (var t in trees.Take(3)) slots.Assign(t.Loaded);
         try
         {
-            using var outer = NewDisposeScope();
-            void Step((int Tree, int Tokens, float Scale)[] plan)
-            {
-                using var step = NewDisposeScope();
-                int start = 0, rows = plan.Sum(p => p.Tokens);
-                using var batch = new AdapterBatch([.. plan.Select(p => AdapterSegment.Single((start += p.Tokens) - p.Tokens, p.Tokens, trees[p.Tree].Loaded, p.Scale))]);
-                Projection[] gateUp = [Projection.Gate, Projection.Up];
-                for (int layer = 0; layer < Base.NumHiddenLayers; layer++)
-                {
-                    var (dIn, dOut) = Base.ProjectionShape(Projection.Gate);
-                    batch.ApplySiblings(layer, gateUp, randn([rows, dIn]), [zeros([rows, dOut]), zeros([rows, dOut])], [zeros([dOut, dIn]), zeros([dOut, dIn])]);
-                    var (downIn, downOut) = Base.ProjectionShape(Projection.Down);
-                    batch.Apply(layer, Projection.Down, randn([rows, downIn]), zeros([rows, downOut]), zeros([downOut, downIn]));
-                }
-                batch.Complete();
-            }
             (int, int, float)[] slotted = [(0, 1, 1f), (1, 2, 1f), (2, 1, 0.5f)], alone = [(2, 3, 1f)];
-            Step(slotted);
-            Step(alone);
-            long live = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
-            for (int i = 0; i < 5; i++)
-            {
-                Step(slotted);
-                Step(alone);
-            }
-            Assert.Equal(live, DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+            SlotStepCheck.LeavesNoLiveTensors(Base, [.. trees.Select(t => t.Loaded)], [slotted, alone], Mlp, siblings: true);
         }
         finally
         {
