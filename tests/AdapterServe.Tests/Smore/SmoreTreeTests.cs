@@ -8,7 +8,8 @@ namespace AdapterServe.Tests.Smore;
 
 /// <summary>
 /// The fused S'MoRE forward (routing top-down, experts bottom-up, level by level) against a naive per-token recursive
-/// evaluation of the tree in double precision: same delta at 1e-5 in float32, same experts selected at every sub-layer.
+/// evaluation of the tree in double precision: same delta at 1e-5 in float32, same experts selected at every sub-layer,
+/// in both forms of the routing and experts (batched libtorch calls, and the native tree in one call).
 /// </summary>
 public sealed class SmoreTreeTests
 {
@@ -22,50 +23,66 @@ public sealed class SmoreTreeTests
         [3] = ([3, 4, 2], [2, 1, 2], [2, 2, 3], [4, 5, 3]),
     };
 
-    public static TheoryData<int, string, string, string> GatesAndActivations()
+    /// <summary>The two forms of the tree's routing and experts: batched libtorch calls, and the native tree in one call.</summary>
+    private static readonly SmoreTreeForm[] Forms = [SmoreTreeForm.Tensors, SmoreTreeForm.Kernel];
+
+    public static TheoryData<int, string, string, string, SmoreTreeForm> GatesAndActivations()
     {
-        var data = new TheoryData<int, string, string, string>();
-        foreach (int levels in Trees.Keys)
-            foreach (string gate in new[] { "switch", "noisy_topk", "dense" })
-                foreach (string act in new[] { "tanh", "identity", "relu", "prelu|0.25" })
-                    data.Add(levels, gate, act, "all");
+        var data = new TheoryData<int, string, string, string, SmoreTreeForm>();
+        foreach (var form in Forms)
+            foreach (int levels in Trees.Keys)
+                foreach (string gate in new[] { "switch", "noisy_topk", "dense" })
+                    foreach (string act in new[] { "tanh", "identity", "relu", "prelu|0.25" })
+                        data.Add(levels, gate, act, "all", form);
         return data;
     }
 
-    public static TheoryData<int, string, string, string> ActivationPositions()
+    public static TheoryData<int, string, string, string, SmoreTreeForm> ActivationPositions()
     {
-        var data = new TheoryData<int, string, string, string>();
-        foreach (int levels in Trees.Keys)
-            foreach (string gate in new[] { "switch", "noisy_topk", "dense" })
-                foreach (string position in new[] { "child", "child_v2" })
-                    data.Add(levels, gate, "tanh", position);
+        var data = new TheoryData<int, string, string, string, SmoreTreeForm>();
+        foreach (var form in Forms)
+            foreach (int levels in Trees.Keys)
+                foreach (string gate in new[] { "switch", "noisy_topk", "dense" })
+                    foreach (string position in new[] { "child", "child_v2" })
+                        data.Add(levels, gate, "tanh", position, form);
         return data;
+    }
+
+    /// <summary>Skips a test of the native tree where it was not built (no C compiler when the tests were built).</summary>
+    internal static void Require(SmoreTreeForm form)
+    {
+        if (form == SmoreTreeForm.Kernel && !SmoreKernel.Available)
+            Assert.Skip("libadapterserve_native.so was not built (no C compiler at build time; .ci/run installs gcc): the native S'MoRE tree is not tested here");
     }
 
     [Theory]
     [MemberData(nameof(GatesAndActivations))]
     [MemberData(nameof(ActivationPositions))]
-    public void Fused_tree_equals_naive_recursive_tree_and_selects_the_same_experts(int levels, string gate, string act, string position)
+    public void Fused_tree_equals_naive_recursive_tree_and_selects_the_same_experts(int levels, string gate, string act, string position, SmoreTreeForm form)
     {
+        Require(form);
         var (experts, active, ranks, gates) = Trees[levels];
         // lora_alpha null (scaling 1) for even level counts, per-level alphas otherwise; prelu routers on the dense gate.
         double[]? alpha = levels % 2 == 0 ? null : Enumerable.Range(0, levels).Select(l => 2.0 + l).ToArray();
         var shape = new SmoreShape(experts, active, ranks, gates, DownDim: 6, GateType: gate, ExpertAct: act,
             GateAct: gate == "dense" ? "prelu|0.1" : "relu", Position: position, Alpha: alpha);
         foreach (var projection in new[] { Projection.Up, Projection.Down })
-            AssertMatchesNaive(shape, projection, tokens: 9, seed: levels * 31 + gate.Length);
+            AssertMatchesNaive(shape, projection, tokens: 9, seed: levels * 31 + gate.Length, form);
     }
 
-    [Fact]
-    public void Tokens_route_to_different_experts()
+    [Theory]
+    [InlineData(SmoreTreeForm.Tensors)]
+    [InlineData(SmoreTreeForm.Kernel)]
+    public void Tokens_route_to_different_experts(SmoreTreeForm form)
     {
+        Require(form);
         // Guards the comparison above against a degenerate router that sends every token to the same experts.
         var shape = new SmoreShape([4, 3], [2, 1], [2, 3], [5, 4], GateType: "switch");
         var adapter = new SmoreTestAdapter(shape, Base, [(0, Projection.Up)], seed: 5);
         using var module = Load(adapter, Projection.Up);
         using var scope = NewDisposeScope();
         var x = randn([32, Base.HiddenSize], generator: new Generator(11));
-        var (_, routing) = SmoreTree.Forward(module, x);
+        var (_, routing) = SmoreTree.Forward(module, x, form);
         for (int l = 0; l < shape.Levels; l++)
         {
             var distinct = Enumerable.Range(0, 32).Select(t => string.Join(",", routing.Ids[l][t].data<long>().ToArray())).Distinct().Count();
@@ -73,21 +90,28 @@ public sealed class SmoreTreeTests
         }
     }
 
-    [Fact]
-    public void Expert_scaling_is_lora_alpha_over_rank_per_level()
+    [Theory]
+    [InlineData(SmoreTreeForm.Tensors)]
+    [InlineData(SmoreTreeForm.Kernel)]
+    public void Expert_scaling_is_lora_alpha_over_rank_per_level(SmoreTreeForm form)
     {
+        Require(form);
         // Same weights, lora_alpha [4, 9] against null: only the scalings sc_l = alpha_l / r_l differ, and the naive tree
         // applies them by hand.
         var scaled = new SmoreShape([3, 2], [2, 2], [2, 3], [4, 4], GateType: "dense", ExpertAct: "identity", Alpha: [4.0, 9.0]);
-        AssertMatchesNaive(scaled, Projection.Up, tokens: 5, seed: 3);
+        AssertMatchesNaive(scaled, Projection.Up, tokens: 5, seed: 3, form);
     }
 
     [Theory]
-    [InlineData("switch")]
-    [InlineData("noisy_topk")]
-    [InlineData("dense")]
-    public void Selections_are_counted_per_level_and_expert_as_the_naive_tree_visits_them(string gate)
+    [InlineData("switch", SmoreTreeForm.Tensors)]
+    [InlineData("noisy_topk", SmoreTreeForm.Tensors)]
+    [InlineData("dense", SmoreTreeForm.Tensors)]
+    [InlineData("switch", SmoreTreeForm.Kernel)]
+    [InlineData("noisy_topk", SmoreTreeForm.Kernel)]
+    [InlineData("dense", SmoreTreeForm.Kernel)]
+    public void Selections_are_counted_per_level_and_expert_as_the_naive_tree_visits_them(string gate, SmoreTreeForm form)
     {
+        Require(form);
         var shape = new SmoreShape([3, 4, 2], [2, 2, 2], [2, 2, 3], [4, 5, 3], GateType: gate);
         var adapter = new SmoreTestAdapter(shape, Base, [(0, Projection.Up)], seed: 21);
         using var module = Load(adapter, Projection.Up);
@@ -100,7 +124,7 @@ public sealed class SmoreTreeTests
         using (var tally = usage.BeginStep())
         {
             using var scope = NewDisposeScope();
-            var (_, routing) = SmoreTree.Forward(module, x);
+            var (_, routing) = SmoreTree.Forward(module, x, form);
             SmoreTree.Record(tally, site, module, routing);
             tally.Flush();
         }
@@ -120,11 +144,15 @@ public sealed class SmoreTreeTests
     }
 
     [Theory]
-    [InlineData("noisy_topk")]
-    [InlineData("switch")]
-    [InlineData("dense")]
-    public void The_fused_tree_creates_the_same_number_of_tensors_whatever_experts_fan_outs_tokens_and_routing(string gate)
+    [InlineData("noisy_topk", SmoreTreeForm.Tensors)]
+    [InlineData("switch", SmoreTreeForm.Tensors)]
+    [InlineData("dense", SmoreTreeForm.Tensors)]
+    [InlineData("noisy_topk", SmoreTreeForm.Kernel)]
+    [InlineData("switch", SmoreTreeForm.Kernel)]
+    [InlineData("dense", SmoreTreeForm.Kernel)]
+    public void The_fused_tree_creates_the_same_number_of_tensors_whatever_experts_fan_outs_tokens_and_routing(string gate, SmoreTreeForm form)
     {
+        Require(form);
         // Every TorchSharp op that returns a tensor registers it in the dispose scope: a fixed count per sub-layer means
         // no loop over tokens, experts or paths in C#. (Fan-outs of 1 skip the renormalisation: all fan-outs here are ≥ 2.)
         var counts = new List<(string Case, int Tensors)>();
@@ -136,11 +164,23 @@ public sealed class SmoreTreeTests
                 var x = randn([tokens, Base.HiddenSize], generator: new Generator((ulong)(seed * 31)));   // [N, d_in]
                 using var scope = NewDisposeScope();
                 int before = scope.DisposablesCount;
-                SmoreTree.Forward(module, x);
+                SmoreTree.Forward(module, x, form);
                 counts.Add(($"s={string.Join(",", experts)} f={string.Join(",", active)} N={tokens} seed={seed}", scope.DisposablesCount - before));
             }
         Assert.True(counts.Select(c => c.Tensors).Distinct().Count() == 1, string.Join("; ", counts.Select(c => $"{c.Case}: {c.Tensors}")));
-        Assert.InRange(counts[0].Tensors, 1, 80);                                    // ~30 per sub-layer of 2, gate included
+        // ~30 per sub-layer of 2, gate included; the native form: the two GEMMs, its outputs (x_L, ids and weights per sub-layer) and views.
+        Assert.InRange(counts[0].Tensors, 1, form == SmoreTreeForm.Kernel ? 12 : 80);
+    }
+
+    [Fact]
+    public void The_native_tree_is_built_with_the_project_where_there_is_a_C_compiler()
+    {
+        // Guards the build (build/AdapterServeNative.targets) against silently leaving the library out: where `cc` exists
+        // the library must be next to the assemblies and load, or every test of the native form above would skip.
+        bool compiler = Environment.GetEnvironmentVariable("PATH")!.Split(':').Any(dir => File.Exists(Path.Combine(dir, "cc")));
+        if (!compiler) Assert.Skip("no C compiler (cc) on PATH: the native S'MoRE tree is not built here");
+        Assert.True(File.Exists(Path.Combine(AppContext.BaseDirectory, "libadapterserve_native.so")), "libadapterserve_native.so is not next to the test assemblies");
+        Assert.True(SmoreKernel.Available, "libadapterserve_native.so is there but does not load");
     }
 
     private static SmoreModule Load(SmoreTestAdapter adapter, Projection projection)
@@ -150,7 +190,7 @@ public sealed class SmoreTreeTests
         return SmoreModule.FromTensors(config, 0, projection, dIn, dOut, adapter.Module(0, projection), CPU, SmoreTestAdapter.Prefix(0, projection));
     }
 
-    private static void AssertMatchesNaive(SmoreShape shape, Projection projection, int tokens, int seed)
+    private static void AssertMatchesNaive(SmoreShape shape, Projection projection, int tokens, int seed, SmoreTreeForm form)
     {
         var adapter = new SmoreTestAdapter(shape, Base, [(0, projection)], seed);
         using var module = Load(adapter, projection);
@@ -158,7 +198,7 @@ public sealed class SmoreTreeTests
         var (dIn, dOut) = Base.ProjectionShape(projection);
         var x = randn([tokens, dIn], generator: new Generator((ulong)seed + 100));                  // [N, d_in]
 
-        var (delta, routing) = SmoreTree.Forward(module, x);                                          // [N, d_out]
+        var (delta, routing) = SmoreTree.Forward(module, x, form);                                    // [N, d_out]
         Assert.Equal([tokens, dOut], delta.shape);
 
         var naive = new NaiveSmore(shape, adapter.Module(0, projection));

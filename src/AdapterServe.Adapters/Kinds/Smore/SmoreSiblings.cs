@@ -54,8 +54,7 @@ public sealed class SmoreSiblings : IDisposable
         long n = x.size(0);
         var x32 = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);                     // [N, d_in]
         var projected = SmoreTree.Project(_trees, x32.unsqueeze(0).expand(siblings, n, x.size(1))); // [J, N, d_down + Σ s·r]
-        var routing = SmoreTree.Route(_trees, projected);                                           // [J, N, P_l]
-        var deltas = SmoreTree.Evaluate(_trees, projected, routing);                                // [J, N, d_out]
+        var (deltas, routing) = SmoreTree.Apply(_trees, projected);                                 // [J, N, d_out], [J, N, P_l]
         var labelled = SmoreTree.Labelled(_trees, routing);                                         // [J, N, Σ P_l]
         return ([.. Enumerable.Range(0, siblings).Select(j => deltas.select(0, j))], [.. Enumerable.Range(0, siblings).Select(j => labelled.select(0, j))]);
     }

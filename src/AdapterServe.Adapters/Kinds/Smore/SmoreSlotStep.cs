@@ -11,7 +11,7 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// module has one <see cref="SmoreSignature"/>), ONE run of the fused tree over all of them, whatever their number:
 /// their rows laid out <c>[S groups, L = longest group]</c> (<see cref="SlotRows"/>; padding rows weigh 0), the trees'
 /// tensors picked from the stack by slot (<c>[S, ...]</c>), then <see cref="SmoreTree.Project"/> (one batched GEMM),
-/// <see cref="SmoreTree.Route"/>, <see cref="SmoreTree.Evaluate"/>, the rows' scales and one add into the rows. The
+/// <see cref="SmoreTree.Apply"/> (routing and experts), the rows' scales and one add into the rows. The
 /// selections of all the class's groups are recorded once per projection (<see cref="ExpertStepTally.RecordSlots"/>).
 /// Owns the step's small index tensors.
 /// </summary>
@@ -90,8 +90,7 @@ internal sealed class SmoreSlotStep : IMixtureSlotStep
             if (xs.dtype != ScalarType.Float32) xs = xs.to(ScalarType.Float32);
             var tree = stack.Select(layout);                                                        // [S, ...] per tree
             var projected = SmoreTree.Project(tree, xs.view(s, length, signature.InFeatures));      // [S, L, d_down + Σ s·r]
-            var routing = SmoreTree.Route(tree, projected);                                         // [S, L, P_l]
-            var delta = SmoreTree.Evaluate(tree, projected, routing);                               // [S, L, d_out]
+            var (delta, routing) = SmoreTree.Apply(tree, projected);                                // [S, L, d_out], [S, L, P_l]
             if (layout.Scale is not null) delta = delta.mul_(layout.Scale);                         // · the row's scale (0 on padding rows)
             layout.AddTo(y, delta.view(layout.Count, signature.OutFeatures));
 
