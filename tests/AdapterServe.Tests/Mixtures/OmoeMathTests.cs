@@ -1,4 +1,6 @@
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Adapters.Kinds.Omoe;
+using AdapterServe.Tests.Infrastructure;
 using TorchSharp;
 using static TorchSharp.torch;
 using static AdapterServe.Tests.Mixtures.MixtureNaive;
@@ -62,20 +64,26 @@ public class OmoeMathTests
         return (y, selected);
     }
 
-    [Theory]
-    [InlineData(null, true, -1)]
-    [InlineData(null, false, -1)]
-    [InlineData(2, true, -1)]
-    [InlineData(1, true, -1)]
-    [InlineData(null, true, 1)]
-    [InlineData(3, false, 0)]
-    public void Omoe_equals_a_per_token_gram_schmidt_loop_and_selects_the_same_experts(int? topK, bool rescaleNorm, int zeroExpert)
+    public static TheoryData<int?, bool, int, MixtureForm> Cases()
     {
+        var data = new TheoryData<int?, bool, int, MixtureForm>();
+        foreach (var form in new[] { MixtureForm.Tensors, MixtureForm.Native })
+            foreach (var (topK, rescaleNorm, zeroExpert) in new (int?, bool, int)[] { (null, true, -1), (null, false, -1), (2, true, -1), (1, true, -1), (null, true, 1), (3, false, 0) })
+                data.Add(topK, rescaleNorm, zeroExpert, form);
+        return data;
+    }
+
+    /// <summary>Both forms of the mixture (batched libtorch calls with a QR; the native Gram–Schmidt in one call) against the naive loop.</summary>
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Omoe_equals_a_per_token_gram_schmidt_loop_and_selects_the_same_experts(int? topK, bool rescaleNorm, int zeroExpert, MixtureForm form)
+    {
+        NativeForm.Require(form);
         var (router, a, b) = Weights(seed: 21, zeroExpert);
         using var module = OmoeModule.Build(router, a, b, Alpha / Rank, topK, rescaleNorm, Eps, CPU, ScalarType.Float32);
         var x = randn([11, DIn], generator: new Generator(4));
 
-        var delta = module.Delta(x, out var selected);
+        var delta = module.Delta(x, out var selected, form);
         var (expected, expectedSelected) = Naive(x, router, a, b, topK, rescaleNorm);
 
         AssertClose(expected, delta);

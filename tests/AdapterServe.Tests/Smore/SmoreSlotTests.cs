@@ -1,4 +1,5 @@
 using AdapterServe.Adapters;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Adapters.Kinds.Smore;
 using AdapterServe.Adapters.Store;
 using AdapterServe.Modeling;
@@ -67,18 +68,18 @@ public class SmoreSlotTests(ITestOutputHelper output)
     static readonly FuncBaseWeights NoBase = new((_, p) => zeros([Base.ProjectionShape(p).Out, Base.ProjectionShape(p).In]));
 
     [Theory]
-    [InlineData(false, false, SmoreTreeForm.Tensors)]   // one token per group (decode)
-    [InlineData(true, false, SmoreTreeForm.Tensors)]    // up to three tokens per group: padding rows, and a group on rows that are not contiguous
-    [InlineData(false, true, SmoreTreeForm.Tensors)]    // gate and up handed over together, as the model's fused GEMM does
-    [InlineData(true, true, SmoreTreeForm.Tensors)]
-    [InlineData(false, false, SmoreTreeForm.Kernel)]    // the same with the native tree
-    [InlineData(true, false, SmoreTreeForm.Kernel)]
-    [InlineData(false, true, SmoreTreeForm.Kernel)]
-    [InlineData(true, true, SmoreTreeForm.Kernel)]
-    public void Smore_adapters_in_one_step_share_the_slot_stacks_and_give_every_row_its_own_tree_and_counts(bool longer, bool siblings, SmoreTreeForm form)
+    [InlineData(false, false, MixtureForm.Tensors)]   // one token per group (decode)
+    [InlineData(true, false, MixtureForm.Tensors)]    // up to three tokens per group: padding rows, and a group on rows that are not contiguous
+    [InlineData(false, true, MixtureForm.Tensors)]    // gate and up handed over together, as the model's fused GEMM does
+    [InlineData(true, true, MixtureForm.Tensors)]
+    [InlineData(false, false, MixtureForm.Native)]    // the same with the native tree
+    [InlineData(true, false, MixtureForm.Native)]
+    [InlineData(false, true, MixtureForm.Native)]
+    [InlineData(true, true, MixtureForm.Native)]
+    public void Smore_adapters_in_one_step_share_the_slot_stacks_and_give_every_row_its_own_tree_and_counts(bool longer, bool siblings, MixtureForm form)
     {
-        SmoreTreeTests.Require(form);
-        using var formOnThisThread = SmoreTree.UseForm(form);
+        NativeForm.Require(form);
+        using var formOnThisThread = NativeMixtures.UseForm(form);
         using var tmp = new TempDir();
         var trees = Trees(tmp, Guid.NewGuid().ToString("N")[..8]);
         using var slots = new AdapterSlotTable(8);
@@ -105,16 +106,16 @@ public class SmoreSlotTests(ITestOutputHelper output)
     /// tree with PReLU slopes of its own per module on all three. Every row equals the naive tree, every count the naive selections.
     /// </summary>
     [Theory]
-    [InlineData(0, SmoreTreeForm.Tensors)]
-    [InlineData(2, SmoreTreeForm.Tensors)]
-    [InlineData(6, SmoreTreeForm.Tensors)]
-    [InlineData(0, SmoreTreeForm.Kernel)]
-    [InlineData(2, SmoreTreeForm.Kernel)]
-    [InlineData(6, SmoreTreeForm.Kernel)]
-    public void An_smore_adapter_alone_runs_gate_and_up_as_two_trees_of_one_pass_and_equals_the_naive_tree(int tree, SmoreTreeForm form)
+    [InlineData(0, MixtureForm.Tensors)]
+    [InlineData(2, MixtureForm.Tensors)]
+    [InlineData(6, MixtureForm.Tensors)]
+    [InlineData(0, MixtureForm.Native)]
+    [InlineData(2, MixtureForm.Native)]
+    [InlineData(6, MixtureForm.Native)]
+    public void An_smore_adapter_alone_runs_gate_and_up_as_two_trees_of_one_pass_and_equals_the_naive_tree(int tree, MixtureForm form)
     {
-        SmoreTreeTests.Require(form);
-        using var formOnThisThread = SmoreTree.UseForm(form);
+        NativeForm.Require(form);
+        using var formOnThisThread = NativeMixtures.UseForm(form);
         using var tmp = new TempDir();
         string id = Guid.NewGuid().ToString("N")[..8];
         var trees = Trees(tmp, id).Append(Load(tmp, $"smore-slot-t6-{id}", Cosine, Mlp, seed: 76)).ToArray();
@@ -142,12 +143,12 @@ public class SmoreSlotTests(ITestOutputHelper output)
 
     /// <summary>Steps leave no live tensors behind, on the slot path and with gate|up of an adapter alone run as two trees of one pass, in both forms.</summary>
     [Theory]
-    [InlineData(SmoreTreeForm.Tensors)]
-    [InlineData(SmoreTreeForm.Kernel)]
-    public void Steps_with_gate_and_up_together_leave_no_live_tensors_behind(SmoreTreeForm form)
+    [InlineData(MixtureForm.Tensors)]
+    [InlineData(MixtureForm.Native)]
+    public void Steps_with_gate_and_up_together_leave_no_live_tensors_behind(MixtureForm form)
     {
-        SmoreTreeTests.Require(form);
-        using var formOnThisThread = SmoreTree.UseForm(form);
+        NativeForm.Require(form);
+        using var formOnThisThread = NativeMixtures.UseForm(form);
         using var tmp = new TempDir();
         var trees = Trees(tmp, Guid.NewGuid().ToString("N")[..8]);
         using var slots = new AdapterSlotTable(8);
@@ -190,12 +191,12 @@ public class SmoreSlotTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData(SmoreTreeForm.Tensors)]
-    [InlineData(SmoreTreeForm.Kernel)]
-    public void Calls_per_projection_do_not_grow_from_two_to_eight_adapters_of_one_structure(SmoreTreeForm form)
+    [InlineData(MixtureForm.Tensors)]
+    [InlineData(MixtureForm.Native)]
+    public void Calls_per_projection_do_not_grow_from_two_to_eight_adapters_of_one_structure(MixtureForm form)
     {
-        SmoreTreeTests.Require(form);
-        using var formOnThisThread = SmoreTree.UseForm(form);
+        NativeForm.Require(form);
+        using var formOnThisThread = NativeMixtures.UseForm(form);
         // Every TorchSharp op that returns a tensor is counted in the thread's dispose-scope statistics (see also
         // FusedCallCountTests): the tensors one projection of the step creates are its native calls. Against the
         // per-group path (the same adapters without slots), which grows with them.
@@ -238,7 +239,7 @@ public class SmoreSlotTests(ITestOutputHelper output)
             output.WriteLine($"tensors per projection: slot path {two} (2 adapters), {eight} (8); per-group path {ownTwo} (2), {ownEight} (8)");
             // The tensor form's slot path makes fewer calls for 8 adapters than its per-group path for 2; the native form's
             // per-group tree is one call, so its slot path (which also picks the trees from the stacks) wins from more adapters on.
-            int beaten = form == SmoreTreeForm.Tensors ? ownTwo : ownEight;
+            int beaten = form == MixtureForm.Tensors ? ownTwo : ownEight;
             Assert.True(ownEight > ownTwo && eight < beaten, $"per-group path: {ownTwo} for 2, {ownEight} for 8; slot path {eight}");
         }
         finally

@@ -1,6 +1,8 @@
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Adapters.Kinds.Smore;
 using AdapterServe.Modeling;
 using AdapterServe.Tests.AdapterStore;
+using AdapterServe.Tests.Infrastructure;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -24,11 +26,11 @@ public sealed class SmoreTreeTests
     };
 
     /// <summary>The two forms of the tree's routing and experts: batched libtorch calls, and the native tree in one call.</summary>
-    private static readonly SmoreTreeForm[] Forms = [SmoreTreeForm.Tensors, SmoreTreeForm.Kernel];
+    private static readonly MixtureForm[] Forms = [MixtureForm.Tensors, MixtureForm.Native];
 
-    public static TheoryData<int, string, string, string, SmoreTreeForm> GatesAndActivations()
+    public static TheoryData<int, string, string, string, MixtureForm> GatesAndActivations()
     {
-        var data = new TheoryData<int, string, string, string, SmoreTreeForm>();
+        var data = new TheoryData<int, string, string, string, MixtureForm>();
         foreach (var form in Forms)
             foreach (int levels in Trees.Keys)
                 foreach (string gate in new[] { "switch", "noisy_topk", "dense" })
@@ -37,9 +39,9 @@ public sealed class SmoreTreeTests
         return data;
     }
 
-    public static TheoryData<int, string, string, string, SmoreTreeForm> ActivationPositions()
+    public static TheoryData<int, string, string, string, MixtureForm> ActivationPositions()
     {
-        var data = new TheoryData<int, string, string, string, SmoreTreeForm>();
+        var data = new TheoryData<int, string, string, string, MixtureForm>();
         foreach (var form in Forms)
             foreach (int levels in Trees.Keys)
                 foreach (string gate in new[] { "switch", "noisy_topk", "dense" })
@@ -48,19 +50,12 @@ public sealed class SmoreTreeTests
         return data;
     }
 
-    /// <summary>Skips a test of the native tree where it was not built (no C compiler when the tests were built).</summary>
-    internal static void Require(SmoreTreeForm form)
-    {
-        if (form == SmoreTreeForm.Kernel && !SmoreKernel.Available)
-            Assert.Skip("libadapterserve_native.so was not built (no C compiler at build time; .ci/run installs gcc): the native S'MoRE tree is not tested here");
-    }
-
     [Theory]
     [MemberData(nameof(GatesAndActivations))]
     [MemberData(nameof(ActivationPositions))]
-    public void Fused_tree_equals_naive_recursive_tree_and_selects_the_same_experts(int levels, string gate, string act, string position, SmoreTreeForm form)
+    public void Fused_tree_equals_naive_recursive_tree_and_selects_the_same_experts(int levels, string gate, string act, string position, MixtureForm form)
     {
-        Require(form);
+        NativeForm.Require(form);
         var (experts, active, ranks, gates) = Trees[levels];
         // lora_alpha null (scaling 1) for even level counts, per-level alphas otherwise; prelu routers on the dense gate.
         double[]? alpha = levels % 2 == 0 ? null : Enumerable.Range(0, levels).Select(l => 2.0 + l).ToArray();
@@ -71,11 +66,11 @@ public sealed class SmoreTreeTests
     }
 
     [Theory]
-    [InlineData(SmoreTreeForm.Tensors)]
-    [InlineData(SmoreTreeForm.Kernel)]
-    public void Tokens_route_to_different_experts(SmoreTreeForm form)
+    [InlineData(MixtureForm.Tensors)]
+    [InlineData(MixtureForm.Native)]
+    public void Tokens_route_to_different_experts(MixtureForm form)
     {
-        Require(form);
+        NativeForm.Require(form);
         // Guards the comparison above against a degenerate router that sends every token to the same experts.
         var shape = new SmoreShape([4, 3], [2, 1], [2, 3], [5, 4], GateType: "switch");
         var adapter = new SmoreTestAdapter(shape, Base, [(0, Projection.Up)], seed: 5);
@@ -91,11 +86,11 @@ public sealed class SmoreTreeTests
     }
 
     [Theory]
-    [InlineData(SmoreTreeForm.Tensors)]
-    [InlineData(SmoreTreeForm.Kernel)]
-    public void Expert_scaling_is_lora_alpha_over_rank_per_level(SmoreTreeForm form)
+    [InlineData(MixtureForm.Tensors)]
+    [InlineData(MixtureForm.Native)]
+    public void Expert_scaling_is_lora_alpha_over_rank_per_level(MixtureForm form)
     {
-        Require(form);
+        NativeForm.Require(form);
         // Same weights, lora_alpha [4, 9] against null: only the scalings sc_l = alpha_l / r_l differ, and the naive tree
         // applies them by hand.
         var scaled = new SmoreShape([3, 2], [2, 2], [2, 3], [4, 4], GateType: "dense", ExpertAct: "identity", Alpha: [4.0, 9.0]);
@@ -103,15 +98,15 @@ public sealed class SmoreTreeTests
     }
 
     [Theory]
-    [InlineData("switch", SmoreTreeForm.Tensors)]
-    [InlineData("noisy_topk", SmoreTreeForm.Tensors)]
-    [InlineData("dense", SmoreTreeForm.Tensors)]
-    [InlineData("switch", SmoreTreeForm.Kernel)]
-    [InlineData("noisy_topk", SmoreTreeForm.Kernel)]
-    [InlineData("dense", SmoreTreeForm.Kernel)]
-    public void Selections_are_counted_per_level_and_expert_as_the_naive_tree_visits_them(string gate, SmoreTreeForm form)
+    [InlineData("switch", MixtureForm.Tensors)]
+    [InlineData("noisy_topk", MixtureForm.Tensors)]
+    [InlineData("dense", MixtureForm.Tensors)]
+    [InlineData("switch", MixtureForm.Native)]
+    [InlineData("noisy_topk", MixtureForm.Native)]
+    [InlineData("dense", MixtureForm.Native)]
+    public void Selections_are_counted_per_level_and_expert_as_the_naive_tree_visits_them(string gate, MixtureForm form)
     {
-        Require(form);
+        NativeForm.Require(form);
         var shape = new SmoreShape([3, 4, 2], [2, 2, 2], [2, 2, 3], [4, 5, 3], GateType: gate);
         var adapter = new SmoreTestAdapter(shape, Base, [(0, Projection.Up)], seed: 21);
         using var module = Load(adapter, Projection.Up);
@@ -144,15 +139,15 @@ public sealed class SmoreTreeTests
     }
 
     [Theory]
-    [InlineData("noisy_topk", SmoreTreeForm.Tensors)]
-    [InlineData("switch", SmoreTreeForm.Tensors)]
-    [InlineData("dense", SmoreTreeForm.Tensors)]
-    [InlineData("noisy_topk", SmoreTreeForm.Kernel)]
-    [InlineData("switch", SmoreTreeForm.Kernel)]
-    [InlineData("dense", SmoreTreeForm.Kernel)]
-    public void The_fused_tree_creates_the_same_number_of_tensors_whatever_experts_fan_outs_tokens_and_routing(string gate, SmoreTreeForm form)
+    [InlineData("noisy_topk", MixtureForm.Tensors)]
+    [InlineData("switch", MixtureForm.Tensors)]
+    [InlineData("dense", MixtureForm.Tensors)]
+    [InlineData("noisy_topk", MixtureForm.Native)]
+    [InlineData("switch", MixtureForm.Native)]
+    [InlineData("dense", MixtureForm.Native)]
+    public void The_fused_tree_creates_the_same_number_of_tensors_whatever_experts_fan_outs_tokens_and_routing(string gate, MixtureForm form)
     {
-        Require(form);
+        NativeForm.Require(form);
         // Every TorchSharp op that returns a tensor registers it in the dispose scope: a fixed count per sub-layer means
         // no loop over tokens, experts or paths in C#. (Fan-outs of 1 skip the renormalisation: all fan-outs here are ≥ 2.)
         var counts = new List<(string Case, int Tensors)>();
@@ -169,7 +164,7 @@ public sealed class SmoreTreeTests
             }
         Assert.True(counts.Select(c => c.Tensors).Distinct().Count() == 1, string.Join("; ", counts.Select(c => $"{c.Case}: {c.Tensors}")));
         // ~30 per sub-layer of 2, gate included; the native form: the two GEMMs, its outputs (x_L, ids and weights per sub-layer) and views.
-        Assert.InRange(counts[0].Tensors, 1, form == SmoreTreeForm.Kernel ? 12 : 80);
+        Assert.InRange(counts[0].Tensors, 1, form == MixtureForm.Native ? 12 : 80);
     }
 
     [Fact]
@@ -180,7 +175,7 @@ public sealed class SmoreTreeTests
         bool compiler = Environment.GetEnvironmentVariable("PATH")!.Split(':').Any(dir => File.Exists(Path.Combine(dir, "cc")));
         if (!compiler) Assert.Skip("no C compiler (cc) on PATH: the native S'MoRE tree is not built here");
         Assert.True(File.Exists(Path.Combine(AppContext.BaseDirectory, "libadapterserve_native.so")), "libadapterserve_native.so is not next to the test assemblies");
-        Assert.True(SmoreKernel.Available, "libadapterserve_native.so is there but does not load");
+        Assert.True(NativeMixtures.Available, "libadapterserve_native.so is there but does not load");
     }
 
     private static SmoreModule Load(SmoreTestAdapter adapter, Projection projection)
@@ -190,7 +185,7 @@ public sealed class SmoreTreeTests
         return SmoreModule.FromTensors(config, 0, projection, dIn, dOut, adapter.Module(0, projection), CPU, SmoreTestAdapter.Prefix(0, projection));
     }
 
-    private static void AssertMatchesNaive(SmoreShape shape, Projection projection, int tokens, int seed, SmoreTreeForm form)
+    private static void AssertMatchesNaive(SmoreShape shape, Projection projection, int tokens, int seed, MixtureForm form)
     {
         var adapter = new SmoreTestAdapter(shape, Base, [(0, projection)], seed);
         using var module = Load(adapter, projection);

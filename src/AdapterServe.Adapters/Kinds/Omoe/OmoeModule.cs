@@ -1,3 +1,4 @@
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -22,7 +23,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 /// for four r16 experts) instead of <c>[d_out, n]</c>, and the output space is reached by one GEMM at the end.
 /// </para>
 /// Per step a fixed number of native calls whatever n, K or the routing: one GEMM for all A (<c>A_all [n·r, d_in]</c>),
-/// one batched GEMM into the coordinates, one batched QR, one GEMM against U. Built once at load; owns its tensors.
+/// one batched GEMM into the coordinates, one batched QR, one GEMM against U. Steps of few rows on the CPU run the
+/// routing, Gram–Schmidt and combination in one native call instead (<see cref="Delta"/>, <see cref="OmoeKernel"/>). Built once at load; owns its tensors.
 /// (A block-diagonal <c>[n·r, n·p]</c> coordinate matrix would make that GEMM a 2-D one, about 7 µs cheaper at one
 /// token with the weights in cache, but it is 3/4 zeros: four times the bytes read per step.)
 /// </summary>
@@ -41,6 +43,7 @@ public sealed class OmoeModule : IDisposable
         Basis = basis;
         Coordinates = coordinates;
         _eps = eps;
+        EpsValue = eps.item<float>();
         InFeatures = aAll.size(1);
         OutFeatures = basis.size(0);
         Bytes = new[] { router, aAll, basis, coordinates }.Sum(t => t.NumberOfElements * t.ElementSize);
@@ -123,13 +126,16 @@ public sealed class OmoeModule : IDisposable
     }
 
     /// <summary>The per-token expert outputs in the experts' coordinates, <c>S [N, n, p]</c>: row i = <c>R_B[:, block i]·(A_i x)</c>, float32 (<c>E_i = U·S_i</c>).</summary>
-    public Tensor ExpertCoordinates(Tensor x)
+    public Tensor ExpertCoordinates(Tensor x) => CoordinatesByExpert(x).transpose(0, 1);
+
+    /// <summary><see cref="ExpertCoordinates"/> as the batched GEMM leaves them, expert first: <c>[n, N, p]</c>.</summary>
+    private Tensor CoordinatesByExpert(Tensor x)
     {
         long t = x.size(0);
         var xa = x.dtype == AAll.dtype ? x : x.to(AAll.dtype);
         var h = linear(xa, AAll).view(t, Experts, Rank);                             // [N, n, r]
         if (h.dtype != ScalarType.Float32) h = h.to(ScalarType.Float32);
-        return bmm(h.transpose(0, 1), Coordinates).transpose(0, 1);                  // [n, N, r]·[n, r, p] → [n, N, p] → [N, n, p]
+        return bmm(h.transpose(0, 1), Coordinates);                                  // [n, N, r]·[n, r, p] → [n, N, p]
     }
 
     /// <summary>The per-token expert outputs <c>M [N, d_out, n]</c>, column i = s·B_i(A_i x) (in <see cref="Basis"/>'s dtype).</summary>
@@ -139,12 +145,30 @@ public sealed class OmoeModule : IDisposable
         return Basis.matmul(s.transpose(1, 2).to(Basis.dtype));                     // [N, d_out, n] = U·S
     }
 
+    /// <summary>
+    /// Up to this many rows (tokens × sibling modules) a CPU step mixes the experts in one native call
+    /// (<see cref="OmoeKernel"/>) instead of about 20 libtorch calls.
+    /// </summary>
+    public const int MaxNativeRows = 64;
+
     /// <summary>The adapter's contribution for every token <c>x [N, d_in]</c> → <c>[N, d_out]</c> (in <see cref="Basis"/>'s dtype); <paramref name="selected"/> as <see cref="Route"/>.</summary>
-    public Tensor Delta(Tensor x, out Tensor? selected)
+    /// <param name="form">The tensor form (<see cref="Route"/>, <see cref="Combine"/>) or the native one; the same results.</param>
+    public Tensor Delta(Tensor x, out Tensor? selected, MixtureForm form = MixtureForm.Auto)
     {
-        var (gates, chosen) = Route(x);                                              // [N, k], [N, K]?
-        selected = chosen;
-        var v = Combine(ExpertCoordinates(x), gates, chosen, _eps, RescaleNorm);     // [N, p]
+        Tensor v;                                                                    // [N, p]
+        if (NativeMixtures.Runs(form, Router, x.size(0), MaxNativeRows))
+        {
+            var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);  // [N, d_in]
+            var (mixed, chosen) = OmoeKernel.Mix(linear(xf, Router), CoordinatesByExpert(x), 1, Experts, TopK, RescaleNorm, EpsValue); // [N, 1, p], [N, 1, K]?
+            selected = chosen?.view(x.size(0), -1);                                  // [N, K]
+            v = mixed.view(x.size(0), -1);
+        }
+        else
+        {
+            var (gates, chosen) = Route(x);                                          // [N, k], [N, K]?
+            selected = chosen;
+            v = Combine(ExpertCoordinates(x), gates, chosen, _eps, RescaleNorm);
+        }
         return linear(v.dtype == Basis.dtype ? v : v.to(Basis.dtype), Basis);        // [N, d_out] = U·Σ_i c_i q^S_i
     }
 
@@ -234,6 +258,9 @@ public sealed class OmoeModule : IDisposable
 
     /// <summary>0-dim float32: ε.</summary>
     internal Tensor Eps => _eps;
+
+    /// <summary>ε on the host (read once at load), for the native mixture.</summary>
+    internal float EpsValue { get; }
 
     /// <summary>A copy on <paramref name="device"/> (host tier → device tier).</summary>
     public OmoeModule To(Device device)

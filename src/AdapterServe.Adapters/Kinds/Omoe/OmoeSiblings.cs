@@ -1,4 +1,5 @@
 using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn.functional;
@@ -50,20 +51,28 @@ public sealed class OmoeSiblings : IDisposable
     /// Every sibling's contribution for the tokens <paramref name="x"/> <c>[N, d_in]</c>: per sibling j the delta
     /// <c>[N, d_out_j]</c> (in the bases' dtype) and, with top_k, the selected expert ids <c>[N, K]</c> (else null).
     /// </summary>
-    public (Tensor[] Deltas, Tensor?[] Selected) Deltas(Tensor x)
+    public (Tensor[] Deltas, Tensor?[] Selected) Deltas(Tensor x, MixtureForm form = MixtureForm.Auto)
     {
         var first = Modules[0].Module;
         int siblings = Modules.Count, n = first.Experts;
         long t = x.size(0), p = first.BasisRank;
         var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);                        // [N, d_in]
-        var logits = linear(xf, _router).view(t * siblings, n);                                       // [N·J, n]: row t·J + j = sibling j's router on token t
-        var (gates, chosen) = OmoeModule.Gate(logits, first.TopK);                                     // [N·J, k], [N·J, K]?
+        var logits = linear(xf, _router);                                                             // [N, J·n]: sibling j's router at columns j·n …
         var xa = x.dtype == _aAll.dtype ? x : x.to(_aAll.dtype);
         var h = linear(xa, _aAll).view(t, (long)siblings * n, first.Rank);                           // [N, J·n, r]
         if (h.dtype != ScalarType.Float32) h = h.to(ScalarType.Float32);
-        var coordinates = bmm(h.transpose(0, 1), _coordinates)                                        // [J·n, N, r]·[J·n, r, p] → [J·n, N, p]
-            .view(siblings, n, t, p).permute(2, 0, 1, 3).reshape(t * siblings, n, p);                // [N·J, n, p]
-        var v = OmoeModule.Combine(coordinates, gates, chosen, first.Eps, first.RescaleNorm).view(t, siblings, p); // [N, J, p]
+        var byExpert = bmm(h.transpose(0, 1), _coordinates);                                          // [J·n, N, r]·[J·n, r, p] → [J·n, N, p]
+        Tensor v;                                                                                     // [N, J, p]
+        Tensor? chosen;                                                                               // [N·J, K] or [N, J, K]
+        if (NativeMixtures.Runs(form, _router, t * siblings, OmoeModule.MaxNativeRows))
+            (v, chosen) = OmoeKernel.Mix(logits, byExpert, siblings, n, first.TopK, first.RescaleNorm, first.EpsValue);
+        else
+        {
+            Tensor gates;                                                                             // [N·J, k]
+            (gates, chosen) = OmoeModule.Gate(logits.view(t * siblings, n), first.TopK);              // row t·J + j = sibling j's router on token t
+            var coordinates = byExpert.view(siblings, n, t, p).permute(2, 0, 1, 3).reshape(t * siblings, n, p); // [N·J, n, p]
+            v = OmoeModule.Combine(coordinates, gates, chosen, first.Eps, first.RescaleNorm).view(t, siblings, p);
+        }
         var deltas = new Tensor[siblings];
         var selected = new Tensor?[siblings];
         var chosenBySibling = chosen?.view(t, siblings, -1);                                          // [N, J, K]

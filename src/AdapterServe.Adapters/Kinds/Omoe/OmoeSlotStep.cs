@@ -17,7 +17,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 /// <item>Expert coordinates: <c>H = bmm(A_all[slots], xᵀ)</c> <c>[S, n·r, L]</c>, then per (slot, expert)
 /// <c>bmm(Hᵀ, Coordinates)</c> <c>[S·n, L, p]</c>, laid out per row as <c>[S·L, n, p]</c>.</item>
 /// <item>The same Gram–Schmidt and combination as the per-group path (<see cref="OmoeModule.Combine"/>, one batched QR
-/// over all S·L rows), then <c>Δ = bmm(v, Uᵀ[slots])</c> <c>[S, L, d_out]</c> and one add into the rows.</item>
+/// over all S·L rows; or, for at most <see cref="OmoeModule.MaxNativeRows"/> rows on the CPU, the native mixture in one
+/// call, <see cref="OmoeKernel"/>), then <c>Δ = bmm(v, Uᵀ[slots])</c> <c>[S, L, d_out]</c> and one add into the rows.</item>
 /// </list>
 /// Selections are recorded once per projection and class: top-K ids with <see cref="ExpertStepTally.RecordSlots"/>,
 /// dense routing with <see cref="ExpertStepTally.RecordAll"/> (host only). Owns the step's small index tensors.
@@ -26,7 +27,9 @@ internal sealed class OmoeSlotStep : IMixtureSlotStep
 {
     /// <summary>
     /// Fewest groups of one signature served from the slots: per projection one group creates 28 tensors on its own path
-    /// (37 with top-2), the slot path 43 (53) for all of them (<c>OmoeSlotTests</c>), so two groups already run fewer calls.
+    /// (37 with top-2), the slot path 43 (53) for all of them (<c>OmoeSlotTests</c>), so two groups already run fewer
+    /// calls. With the native mixture (few rows on the CPU, <see cref="OmoeKernel"/>) one group makes 9 (11) and the
+    /// slot path 19 (21): even at two groups the same calls, and the slot path's batched GEMMs.
     /// </summary>
     internal const int MinGroups = 2;
 
@@ -101,16 +104,27 @@ internal sealed class OmoeSlotStep : IMixtureSlotStep
             var xs = _layout.Gather(x);                                                                     // [S·L, d_in]
             var xf = xs.dtype == ScalarType.Float32 ? xs : xs.to(ScalarType.Float32);
             var logits = bmm(xf.view(s, l, dIn), _layout.SelectSlots(stack.Router).transpose(1, 2));         // [S, L, n]
-            var (gates, selected) = OmoeModule.Gate(logits.view((long)s * l, n), _signature.TopK);         // [S·L, k], [S·L, K]?
-            if (_layout.Scale is not null) gates = gates.mul(_layout.Scale.view(_layout.Count, 1));          // scale · g, 0 on padding rows
 
             var xa = xs.dtype == stack.A.dtype ? xs : xs.to(stack.A.dtype);
             var h = bmm(_layout.SelectSlots(stack.A), xa.view(s, l, dIn).transpose(1, 2));                  // [S, n·r, L] = A_all xᵀ per slot
             if (h.dtype != ScalarType.Float32) h = h.to(ScalarType.Float32);
-            var coordinates = bmm(h.view((long)s * n, r, l).transpose(1, 2),
-                    _layout.SelectSlots(stack.Coordinates).view((long)s * n, r, p))                        // [S·n, L, r]·[S·n, r, p] → [S·n, L, p]
-                .view(s, n, l, p).permute(0, 2, 1, 3).reshape(_layout.Count, n, p);                        // [S·L, n, p]: S_i per row
-            var v = OmoeModule.Combine(coordinates, gates, selected, stack.Eps, _signature.RescaleNorm);     // [S·L, p] = scale · Σ_i c_i q^S_i
+            var byExpert = bmm(h.view((long)s * n, r, l).transpose(1, 2),
+                    _layout.SelectSlots(stack.Coordinates).view((long)s * n, r, p));                       // [S·n, L, r]·[S·n, r, p] → [S·n, L, p]
+            Tensor v;                                                                                       // [S·L, p] = scale · Σ_i c_i q^S_i
+            Tensor? selected;                                                                               // [S·L, K] or [S, L, K]
+            if (NativeMixtures.Runs(MixtureForm.Auto, xf, _layout.Count, OmoeModule.MaxNativeRows))
+            {
+                (v, selected) = OmoeKernel.Mix(logits, byExpert, s, n, _signature.TopK, _signature.RescaleNorm, (float)_signature.Eps, groupMajor: true, _layout.Scale);
+                v = v.view(_layout.Count, p);
+            }
+            else
+            {
+                Tensor gates;                                                                               // [S·L, k]
+                (gates, selected) = OmoeModule.Gate(logits.view((long)s * l, n), _signature.TopK);         // [S·L, k], [S·L, K]?
+                if (_layout.Scale is not null) gates = gates.mul(_layout.Scale.view(_layout.Count, 1));      // scale · g, 0 on padding rows
+                var coordinates = byExpert.view(s, n, l, p).permute(0, 2, 1, 3).reshape(_layout.Count, n, p); // [S·L, n, p]: S_i per row
+                v = OmoeModule.Combine(coordinates, gates, selected, stack.Eps, _signature.RescaleNorm);
+            }
             if (v.dtype != stack.Basis.dtype) v = v.to(stack.Basis.dtype);
             var delta = bmm(v.view(s, l, p), _layout.SelectSlots(stack.Basis));                             // [S, L, d_out] = U·v per slot
             _layout.AddTo(y, delta.view(_layout.Count, stack.OutFeatures));

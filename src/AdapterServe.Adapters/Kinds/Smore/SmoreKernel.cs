@@ -1,12 +1,13 @@
 using System.Runtime.InteropServices;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace AdapterServe.Adapters.Kinds.Smore;
 
 /// <summary>
-/// The S'MoRE tree's routing and experts in ONE native call on the CPU (<c>Native/smore_tree.c</c>, built with the
-/// project by the C compiler when there is one, <c>build/AdapterServeNative.targets</c>): what <see cref="SmoreTree.Route"/>
+/// The S'MoRE tree's routing and experts in ONE native call on the CPU (<c>Native/smore_tree.c</c>, in the mixture
+/// kinds' native library, <see cref="NativeMixtures"/>): what <see cref="SmoreTree.Route"/>
 /// and <see cref="SmoreTree.Evaluate"/> do in about 60 small libtorch calls, between the same two GEMMs (the input
 /// projection before it, the final projection after it), reading the same <see cref="SmoreTensors"/> and writing the
 /// same routing. For steps of few tokens on the CPU, where each libtorch call costs more than its arithmetic. Nothing
@@ -14,11 +15,6 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// </summary>
 internal static unsafe class SmoreKernel
 {
-    private const string Library = "adapterserve_native";
-
-    /// <summary>Whether the native library was built and loads (no C compiler at build time: the tensor form serves everything).</summary>
-    public static bool Available { get; } = NativeLibrary.TryLoad(Library, typeof(SmoreKernel).Assembly, DllImportSearchPath.AssemblyDirectory, out _);
-
     /// <summary>Routing and experts of G trees over <c>[G, M]</c> rows: x_L <c>[G, M, d_L]</c> of every row, and the routing with leading shape <paramref name="rows"/> (G·M rows).</summary>
     /// <param name="projected"><see cref="SmoreTree.Project"/> of the tokens, <c>[G, M, d_down + Σ s_l·r_l]</c> float32 on the CPU.</param>
     public static (Tensor Below, SmoreRouting Routing) Run(SmoreTensors tree, Tensor projected, long[] rows)
@@ -31,11 +27,10 @@ internal static unsafe class SmoreKernel
         if (projected.size(2) != signature.InputWidth || tree.Trees != g)
             throw new ArgumentException($"projected rows [{string.Join(", ", projected.shape)}] do not fit {tree.Trees} trees of {signature}", nameof(projected));
 
-        var input = projected.is_contiguous() ? projected : projected.contiguous();                 // [G, M, width]
         var below = empty([g, m, signature.HiddenDim(levels)], ScalarType.Float32);                 // [G, M, d_L]
         var ids = new Tensor[levels];
         var weights = new Tensor[levels];
-        var kept = new List<Tensor> { input, below };                                                // what the native call reads or writes
+        var kept = new List<Tensor>();                                                               // what the native call reads or writes
         var level = stackalloc Level[levels];
         for (int l = 0; l < levels; l++)
         {
@@ -47,10 +42,10 @@ internal static unsafe class SmoreKernel
             level[l] = new Level
             {
                 Experts = shape.Experts, Rank = shape.Rank, FanOut = shape.FanOut, GateDim = shape.GateDim,
-                B = Data(t.B, kept), BBias = Data(t.BBias, kept), W = Data(t.W, kept), WBias = Data(t.WBias, kept), Slope = Data(t.Slope, kept),
-                GateIn = Data(t.GateIn, kept), GateInBias = Data(t.GateInBias, kept), GateSlope = Data(t.GateSlope, kept),
-                GateOut = Data(t.GateOut, kept), GateOutBias = Data(t.GateOutBias, kept), Keys = Data(t.Keys, kept),
-                Ids = Data(ids[l], kept), Weights = Data(weights[l], kept),
+                B = NativeMixtures.Data(t.B, kept), BBias = NativeMixtures.Data(t.BBias, kept), W = NativeMixtures.Data(t.W, kept), WBias = NativeMixtures.Data(t.WBias, kept), Slope = NativeMixtures.Data(t.Slope, kept),
+                GateIn = NativeMixtures.Data(t.GateIn, kept), GateInBias = NativeMixtures.Data(t.GateInBias, kept), GateSlope = NativeMixtures.Data(t.GateSlope, kept),
+                GateOut = NativeMixtures.Data(t.GateOut, kept), GateOutBias = NativeMixtures.Data(t.GateOutBias, kept), Keys = NativeMixtures.Data(t.Keys, kept),
+                Ids = NativeMixtures.Data(ids[l], kept), Weights = NativeMixtures.Data(weights[l], kept),
             };
         }
         var pass = new Pass
@@ -58,21 +53,12 @@ internal static unsafe class SmoreKernel
             Trees = checked((int)g), Rows = checked((int)m), Levels = levels, DownDim = signature.DownDim,
             GateType = (int)signature.GateType, GateActivation = (int)signature.GateActivation,
             ExpertActivation = (int)signature.ExpertActivation, Position = (int)signature.Position,
-            Projected = Data(input, kept), Out = Data(below, kept), Level = level,
+            Projected = NativeMixtures.Data(projected, kept), Out = NativeMixtures.Data(below, kept), Level = level,
         };
         int status = Tree(&pass);
         GC.KeepAlive(kept);
         if (status != 0) throw new OutOfMemoryException("the native S'MoRE tree could not allocate its scratch memory");
         return (below, new SmoreRouting(ids, weights));
-    }
-
-    /// <summary>The address of a tensor's first element, the tensor being contiguous (the native code reads the layout of <see cref="SmoreTensors"/>); of a contiguous copy otherwise.</summary>
-    private static IntPtr Data(Tensor? t, List<Tensor> kept)
-    {
-        if (t is null) return IntPtr.Zero;
-        var contiguous = t.is_contiguous() ? t : t.contiguous();
-        kept.Add(contiguous);
-        return TensorData(contiguous.Handle);
     }
 
     /// <summary>One sub-layer; the layout of <c>smore_level</c> in <c>smore_tree.c</c>.</summary>
@@ -92,12 +78,8 @@ internal static unsafe class SmoreKernel
         public Level* Level;
     }
 
-    [DllImport(Library, EntryPoint = "adapterserve_smore_tree")]
+    [DllImport(NativeMixtures.Library, EntryPoint = "adapterserve_smore_tree")]
     private static extern int Tree(Pass* pass);
-
-    /// <summary>TorchSharp's own accessor of <c>tensor.data_ptr()</c> (the storage offset included).</summary>
-    [DllImport("LibTorchSharp", EntryPoint = "THSTensor_data")]
-    private static extern IntPtr TensorData(IntPtr tensor);
 
     static SmoreKernel()
     {

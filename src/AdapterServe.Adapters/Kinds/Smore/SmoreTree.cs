@@ -1,4 +1,5 @@
 using AdapterServe.Adapters.Experts;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -16,16 +17,6 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// <param name="Weights">Per sub-layer <c>[..., P_l]</c> float32 gate weights α.</param>
 public sealed record SmoreRouting(Tensor[] Ids, Tensor[] Weights);
 
-/// <summary>Which form runs a tree's routing and experts (<see cref="SmoreTree.Apply"/>): the same results either way.</summary>
-public enum SmoreTreeForm
-{
-    /// <summary>The native tree (<see cref="SmoreKernel"/>) for steps of at most <see cref="SmoreTree.MaxKernelRows"/> rows on the CPU when it was built; the tensor form otherwise.</summary>
-    Auto,
-    /// <summary>Level by level in batched libtorch calls (<see cref="SmoreTree.Route"/>, <see cref="SmoreTree.Evaluate"/>): any device, any number of rows.</summary>
-    Tensors,
-    /// <summary>The native tree in one call (CPU only; throws when it was not built).</summary>
-    Kernel,
-}
 
 /// <summary>
 /// The S'MoRE forward pass, fused (methods.md §4.3): routing top-down before any expert runs, then the experts
@@ -48,7 +39,7 @@ public static class SmoreTree
     /// more rows, where the native tree's row-by-row loops stop winning: for the bench's <c>smore-2x4</c> down module
     /// (2 sub-layers of 4 experts, top-2) 20 against 82 µs at 1 row, 119 against 182 at 16, 410 against 361 at 64.
     /// </summary>
-    public const int MaxKernelRows = 32;
+    public const int MaxNativeRows = 32;
 
     /// <summary>
     /// The trees' deltas <c>[G, M, d_out]</c> and where the rows went (routing with leading shape <paramref name="rows"/>,
@@ -56,10 +47,10 @@ public static class SmoreTree
     /// or the native one (<paramref name="form"/>).
     /// </summary>
     /// <param name="projected"><see cref="Project"/> of the tokens, <c>[G, M, d_down + Σ s_l·r_l]</c>.</param>
-    public static (Tensor Delta, SmoreRouting Routing) Apply(SmoreTensors tree, Tensor projected, SmoreTreeForm form = SmoreTreeForm.Auto, long[]? rows = null)
+    public static (Tensor Delta, SmoreRouting Routing) Apply(SmoreTensors tree, Tensor projected, MixtureForm form = MixtureForm.Auto, long[]? rows = null)
     {
         rows ??= [projected.size(0), projected.size(1)];
-        if (UsesKernel(form, projected))
+        if (NativeMixtures.Runs(form, projected, projected.size(0) * projected.size(1), MaxNativeRows))
         {
             var (below, kernelRouting) = SmoreKernel.Run(tree, projected, rows);                    // x_L [G, M, d_L]
             return (Final(tree, below), kernelRouting);
@@ -68,31 +59,6 @@ public static class SmoreTree
         return (Evaluate(tree, projected, routing), routing);
     }
 
-    [ThreadStatic] private static SmoreTreeForm? _formOnThisThread;
-
-    /// <summary>
-    /// Makes <see cref="SmoreTreeForm.Auto"/> mean <paramref name="form"/> on the calling thread until the result is
-    /// disposed, wherever the tree is run from (the per-group, sibling and slot paths): how the tests run every path in
-    /// both forms against the naive tree.
-    /// </summary>
-    internal static IDisposable UseForm(SmoreTreeForm form)
-    {
-        var previous = _formOnThisThread;
-        _formOnThisThread = form;
-        return new FormScope(previous);
-    }
-
-    private sealed class FormScope(SmoreTreeForm? previous) : IDisposable
-    {
-        public void Dispose() => _formOnThisThread = previous;
-    }
-
-    private static bool UsesKernel(SmoreTreeForm form, Tensor projected) => (form == SmoreTreeForm.Auto ? _formOnThisThread ?? form : form) switch
-    {
-        SmoreTreeForm.Kernel => SmoreKernel.Available ? true : throw new InvalidOperationException("the native S'MoRE tree (libadapterserve_native.so) was not built: no C compiler at build time"),
-        SmoreTreeForm.Tensors => false,
-        _ => SmoreKernel.Available && projected.device_type == DeviceType.CPU && projected.size(0) * projected.size(1) <= MaxKernelRows,
-    };
 
     /// <summary>Everything that reads the token, in one batched GEMM: <c>[G, M, d_down + Σ s_l·r_l]</c> (router input, then each sub-layer's <c>A_e x + a_e</c>).</summary>
     /// <param name="x">Tokens <c>[G, M, d_in]</c>, float32.</param>
@@ -216,7 +182,7 @@ public static class SmoreTree
 
     /// <summary>One module over its tokens: the delta <c>[N, d_out]</c> in float32, and where the tokens went (<c>[N, P_l]</c>).</summary>
     /// <param name="x">Tokens <c>[N, d_in]</c>.</param>
-    public static (Tensor Delta, SmoreRouting Routing) Forward(SmoreModule module, Tensor x, SmoreTreeForm form = SmoreTreeForm.Auto)
+    public static (Tensor Delta, SmoreRouting Routing) Forward(SmoreModule module, Tensor x, MixtureForm form = MixtureForm.Auto)
     {
         var x32 = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);                     // [N, d_in]
         var projected = Project(module.Tree, x32.unsqueeze(0));                                     // [1, N, d_down + Σ s·r]

@@ -1,0 +1,14 @@
+using AdapterServe.Adapters.Kinds.Mixtures;
+
+namespace AdapterServe.Tests.Infrastructure;
+
+/// <summary>The mixture kinds' two forms in tests: the tensor form always runs; the native one needs the library the build makes with a C compiler.</summary>
+public static class NativeForm
+{
+    /// <summary>Skips a test of the native form where the library was not built (no C compiler when the tests were built).</summary>
+    public static void Require(MixtureForm form)
+    {
+        if (form == MixtureForm.Native && !NativeMixtures.Available)
+            Assert.Skip("libadapterserve_native.so was not built (no C compiler at build time; .ci/run installs gcc): the native form is not tested here");
+    }
+}
