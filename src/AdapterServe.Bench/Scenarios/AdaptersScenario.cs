@@ -34,9 +34,27 @@ public sealed class AdaptersScenario : IScenario
         int slots = Math.Max(o.DeviceCache, used.Count);
         if (slots > o.DeviceCache) report.Notes.Add($"device cache raised from {o.DeviceCache} to {slots}: the run uses {used.Count} distinct adapters, all kept resident");
         await using var room = AdapterRoom.Open(new AdapterRoomOptions(model.Config, o.Dtype, o.Device, DeviceSlots: slots, HostSlots: slots), context.Loggers);
-        foreach (var (c, i) in used) room.Register(c.AdapterName(i), directories.Ensure(c, i));
+        var weightBytes = new Dictionary<string, long>();                                          // per adapter: its weights on disk
+        foreach (var (c, i) in used) weightBytes[c.AdapterName(i)] = room.Register(c.AdapterName(i), directories.Ensure(c, i)).Description.WeightBytes;
 
         await using var session = await EngineSession.StartAsync(context, report, model, largest, o.PromptTokens + o.MaxTokens, room, ct);
+
+        // The weight bytes one decode step reads on each line: the base's, plus every weight of the line's adapters (each
+        // kind here reads all of its weights every step: a mixture all of its experts). Where a step is bound by memory
+        // traffic, tokens/s go as their inverse: the "weight_bytes_bound" ratios are the throughput ratios that traffic
+        // alone allows, next to the measured ones.
+        int elementBytes = o.Dtype == "bfloat16" ? 2 : 4;                                         // the bench writes its adapters in float32; they load in --dtype
+        long baseBytes = report.Model!.Parameters * elementBytes;
+        var lineBytes = new Dictionary<string, Figure> { ["base"] = report.Add(Figure.Of("adapters.base.weight_bytes", "bytes", [baseBytes])) };
+        foreach (var (c, _) in plan.Where(p => p.Batches.Count > 0))
+            lineBytes[c.Name] = report.Add(Figure.Of($"adapters.{c.Name}.weight_bytes", "bytes",
+                [baseBytes + Enumerable.Range(0, c.Distinct).Sum(i => weightBytes[c.AdapterName(i)]) / 4 * elementBytes]));
+        foreach (var (c, _) in plan.Where(p => p.Batches.Count > 0))
+        {
+            report.Add(Ratio.Between($"adapters.{c.Name}.weight_bytes_bound/base", lineBytes["base"], lineBytes[c.Name]));
+            if (c.ComparedTo is { } single && lineBytes.TryGetValue(single, out var one))
+                report.Add(Ratio.Between($"adapters.{c.Name}.weight_bytes_bound/{single}", one, lineBytes[c.Name]));
+        }
 
         // Per batch size, the base and every case at that size once per round, back to back: each ratio is the median
         // over rounds of passes taken moments apart.

@@ -187,7 +187,24 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
             figures.AddRange(Line(many, 4));
             ratios.AddRange([$"adapters.{many}.b4/base", $"adapters.{many}.b4/{one}"]);
         }
+        // Per line the weight bytes a step reads, and the throughput ratios that memory traffic alone allows.
+        string[] lines = [.. single, "lokr-r16", "moka-4", "mixer-top3-of-6", "omoe-4", "lora-r16-x4", "mixer-top3-of-6-x4", "omoe-4-x4", "smore-2x4-x4"];
+        figures.Add("adapters.base.weight_bytes");
+        foreach (var c in lines)
+        {
+            figures.Add($"adapters.{c}.weight_bytes");
+            ratios.Add($"adapters.{c}.weight_bytes_bound/base");
+        }
+        ratios.AddRange(new[] { "lokr-r16", "moka-4", "mixer-top3-of-6", "omoe-4" }.Select(c => $"adapters.{c}.weight_bytes_bound/lora-r16"));
+        ratios.AddRange(["adapters.smore-2x4.weight_bytes_bound/lora-r16-mlp", "adapters.lora-r16-x4.weight_bytes_bound/lora-r16",
+            "adapters.mixer-top3-of-6-x4.weight_bytes_bound/mixer-top3-of-6", "adapters.omoe-4-x4.weight_bytes_bound/omoe-4", "adapters.smore-2x4-x4.weight_bytes_bound/smore-2x4"]);
         AssertReport(report!, "adapters", figures, ratios);
+        // The bound is the bytes' own ratio: four distinct mixers read the base plus four mixers' experts, one mixer the base plus one's.
+        double Bytes(string name) => report!["figures"]!.AsArray().Single(f => f!["name"]!.GetValue<string>() == name)!["median"]!.GetValue<double>();
+        double bound = report!["ratios"]!.AsArray().Single(r => r!["name"]!.GetValue<string>() == "adapters.mixer-top3-of-6-x4.weight_bytes_bound/mixer-top3-of-6")!["value"]!.GetValue<double>();
+        Assert.Equal(Bytes("adapters.mixer-top3-of-6.weight_bytes") / Bytes("adapters.mixer-top3-of-6-x4.weight_bytes"), bound, 9);
+        Assert.Equal(4 * (Bytes("adapters.mixer-top3-of-6.weight_bytes") - Bytes("adapters.base.weight_bytes")),
+            Bytes("adapters.mixer-top3-of-6-x4.weight_bytes") - Bytes("adapters.base.weight_bytes"), 3);
 
         var settings = report!["settings"]!.AsObject();
         Assert.Equal([1, 4], settings["batches"]!.AsArray().Select(b => b!.GetValue<int>()));
