@@ -11,7 +11,15 @@ public class ScalarFreeEquivalenceTests
     {
         using var scope = NewDisposeScope();
         var merged = randn([40, 16], generator: new Generator(5)); // [d_out, d_in]
-        var replaced = linalg.vector_norm(merged, 2, [1]);        // what LoraWeights used: builds a temporary Scalar for ord
+        // What LoraWeights used. Its temporary ord Scalar is the very crash issue 8 removed (a GC during the call frees
+        // it: "Unknown scalar type", seen once in a fresh-clone run), so the reference runs where no GC can happen.
+        Tensor replaced;
+        Assert.True(GC.TryStartNoGCRegion(32 << 20), "could not suspend the GC for the reference call");   // room for the tests running beside it
+        try { replaced = linalg.vector_norm(merged, 2, [1]); }
+        finally
+        {
+            if (System.Runtime.GCSettings.LatencyMode == System.Runtime.GCLatencyMode.NoGCRegion) GC.EndNoGCRegion();
+        }
         var used = linalg.norm(merged, 2.0, [1]);                 // what it uses now
         Assert.True(equal(replaced, used).all().item<bool>(), "row norms differ");
     }
