@@ -128,8 +128,7 @@ public class OmoeSlotTests(ITestOutputHelper output)
     [InlineData(5, MixtureForm.Native)]
     public void An_omoe_adapter_alone_runs_its_sibling_projections_together_and_equals_the_naive_mixture(int adapter, MixtureForm form)
     {
-        NativeForm.Require(form);
-        using var formOnThisThread = NativeMixtures.UseForm(form);
+        using var formOnThisThread = NativeForm.Use(form);
         using var tmp = new TempDir();
         var adapters = Adapters(tmp, Guid.NewGuid().ToString("N")[..8]);
         using var slots = new AdapterSlotTable(8);
@@ -170,8 +169,7 @@ public class OmoeSlotTests(ITestOutputHelper output)
     [InlineData(true, MixtureForm.Native)]
     public void Steps_leave_no_live_tensors_behind(bool siblings, MixtureForm form)
     {
-        NativeForm.Require(form);
-        using var formOnThisThread = NativeMixtures.UseForm(form);
+        using var formOnThisThread = NativeForm.Use(form);
         using var tmp = new TempDir();
         var adapters = Adapters(tmp, Guid.NewGuid().ToString("N")[..8]);
         using var slots = new AdapterSlotTable(8);
@@ -200,8 +198,7 @@ public class OmoeSlotTests(ITestOutputHelper output)
     [InlineData(2, MixtureForm.Native)]
     public void The_slot_path_runs_the_same_calls_per_projection_for_two_and_eight_adapters(int? topK, MixtureForm form)
     {
-        NativeForm.Require(form);
-        using var formOnThisThread = NativeMixtures.UseForm(form);
+        using var formOnThisThread = NativeForm.Use(form);
         using var tmp = new TempDir();
         string id = Guid.NewGuid().ToString("N")[..8];
         var adapters = Enumerable.Range(0, 8).Select(i => Load(tmp, $"c{i}-{id}", 4, 2, topK, "norm", [Projection.Q, Projection.Up], seed: 80 + i)).ToArray();

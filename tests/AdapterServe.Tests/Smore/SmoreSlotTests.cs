@@ -78,8 +78,7 @@ public class SmoreSlotTests(ITestOutputHelper output)
     [InlineData(true, true, MixtureForm.Native)]
     public void Smore_adapters_in_one_step_share_the_slot_stacks_and_give_every_row_its_own_tree_and_counts(bool longer, bool siblings, MixtureForm form)
     {
-        NativeForm.Require(form);
-        using var formOnThisThread = NativeMixtures.UseForm(form);
+        using var formOnThisThread = NativeForm.Use(form);
         using var tmp = new TempDir();
         var trees = Trees(tmp, Guid.NewGuid().ToString("N")[..8]);
         using var slots = new AdapterSlotTable(8);
@@ -114,8 +113,7 @@ public class SmoreSlotTests(ITestOutputHelper output)
     [InlineData(6, MixtureForm.Native)]
     public void An_smore_adapter_alone_runs_gate_and_up_as_two_trees_of_one_pass_and_equals_the_naive_tree(int tree, MixtureForm form)
     {
-        NativeForm.Require(form);
-        using var formOnThisThread = NativeMixtures.UseForm(form);
+        using var formOnThisThread = NativeForm.Use(form);
         using var tmp = new TempDir();
         string id = Guid.NewGuid().ToString("N")[..8];
         var trees = Trees(tmp, id).Append(Load(tmp, $"smore-slot-t6-{id}", Cosine, Mlp, seed: 76)).ToArray();
@@ -143,12 +141,10 @@ public class SmoreSlotTests(ITestOutputHelper output)
 
     /// <summary>Steps leave no live tensors behind, on the slot path and with gate|up of an adapter alone run as two trees of one pass, in both forms.</summary>
     [Theory]
-    [InlineData(MixtureForm.Tensors)]
-    [InlineData(MixtureForm.Native)]
+    [MemberData(nameof(NativeForm.Both), MemberType = typeof(NativeForm))]
     public void Steps_with_gate_and_up_together_leave_no_live_tensors_behind(MixtureForm form)
     {
-        NativeForm.Require(form);
-        using var formOnThisThread = NativeMixtures.UseForm(form);
+        using var formOnThisThread = NativeForm.Use(form);
         using var tmp = new TempDir();
         var trees = Trees(tmp, Guid.NewGuid().ToString("N")[..8]);
         using var slots = new AdapterSlotTable(8);
@@ -191,12 +187,10 @@ public class SmoreSlotTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData(MixtureForm.Tensors)]
-    [InlineData(MixtureForm.Native)]
+    [MemberData(nameof(NativeForm.Both), MemberType = typeof(NativeForm))]
     public void Calls_per_projection_do_not_grow_from_two_to_eight_adapters_of_one_structure(MixtureForm form)
     {
-        NativeForm.Require(form);
-        using var formOnThisThread = NativeMixtures.UseForm(form);
+        using var formOnThisThread = NativeForm.Use(form);
         // Every TorchSharp op that returns a tensor is counted in the thread's dispose-scope statistics (see also
         // FusedCallCountTests): the tensors one projection of the step creates are its native calls. Against the
         // per-group path (the same adapters without slots), which grows with them.

@@ -50,6 +50,15 @@ public sealed class SmoreTreeTests
         return data;
     }
 
+    public static TheoryData<string, MixtureForm> GatesInBothForms()
+    {
+        var data = new TheoryData<string, MixtureForm>();
+        foreach (var form in Forms)
+            foreach (string gate in new[] { "switch", "noisy_topk", "dense" })
+                data.Add(gate, form);
+        return data;
+    }
+
     [Theory]
     [MemberData(nameof(GatesAndActivations))]
     [MemberData(nameof(ActivationPositions))]
@@ -66,8 +75,7 @@ public sealed class SmoreTreeTests
     }
 
     [Theory]
-    [InlineData(MixtureForm.Tensors)]
-    [InlineData(MixtureForm.Native)]
+    [MemberData(nameof(NativeForm.Both), MemberType = typeof(NativeForm))]
     public void Tokens_route_to_different_experts(MixtureForm form)
     {
         NativeForm.Require(form);
@@ -86,8 +94,7 @@ public sealed class SmoreTreeTests
     }
 
     [Theory]
-    [InlineData(MixtureForm.Tensors)]
-    [InlineData(MixtureForm.Native)]
+    [MemberData(nameof(NativeForm.Both), MemberType = typeof(NativeForm))]
     public void Expert_scaling_is_lora_alpha_over_rank_per_level(MixtureForm form)
     {
         NativeForm.Require(form);
@@ -98,12 +105,7 @@ public sealed class SmoreTreeTests
     }
 
     [Theory]
-    [InlineData("switch", MixtureForm.Tensors)]
-    [InlineData("noisy_topk", MixtureForm.Tensors)]
-    [InlineData("dense", MixtureForm.Tensors)]
-    [InlineData("switch", MixtureForm.Native)]
-    [InlineData("noisy_topk", MixtureForm.Native)]
-    [InlineData("dense", MixtureForm.Native)]
+    [MemberData(nameof(GatesInBothForms))]
     public void Selections_are_counted_per_level_and_expert_as_the_naive_tree_visits_them(string gate, MixtureForm form)
     {
         NativeForm.Require(form);
@@ -139,12 +141,7 @@ public sealed class SmoreTreeTests
     }
 
     [Theory]
-    [InlineData("noisy_topk", MixtureForm.Tensors)]
-    [InlineData("switch", MixtureForm.Tensors)]
-    [InlineData("dense", MixtureForm.Tensors)]
-    [InlineData("noisy_topk", MixtureForm.Native)]
-    [InlineData("switch", MixtureForm.Native)]
-    [InlineData("dense", MixtureForm.Native)]
+    [MemberData(nameof(GatesInBothForms))]
     public void The_fused_tree_creates_the_same_number_of_tensors_whatever_experts_fan_outs_tokens_and_routing(string gate, MixtureForm form)
     {
         NativeForm.Require(form);
