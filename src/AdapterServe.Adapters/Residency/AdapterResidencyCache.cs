@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using AdapterServe.Adapters.Kinds.Mixtures;
 using AdapterServe.Modeling;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -87,6 +88,10 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
     {
         ArgumentNullException.ThrowIfNull(baseWeights);
         _baseWeights?.Set(baseWeights);
+        // Which form the mixture kinds' few-token steps run, so an operator can see that a build without a C compiler is slower there.
+        LogMixtureForm(_logger, _device.ToString(), _device.type != DeviceType.CPU ? "their tensor form (the native code serves the CPU)"
+            : NativeMixtures.Available ? "in the native library (libadapterserve_native.so)"
+            : "their tensor form (libadapterserve_native.so was not built: no C compiler at build time)");
     }
 
     /// <summary>The base weights once the model is loaded (read by loader threads).</summary>
@@ -611,6 +616,10 @@ public sealed partial class AdapterResidencyCache : IAdapterResidency, IDisposab
     [LoggerMessage(EventId = 4107, Level = LogLevel.Information,
         Message = "Adapter {Adapter} v{Version} dropped from the {Tier} tier ({Bytes} bytes): {Holder} holds the same weights, its next use is served from there")]
     private static partial void LogShadowed(ILogger logger, string adapter, int version, string tier, long bytes, string holder);
+
+    [LoggerMessage(EventId = 4108, Level = LogLevel.Information,
+        Message = "On {Device}, S'MoRE and OMoE steps of few rows run {MixtureForm}")]
+    private static partial void LogMixtureForm(ILogger logger, string device, string mixtureForm);
 
     [LoggerMessage(EventId = 4106, Level = LogLevel.Information,
         Message = "Adapter {Adapter} v{Version} forgotten ({Bytes} bytes released)")]
