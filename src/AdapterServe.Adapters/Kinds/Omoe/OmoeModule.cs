@@ -24,7 +24,8 @@ namespace AdapterServe.Adapters.Kinds.Omoe;
 /// </para>
 /// Per step a fixed number of native calls whatever n, K or the routing: one GEMM for all A (<c>A_all [n·r, d_in]</c>),
 /// one batched GEMM into the coordinates, one batched QR, one GEMM against U. Steps of few rows on the CPU run the
-/// routing, Gram–Schmidt and combination in one native call instead (<see cref="Delta"/>, <see cref="OmoeKernel"/>). Built once at load; owns its tensors.
+/// routing, Gram–Schmidt and combination in one native call instead (<see cref="Delta"/>, <see cref="OmoeKernel"/>).
+/// Built once at load; owns its tensors.
 /// (A block-diagonal <c>[n·r, n·p]</c> coordinate matrix would make that GEMM a 2-D one, about 7 µs cheaper at one
 /// token with the weights in cache, but it is 3/4 zeros: four times the bytes read per step.)
 /// </summary>

@@ -17,7 +17,6 @@ namespace AdapterServe.Adapters.Kinds.Smore;
 /// <param name="Weights">Per sub-layer <c>[..., P_l]</c> float32 gate weights α.</param>
 public sealed record SmoreRouting(Tensor[] Ids, Tensor[] Weights);
 
-
 /// <summary>
 /// The S'MoRE forward pass, fused (methods.md §4.3): routing top-down before any expert runs, then the experts
 /// bottom-up, level by level. It runs G trees of one <see cref="SmoreSignature"/> at once over <c>[G, M]</c> rows (tree g
@@ -59,17 +58,14 @@ public static class SmoreTree
         return (Evaluate(tree, projected, routing), routing);
     }
 
-
     /// <summary>Everything that reads the token, in one batched GEMM: <c>[G, M, d_down + Σ s_l·r_l]</c> (router input, then each sub-layer's <c>A_e x + a_e</c>).</summary>
     /// <param name="x">Tokens <c>[G, M, d_in]</c>, float32.</param>
     public static Tensor Project(SmoreTensors tree, Tensor x) => Linear(x, tree.Input, tree.InputBias);
 
-    /// <summary>Routing, top-down (l = L−1 … 0): each parent path's router picks its children; ids and weights <c>[G, M, P_l]</c>.</summary>
+    /// <summary>The tensor form's routing, top-down (l = L−1 … 0): each parent path's router picks its children; ids and weights <c>[..., P_l]</c>.</summary>
     /// <param name="projected"><see cref="Project"/> of the tokens, <c>[G, M, d_down + Σ s_l·r_l]</c>.</param>
-    public static SmoreRouting Route(SmoreTensors tree, Tensor projected) => Route(tree, projected, [projected.size(0), projected.size(1)]);
-
     /// <param name="rows">The leading shape of the routing's tensors (the same G·M rows): <c>[G, M]</c>, or <c>[N]</c> for one module.</param>
-    private static SmoreRouting Route(SmoreTensors tree, Tensor projected, long[] rows)
+    internal static SmoreRouting Route(SmoreTensors tree, Tensor projected, long[] rows)
     {
         var signature = tree.Signature;
         int levels = signature.Levels.Count;
@@ -126,9 +122,9 @@ public static class SmoreTree
         return new SmoreRouting(ids, weights);
     }
 
-    /// <summary>The experts, bottom-up (l = 0 … L−1), along <paramref name="routing"/>; returns the trees' deltas <c>[G, M, d_out]</c>.</summary>
+    /// <summary>The tensor form's experts, bottom-up (l = 0 … L−1), along <paramref name="routing"/>; returns the trees' deltas <c>[G, M, d_out]</c>.</summary>
     /// <param name="projected"><see cref="Project"/> of the tokens, <c>[G, M, ·]</c> (every sub-layer's experts read the original token).</param>
-    public static Tensor Evaluate(SmoreTensors tree, Tensor projected, SmoreRouting routing)
+    internal static Tensor Evaluate(SmoreTensors tree, Tensor projected, SmoreRouting routing)
     {
         var signature = tree.Signature;
         var position = signature.Position;
