@@ -125,14 +125,14 @@ int adapterserve_smore_tree(const smore_pass *p)
     const int32_t d_last = hidden_dim(p, levels);
     const int64_t rows = (int64_t)p->trees * p->rows;
 
-    /* Scratch, sized for the widest sub-layer: router inputs of the parents and of the children, the router's hidden
-       and query vectors and logits, and the per-path values below and above a sub-layer. */
+    /* Scratch, sized for the widest sub-layer: router inputs (sub-layer l reads P_{l+1} of gate_input_dim(l) each,
+       which is also what sub-layer l + 1 writes for its children), the router's hidden and query vectors and logits,
+       and the per-path values below and above a sub-layer. */
     size_t gate_inputs = 0, values = 0, logits = 0, gate = 0, vec = (size_t)d_last + 1;
     for (int32_t l = 0; l < levels; l++) {
         size_t parents = (size_t)paths_at(p, l + 1), children = (size_t)paths_at(p, l);
         size_t in = (size_t)gate_input_dim(p, l);
         if (parents * in > gate_inputs) gate_inputs = parents * in;
-        if (children * in > gate_inputs) gate_inputs = children * in;     /* children's inputs, one level down */
         size_t d_next = (size_t)hidden_dim(p, l + 1);
         if (children * d_next > values) values = children * d_next;
         if ((size_t)p->level[l].experts > logits) logits = (size_t)p->level[l].experts;

@@ -199,8 +199,10 @@ public sealed class BenchSmokeTests(BenchCache cache) : IClassFixture<BenchCache
         ratios.AddRange(["adapters.smore-2x4.weight_bytes_bound/lora-r16-mlp", "adapters.lora-r16-x4.weight_bytes_bound/lora-r16",
             "adapters.mixer-top3-of-6-x4.weight_bytes_bound/mixer-top3-of-6", "adapters.omoe-4-x4.weight_bytes_bound/omoe-4", "adapters.smore-2x4-x4.weight_bytes_bound/smore-2x4"]);
         AssertReport(report!, "adapters", figures, ratios);
-        // The bound is the bytes' own ratio: four distinct mixers read the base plus four mixers' experts, one mixer the base plus one's.
+        // The base reads its float32 parameters; the bound is the bytes' own ratio: four distinct mixers read the base plus
+        // four mixers' experts, one mixer the base plus one's.
         double Bytes(string name) => report!["figures"]!.AsArray().Single(f => f!["name"]!.GetValue<string>() == name)!["median"]!.GetValue<double>();
+        Assert.Equal(4.0 * report!["model"]!["parameters"]!.GetValue<long>(), Bytes("adapters.base.weight_bytes"));
         double bound = report!["ratios"]!.AsArray().Single(r => r!["name"]!.GetValue<string>() == "adapters.mixer-top3-of-6-x4.weight_bytes_bound/mixer-top3-of-6")!["value"]!.GetValue<double>();
         Assert.Equal(Bytes("adapters.mixer-top3-of-6.weight_bytes") / Bytes("adapters.mixer-top3-of-6-x4.weight_bytes"), bound, 9);
         Assert.Equal(4 * (Bytes("adapters.mixer-top3-of-6.weight_bytes") - Bytes("adapters.base.weight_bytes")),

@@ -8,6 +8,15 @@ public static class NativeForm
     /// <summary>Both forms, for theories over them.</summary>
     public static TheoryData<MixtureForm> Both => [MixtureForm.Tensors, MixtureForm.Native];
 
+    /// <summary>Every one of <paramref name="cases"/> in both forms (tensor form first), for theories over a case and a form.</summary>
+    public static TheoryData<int, MixtureForm> Each(params int[] cases)
+    {
+        var data = new TheoryData<int, MixtureForm>();
+        foreach (var form in new[] { MixtureForm.Tensors, MixtureForm.Native })
+            foreach (int c in cases) data.Add(c, form);
+        return data;
+    }
+
     /// <summary>
     /// <see cref="Require"/>, then <paramref name="form"/> for every mixture run on this thread until disposed (the
     /// per-group, sibling and slot paths alike: <see cref="NativeMixtures.UseForm"/>).
