@@ -9,7 +9,7 @@ public static class NativeForm
     public static TheoryData<MixtureForm> Both => [MixtureForm.Tensors, MixtureForm.Native];
 
     /// <summary>Every one of <paramref name="cases"/> in both forms (tensor form first), for theories over a case and a form.</summary>
-    public static TheoryData<int, MixtureForm> Each(params int[] cases)
+    public static TheoryData<int, MixtureForm> Each(int[] cases)
     {
         var data = new TheoryData<int, MixtureForm>();
         foreach (var form in new[] { MixtureForm.Tensors, MixtureForm.Native })

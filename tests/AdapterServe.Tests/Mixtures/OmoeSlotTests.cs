@@ -120,7 +120,7 @@ public class OmoeSlotTests(ITestOutputHelper output)
     /// k_proj's d_out, so their coordinates differ) and run one by one. Every row equals the naive mixture.
     /// </summary>
     [Theory]
-    [MemberData(nameof(NativeForm.Each), 3, 4, 5, MemberType = typeof(NativeForm))]
+    [MemberData(nameof(NativeForm.Each), new[] { 3, 4, 5 }, MemberType = typeof(NativeForm))]
     public void An_omoe_adapter_alone_runs_its_sibling_projections_together_and_equals_the_naive_mixture(int adapter, MixtureForm form)
     {
         using var formOnThisThread = NativeForm.Use(form);

@@ -105,7 +105,7 @@ public class SmoreSlotTests(ITestOutputHelper output)
     /// tree with PReLU slopes of its own per module on all three. Every row equals the naive tree, every count the naive selections.
     /// </summary>
     [Theory]
-    [MemberData(nameof(NativeForm.Each), 0, 2, 6, MemberType = typeof(NativeForm))]
+    [MemberData(nameof(NativeForm.Each), new[] { 0, 2, 6 }, MemberType = typeof(NativeForm))]
     public void An_smore_adapter_alone_runs_gate_and_up_as_two_trees_of_one_pass_and_equals_the_naive_tree(int tree, MixtureForm form)
     {
         using var formOnThisThread = NativeForm.Use(form);
